@@ -1,0 +1,69 @@
+# The developer's entry point.  `make help` lists the targets.
+PYTHON ?= python3
+CC ?= gcc
+CORE_SRC := csrc/pq_ring.c csrc/pq_park.c csrc/pq_lane.c csrc/pq_pool.c
+CORE_HDR := $(wildcard csrc/*.h)
+C_TESTS := test_ring test_fuzz test_wakeup test_pool
+CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Werror -pthread
+SAN_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN_TSAN := -fsanitize=thread
+
+.PHONY: help build test test-c test-py bench bench-c bench-c-bin lint clean
+
+help:
+	@echo "build      build the extension in place (pyqueue._native)"
+	@echo "test       C tests under sanitizers, then the Python tests"
+	@echo "test-c     C core tests under ASan+UBSan and under TSan"
+	@echo "test-py    the Python test suite (pytest)"
+	@echo "bench      C microbenchmark, then the peer comparison (quick)"
+	@echo "lint       ruff and mypy"
+	@echo "clean      remove build products"
+
+build:
+	$(PYTHON) setup.py build_ext --inplace
+
+test: test-c test-py
+
+test-py: build
+	$(PYTHON) -m pytest tests
+
+# Each test binary is built twice, once per sanitizer family (ASan and TSan
+# cannot share a binary), and run with halt-on-error settings.
+build/c-asan/%: csrc/tests/%.c $(CORE_SRC) $(CORE_HDR) csrc/tests/pq_test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) $(SAN_ASAN) -o $@ $< $(CORE_SRC)
+
+build/c-tsan/%: csrc/tests/%.c $(CORE_SRC) $(CORE_HDR) csrc/tests/pq_test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) $(SAN_TSAN) -o $@ $< $(CORE_SRC)
+
+test-c: $(addprefix build/c-asan/,$(C_TESTS)) $(addprefix build/c-tsan/,$(C_TESTS))
+	@set -e; for t in $(C_TESTS); do \
+	  echo "== asan+ubsan: $$t"; \
+	  ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build/c-asan/$$t; \
+	done
+	@set -e; for t in $(C_TESTS); do \
+	  echo "== tsan: $$t"; \
+	  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 setarch $$(uname -m) -R build/c-tsan/$$t; \
+	done
+	@echo "test-c: $(words $(C_TESTS)) tests x 2 sanitizer builds passed"
+
+build/pq_bench: csrc/bench/pq_bench.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p build
+	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -pthread -o $@ $< $(CORE_SRC)
+
+bench-c-bin: build/pq_bench
+
+bench-c: build/pq_bench
+	build/pq_bench
+
+bench: bench-c
+	$(PYTHON) -m benchmarks.compare --quick
+
+lint:
+	$(PYTHON) -m ruff check pyqueue tests benchmarks profiling
+	$(PYTHON) -m mypy pyqueue
+
+clean:
+	rm -rf build dist *.egg-info pyqueue/*.so pyx/*.c pyqueue/_native.c .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,184 @@
+/* The native pool: both ABIs, per-item status codes, chunking edge cases,
+ * shutdown with pending work (drain and cancel), shutdown while idle, and a
+ * submit after shutdown.  Every item ends with exactly one status. */
+#include <string.h>
+#include <time.h>
+
+#include "../pq_pool.h"
+#include "pq_test.h"
+
+static int add_one(const void *arg, void *out) {
+    *(double *)out = *(const double *)arg + 1.0;
+    return 0;
+}
+
+/* Fails on multiples of 7 with the value as the error code. */
+static int fail_on_seven(const void *arg, void *out) {
+    int64_t v = *(const int64_t *)arg;
+    if (v % 7 == 0) return (int)(v % 1000) + 1;
+    *(int64_t *)out = v * 2;
+    return 0;
+}
+
+static int square_range(const void *args, int64_t begin, int64_t end, void *out) {
+    const int64_t *a = args;
+    int64_t *o = out;
+    for (int64_t i = begin; i < end; i++) o[i] = a[i] * a[i];
+    return 0;
+}
+
+static int fail_range(const void *args, int64_t begin, int64_t end, void *out) {
+    (void)args; (void)out; (void)end;
+    return begin >= 100 ? 42 : 0;
+}
+
+static int slow_item(const void *arg, void *out) {
+    (void)arg;
+    struct timespec ts = {0, 200000}; /* 0.2 ms */
+    nanosleep(&ts, NULL);
+    *(int32_t *)out = 1;
+    return 0;
+}
+
+static void test_item_abi_all_chunk_sizes(void) {
+    enum { N = 1000 };
+    static double a[N], o[N];
+    static int32_t st[N];
+    for (int i = 0; i < N; i++) a[i] = i;
+    for (int workers = 1; workers <= 3; workers++) {
+        pq_pool *pool;
+        CHECK_EQ(pq_pool_create(&pool, workers, 16), PQ_OK);
+        int64_t chunks[] = {1, 3, 64, 999, 1000, 5000};
+        for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+            memset(o, 0, sizeof(o));
+            pq_batch b;
+            pq_batch_init(&b, (void *)add_one, PQ_ABI_ITEM, a, sizeof(double), o, sizeof(double), st);
+            CHECK_EQ(pq_pool_submit(pool, &b, N, chunks[c], -1), PQ_OK);
+            CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+            CHECK_EQ(pq_batch_failed(&b), 0);
+            for (int i = 0; i < N; i++) {
+                CHECK(o[i] == a[i] + 1.0);
+                CHECK_EQ(st[i], 0);
+            }
+        }
+        pq_batch empty;
+        pq_batch_init(&empty, (void *)add_one, PQ_ABI_ITEM, a, 8, o, 8, st);
+        CHECK_EQ(pq_pool_submit(pool, &empty, 0, 10, -1), PQ_OK);
+        CHECK_EQ(pq_batch_wait(&empty, 0), PQ_OK);
+        CHECK_EQ(pq_pool_submit(pool, &empty, 5, 0, -1), PQ_EINVAL);
+        pq_pool_destroy(pool);
+    }
+}
+
+static void test_status_codes_and_range_abi(void) {
+    enum { N = 500 };
+    static int64_t a[N], o[N];
+    static int32_t st[N];
+    for (int i = 0; i < N; i++) a[i] = i;
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 2, 8), PQ_OK);
+    pq_batch b;
+    pq_batch_init(&b, (void *)fail_on_seven, PQ_ABI_ITEM, a, 8, o, 8, st);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 37, -1), PQ_OK);
+    CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+    int64_t expect_failed = 0;
+    for (int i = 0; i < N; i++) {
+        if (i % 7 == 0) {
+            CHECK_EQ(st[i], i % 1000 + 1);
+            expect_failed++;
+        } else {
+            CHECK_EQ(st[i], 0);
+            CHECK_EQ(o[i], 2 * i);
+        }
+    }
+    CHECK_EQ(pq_batch_failed(&b), expect_failed);
+
+    pq_batch_init(&b, (void *)square_range, PQ_ABI_RANGE, a, 0, o, 0, st);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 64, -1), PQ_OK);
+    CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+    for (int i = 0; i < N; i++) CHECK_EQ(o[i], (int64_t)i * i);
+
+    pq_batch_init(&b, (void *)fail_range, PQ_ABI_RANGE, a, 0, o, 0, st);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 50, -1), PQ_OK);
+    CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+    for (int i = 0; i < N; i++) CHECK_EQ(st[i], i >= 100 ? 42 : 0);
+    CHECK_EQ(pq_batch_failed(&b), N - 100);
+    pq_pool_destroy(pool);
+}
+
+/* Shutdown with queued work: drained (all run) or cancelled (the rest is
+ * marked not run); either way each item has exactly one outcome. */
+static void test_shutdown_with_pending(int cancel) {
+    enum { N = 400 };
+    static int32_t o[N], st[N];
+    memset(o, 0, sizeof(o));
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 2, 512), PQ_OK);
+    pq_batch b;
+    pq_batch_init(&b, (void *)slow_item, PQ_ABI_ITEM, o, 4, o, 4, st);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 1, -1), PQ_OK);
+    pq_pool_shutdown(pool, cancel);
+    CHECK_EQ(pq_batch_wait(&b, 0), PQ_OK); /* complete once shutdown returns */
+    int64_t ran = 0, not_run = 0;
+    for (int i = 0; i < N; i++) {
+        if (st[i] == 0) { CHECK_EQ(o[i], 1); ran++; }
+        else { CHECK_EQ(st[i], PQ_ITEM_NOT_RUN); CHECK_EQ(o[i], 0); not_run++; }
+    }
+    CHECK_EQ(ran + not_run, N);
+    CHECK_EQ(pq_batch_failed(&b), not_run);
+    if (!cancel) CHECK_EQ(ran, N);
+    else CHECK(not_run > 0); /* 400 x 0.2 ms cannot finish before shutdown */
+
+    /* Submitting after shutdown fails cleanly and still completes the batch. */
+    pq_batch late;
+    pq_batch_init(&late, (void *)slow_item, PQ_ABI_ITEM, o, 4, o, 4, st);
+    CHECK_EQ(pq_pool_submit(pool, &late, 10, 3, -1), PQ_CLOSED);
+    CHECK_EQ(pq_batch_wait(&late, 0), PQ_OK);
+    for (int i = 0; i < 10; i++) CHECK_EQ(st[i], PQ_ITEM_NOT_RUN);
+    pq_pool_shutdown(pool, 1); /* idempotent */
+    pq_pool_destroy(pool);
+}
+
+static void test_shutdown_idle_and_bad_args(void) {
+    pq_pool *pool = NULL;
+    CHECK_EQ(pq_pool_create(&pool, 0, 16), PQ_EINVAL);
+    CHECK_EQ(pq_pool_create(&pool, 2, 15), PQ_EINVAL);
+    CHECK_EQ(pq_pool_create(&pool, 4, 16), PQ_OK);
+    CHECK_EQ(pq_pool_workers(pool), 4);
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL); /* let every worker park */
+    pq_pool_shutdown(pool, 0);
+    pq_pool_destroy(pool);
+    CHECK(pq_cpu_count() >= 1);
+}
+
+/* A full ring with a timeout: the chunks that did not fit are accounted as
+ * not run and the batch still completes. */
+static void test_submit_timeout_on_full_ring(void) {
+    enum { N = 64 };
+    static int32_t o[N], st[N];
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 1, 2), PQ_OK);
+    pq_batch b;
+    pq_batch_init(&b, (void *)slow_item, PQ_ABI_ITEM, o, 4, o, 4, st);
+    int rc = pq_pool_submit(pool, &b, N, 1, 0);
+    CHECK(rc == PQ_OK || rc == PQ_FULL);
+    CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+    int64_t not_run = 0;
+    for (int i = 0; i < N; i++) not_run += st[i] == PQ_ITEM_NOT_RUN;
+    CHECK_EQ(rc, PQ_FULL);  /* 64 slow items cannot all fit a 2-cell ring at once */
+    CHECK(not_run > 0);
+    CHECK_EQ(pq_batch_failed(&b), not_run);
+    pq_pool_destroy(pool);
+}
+
+int main(void) {
+    test_item_abi_all_chunk_sizes();
+    test_status_codes_and_range_abi();
+    test_shutdown_with_pending(0);
+    test_shutdown_with_pending(1);
+    test_shutdown_idle_and_bad_args();
+    test_submit_timeout_on_full_ring();
+    printf("test_pool: 6 passed, 0 failed\n");
+    return 0;
+}
