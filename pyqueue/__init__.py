@@ -1,0 +1,50 @@
+"""pyqueue: a task queue for Python whose hot path is native.
+
+Quick use::
+
+    import pyqueue
+    with pyqueue.TaskQueue() as q:
+        t = q.submit(pow, 2, 10)
+        print(t.result())
+"""
+
+try:
+    from pyqueue._native import Kernel, NativeTask, Task, cpu_count, kernel
+except ImportError as exc:  # an unbuilt source tree
+    raise ImportError(
+        "pyqueue's native extension (pyqueue._native) is not built. Install the "
+        "package with `pip install .`, or build it in place with `make build` "
+        "(python setup.py build_ext --inplace)."
+    ) from exc
+
+from pyqueue import kernels
+from pyqueue._executor import Executor
+from pyqueue._queue import TaskQueue
+from pyqueue.errors import (
+    BrokenQueue,
+    CancelledError,
+    NativeTaskError,
+    PyqueueError,
+    QueueClosed,
+    QueueFull,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenQueue",
+    "CancelledError",
+    "Executor",
+    "Kernel",
+    "NativeTask",
+    "NativeTaskError",
+    "PyqueueError",
+    "QueueClosed",
+    "QueueFull",
+    "Task",
+    "TaskQueue",
+    "__version__",
+    "cpu_count",
+    "kernel",
+    "kernels",
+]

@@ -1,0 +1,83 @@
+"""pyqueue.Executor: the concurrent.futures contract on the pyqueue engine."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pyqueue._queue import Abandonable, TaskQueue
+
+__all__ = ["Executor"]
+
+T = TypeVar("T")
+
+
+class _WorkItem(Abandonable):
+    __slots__ = ("future", "fn", "args", "kwargs")
+
+    def __init__(self, future: concurrent.futures.Future[Any], fn: Callable[..., Any],
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+    def abandon(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.future.cancel()
+        elif self.future.set_running_or_notify_cancel():
+            self.future.set_exception(exc)
+
+
+class Executor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` backed by a :class:`TaskQueue`.
+
+    Returns real :class:`concurrent.futures.Future` objects, so ``wait()``,
+    ``as_completed()`` and ``loop.run_in_executor`` work as with
+    ThreadPoolExecutor.  ``map`` and ``shutdown`` follow the stdlib contract;
+    an initializer that raises breaks the executor
+    (:class:`pyqueue.BrokenQueue`, a ``BrokenExecutor``).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._queue = TaskQueue(
+            workers=max_workers,
+            thread_name_prefix=thread_name_prefix or "pyqueue-executor",
+            initializer=initializer,
+            initargs=initargs,
+        )
+
+    @property
+    def queue(self) -> TaskQueue:
+        """The TaskQueue underneath (for map_native and friends)."""
+        return self._queue
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+               ) -> concurrent.futures.Future[T]:
+        if not callable(fn):
+            raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.submit(_WorkItem(future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._queue.shutdown(wait=wait, cancel_pending=cancel_futures)

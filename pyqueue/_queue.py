@@ -1,0 +1,309 @@
+"""TaskQueue: the policy half of the engine (threads, shutdown, exit and fork).
+
+The hot paths (submit, the lane loop, map, native batches) are methods of
+``pyqueue._native.Engine``, which this class extends.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from pyqueue import _native
+from pyqueue.errors import BrokenQueue
+
+__all__ = ["TaskQueue", "Abandonable"]
+
+# Queues alive in this process, for the exit and fork hooks.
+_live_queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
+
+
+class Abandonable:
+    """A task callable that must be told when its task is dropped unrun
+    (cancelled at shutdown, or failed because the queue broke)."""
+
+    def abandon(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class TaskQueue(_native.Engine):
+    """A pool of workers fed through lock-free rings.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Python-lane threads.  Default: the CPUs this process may use.  Use
+        more (e.g. 64) for I/O-bound or GIL-releasing tasks that wait.
+    maxsize : int
+        Bound of the Python-lane queue (rounded up to a power of two).  A full
+        queue makes ``submit`` wait with the GIL released.
+    put_timeout : float, optional
+        How long ``submit`` waits for room before raising
+        :class:`pyqueue.QueueFull`.  Default: no limit.
+    native_workers : int, optional
+        Threads of the native lane (started on first native call).  Default:
+        the CPUs this process may use.
+    thread_name_prefix : str
+        Prefix of the lane threads' names.
+    initializer, initargs
+        ``initializer(*initargs)`` runs at the start of every lane thread.  If
+        it raises, the queue breaks: queued tasks fail and later submits raise
+        :class:`pyqueue.BrokenQueue`.
+    budget : float
+        Seconds a lane thread may keep the GIL running queued tasks before it
+        parks again and lets other threads in.
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        maxsize: int = 65536,
+        put_timeout: float | None = None,
+        native_workers: int | None = None,
+        thread_name_prefix: str = "pyqueue",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        budget: float = 0.002,
+    ) -> None:
+        cpus = _native.cpu_count()
+        workers = cpus if workers is None else workers
+        native_workers = cpus if native_workers is None else native_workers
+        for name, value in (("workers", workers), ("native_workers", native_workers),
+                            ("maxsize", maxsize)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if workers > 4096 or native_workers > 4096:
+            raise ValueError("at most 4096 workers per lane")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if budget <= 0:
+            raise ValueError("budget must be > 0")
+        self._workers = workers
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._shutdown_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._engine_start(maxsize, native_workers, budget, put_timeout)
+        _live_queues.add(self)
+        try:
+            for i in range(workers):
+                thread = threading.Thread(
+                    target=self._lane_main, name=f"{thread_name_prefix}-{i}", daemon=False
+                )
+                thread.start()
+                self._threads.append(thread)
+        except BaseException:
+            self.shutdown(wait=True)
+            raise
+
+    @property
+    def workers(self) -> int:
+        """Number of Python-lane threads."""
+        return self._workers
+
+    def _lane_main(self) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer(*self._initargs)
+            except BaseException as exc:
+                self._break(exc)
+                return
+        self._lane_run()
+
+    def _break(self, cause: BaseException) -> None:
+        err = BrokenQueue("a worker initializer failed; the queue is not usable anymore")
+        err.__cause__ = cause
+        self._set_broken(err)
+        self._settle(self._cancel_queued(err), err)
+
+    @staticmethod
+    def _settle(dropped: list[object], exc: BaseException | None) -> None:
+        for fn in dropped:
+            if isinstance(fn, Abandonable):
+                fn.abandon(exc)
+
+    # -- fan-out / fan-in ----------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[Any]:
+        """Yield ``fn(*items)`` for the items of ``iterables``, in input order.
+
+        Lazy: at most ``ahead`` chunks (default ``2 * workers + 2``) are in
+        flight, so a huge or infinite iterable never loads into memory.
+        ``chunksize`` None adapts the chunk size to the measured cost of ``fn``
+        (from 1 item for slow calls to thousands for trivial ones).  An
+        exception raised by ``fn`` is re-raised at its position, after the
+        results before it.  ``timeout`` (seconds, from this call) bounds the
+        wait for each result with :class:`TimeoutError`.
+        """
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        if len(iterables) == 1:
+            source: Iterator[Any] = iter(iterables[0])
+            star = False
+        else:
+            source = zip(*iterables)
+            star = True
+        look_ahead = 2 * self._workers + 2 if ahead is None else ahead
+        if look_ahead < 1:
+            raise ValueError("ahead must be >= 1")
+        return self._map_iter(fn, source, star, chunksize, look_ahead, timeout)
+
+    def results(
+        self, tasks: Iterable[_native.Task], timeout: float | None = None
+    ) -> Iterator[_native.Task]:
+        """Yield ``tasks`` as they complete (fan-in), each exactly once.
+
+        While nothing has completed, the caller runs a task that no worker has
+        started yet (only when ``timeout`` is None).  ``timeout`` (seconds,
+        from this call) raises :class:`TimeoutError` if tasks remain.
+        """
+        pending = list(dict.fromkeys(tasks))
+        for t in pending:
+            if not isinstance(t, _native.Task):
+                raise TypeError(f"results() takes pyqueue.Task objects, not {type(t).__name__}")
+        return self._fan_in(pending, timeout)
+
+    @staticmethod
+    def _fan_in(pending: list[_native.Task], timeout: float | None) -> Iterator[_native.Task]:
+        completed: queue.SimpleQueue[_native.Task] = queue.SimpleQueue()
+        for t in pending:
+            t.add_done_callback(completed.put)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        scan = 0
+        for _ in range(len(pending)):
+            while True:
+                try:
+                    task = completed.get_nowait()
+                    break
+                except queue.Empty:
+                    pass
+                if deadline is None:
+                    while scan < len(pending) and not pending[scan]._run_if_pending():
+                        scan += 1
+                    if scan < len(pending):
+                        continue  # ran one inline; look for completions again
+                    task = completed.get()
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"tasks still pending after {timeout} s")
+                try:
+                    task = completed.get(timeout=left)
+                    break
+                except queue.Empty:
+                    continue
+            yield task
+
+    # -- native --------------------------------------------------------------------
+
+    def map_native(
+        self,
+        fn: Any,
+        args: Any,
+        out: Any,
+        *,
+        abi: str | None = None,
+        chunksize: int | None = None,
+        status: Any = None,
+        timeout: float | None = None,
+        raise_on_error: bool = True,
+    ) -> Any:
+        """Run the C function ``fn`` over every row of ``args`` into ``out``,
+        on the native lane with no GIL, and wait for it.
+
+        Parameters
+        ----------
+        fn : pyqueue.Kernel, cffi function, ctypes function pointer, PyCapsule, int
+            See :func:`pyqueue.kernel` for the two ABIs.
+        args, out : numpy.ndarray
+            Same length along axis 0.  Item ABI: the kernel gets pointers to
+            row i of each.  Range ABI: both must be C-contiguous and the kernel
+            gets the base pointers and [begin, end).
+        abi : {"item", "range"}, optional
+            For a raw pointer; a Kernel knows its own.
+        chunksize : int, optional
+            Items per ring cell; default between 256 and 4096.
+        status : numpy.ndarray, optional
+            An int32 array to receive per-item status codes.
+
+        Returns
+        -------
+        numpy.ndarray
+            The int32 status of every item (all 0 on success).
+
+        Raises
+        ------
+        pyqueue.NativeTaskError
+            If any item returned non-zero; ``.index`` is the first.
+        TypeError, ValueError
+            For bad arguments, before anything runs.
+        """
+        task = self.submit_native(fn, args, out, abi=abi, chunksize=chunksize, status=status)
+        return task.result(timeout, raise_on_error=raise_on_error)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Stop accepting work.
+
+        Queued tasks still run unless ``cancel_pending`` is true, in which case
+        they are cancelled (their ``result()`` raises CancelledError).  With
+        ``wait``, return once every worker thread has exited.  Idempotent.
+        """
+        with self._shutdown_lock:
+            self._close_lane()
+            if cancel_pending:
+                self._settle(self._cancel_queued(), None)
+            self._shutdown_native(cancel_pending)
+        if wait:
+            current = threading.current_thread()
+            for thread in self._threads:
+                if thread is not current:
+                    thread.join()
+        _live_queues.discard(self)
+
+    def __enter__(self) -> TaskQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<pyqueue.TaskQueue {state} workers={self._workers} queued={self.qsize()}>"
+
+
+def _shutdown_all_at_exit() -> None:
+    # Runs before the interpreter joins non-daemon threads, the way
+    # concurrent.futures does it: queued work drains, then the threads exit.
+    for q in list(_live_queues):
+        q.shutdown(wait=True)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's worker threads do not exist in the child.
+    for q in list(_live_queues):
+        q._after_fork_in_child()
+        q._threads = []
+    _live_queues.clear()
+
+
+threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
+os.register_at_fork(after_in_child=_after_fork_in_child)
