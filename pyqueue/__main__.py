@@ -1,0 +1,34 @@
+"""Command line: `python -m pyqueue demo|coordinator|node|status`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("demo", "coordinator", "node", "status")
+    if not argv or argv[0] not in commands:
+        parser = argparse.ArgumentParser(prog="pyqueue")
+        parser.add_argument("command", choices=commands)
+        parser.print_help() if not argv else parser.parse_args(argv[:1])
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        parser = argparse.ArgumentParser(prog="pyqueue demo",
+                                         description="run the demo pipeline")
+        parser.add_argument("--samples", type=int, default=4_000_000)
+        parser.add_argument("--blocks", type=int, default=2000)
+        args = parser.parse_args(rest)
+        from pyqueue import _demo
+
+        _demo.run(samples=args.samples, blocks=args.blocks)
+        return 0
+    from pyqueue.cluster import cli
+
+    return getattr(cli, f"main_{command}")(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""pyqueue.Executor follows the concurrent.futures contract."""
+
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+import pyqueue
+
+
+@pytest.fixture
+def ex():
+    executor = pyqueue.Executor(max_workers=2)
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def test_returns_real_futures(ex):
+    f = ex.submit(pow, 2, 8)
+    assert isinstance(f, cf.Future)
+    assert f.result() == 256
+    assert isinstance(ex, cf.Executor)
+
+
+def test_wait_and_as_completed(ex):
+    fs = [ex.submit(pow, i, 2) for i in range(50)]
+    done, not_done = cf.wait(fs, timeout=10)
+    assert len(done) == 50 and not not_done
+    assert sorted(f.result() for f in cf.as_completed(fs)) == [i * i for i in range(50)]
+
+
+def test_exceptions_propagate(ex):
+    f = ex.submit(int, "x")
+    with pytest.raises(ValueError):
+        f.result()
+    assert isinstance(f.exception(), ValueError)
+
+
+def test_map_follows_stdlib(ex):
+    assert list(ex.map(pow, [1, 2, 3], [2, 2, 2], chunksize=2)) == [1, 4, 9]
+    with pytest.raises(TimeoutError):
+        list(ex.map(time.sleep, [0.5, 0.5], timeout=0.05))
+
+
+def test_run_in_executor(ex):
+    async def main():
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(loop.run_in_executor(ex, pow, i, 3) for i in range(5)))
+
+    assert asyncio.run(main()) == [i**3 for i in range(5)]
+
+
+def test_shutdown_cancel_futures_and_submit_after_shutdown():
+    ex = pyqueue.Executor(max_workers=1)
+    gate = threading.Event()
+    running = ex.submit(gate.wait, 10)
+    time.sleep(0.05)
+    queued = [ex.submit(abs, -i) for i in range(20)]
+    threading.Timer(0.1, gate.set).start()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert running.result() is True
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError):
+        ex.submit(abs, 1)
+
+
+def test_initializer_failure_breaks_executor():
+    def bad_init():
+        raise OSError("no database")
+
+    ex = pyqueue.Executor(max_workers=2, initializer=bad_init)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            f = ex.submit(abs, 1)
+        except pyqueue.BrokenQueue:
+            break
+        with pytest.raises(cf.BrokenExecutor):
+            f.result(timeout=5)
+        break
+    with pytest.raises(cf.BrokenExecutor):
+        ex.submit(abs, 1)
+    ex.shutdown()
+
+
+def test_initializer_runs_in_every_worker():
+    names = set()
+    lock = threading.Lock()
+
+    def init(tag):
+        with lock:
+            names.add((tag, threading.current_thread().name))
+
+    with pyqueue.Executor(max_workers=3, thread_name_prefix="ex", initializer=init,
+                          initargs=("t",)) as ex:
+        ex.submit(abs, 1).result()
+    assert len(names) == 3 and all(n.startswith("ex-") for _, n in names)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        pyqueue.Executor(max_workers=0)
+    with pytest.raises(TypeError):
+        pyqueue.Executor(initializer="x")
+    with pyqueue.Executor(max_workers=1) as ex, pytest.raises(TypeError):
+        ex.submit(None)

@@ -1,0 +1,106 @@
+"""map (ordered, lazy, exceptions in place) and results (completion order)."""
+
+import itertools
+import threading
+import time
+
+import pytest
+
+import pyqueue
+
+
+def fail_on_3(x):
+    if x == 3:
+        raise ValueError("three")
+    return x * 10
+
+
+def test_map_preserves_order_with_adaptive_and_fixed_chunks(q):
+    data = list(range(5000))
+    assert list(q.map(lambda x: x * 2, data)) == [x * 2 for x in data]
+    for chunksize in (1, 7, 10000):
+        assert list(q.map(abs, range(-50, 50), chunksize=chunksize)) == [
+            abs(x) for x in range(-50, 50)
+        ]
+
+
+def test_map_several_iterables_stops_at_shortest(q):
+    assert list(q.map(pow, [2, 3, 4], [2, 2])) == [4, 9]
+
+
+def test_map_reraises_at_position(q):
+    it = q.map(fail_on_3, range(10), chunksize=2)
+    assert [next(it) for _ in range(3)] == [0, 10, 20]
+    with pytest.raises(ValueError, match="three"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_map_is_lazy_over_infinite_iterator(q):
+    consumed = itertools.count()
+
+    def source():
+        for i in itertools.count():
+            next(consumed)
+            yield i
+
+    it = q.map(lambda x: x + 1, source(), chunksize=10, ahead=3)
+    assert [next(it) for _ in range(25)] == list(range(1, 26))
+    time.sleep(0.05)
+    # At most the chunks in flight were pulled: bounded look-ahead.
+    assert next(consumed) <= 25 + 10 * 4 + 1
+    it.close()
+
+
+def test_map_timeout(q):
+    it = q.map(time.sleep, [0.5, 0.5], timeout=0.05, chunksize=1)
+    with pytest.raises(TimeoutError):
+        next(it)
+
+
+def test_map_bad_arguments(q):
+    with pytest.raises(TypeError):
+        q.map(abs)
+    with pytest.raises(ValueError):
+        q.map(abs, [1], chunksize=0)
+    with pytest.raises(ValueError):
+        q.map(abs, [1], ahead=0)
+
+
+def test_results_yields_in_completion_order(q):
+    slow = q.submit(time.sleep, 0.3)
+    fast = q.submit(time.sleep, 0.01)
+    order = list(q.results([slow, fast]))
+    assert order == [fast, slow]
+
+
+def test_results_yields_each_task_once_including_duplicates_and_failures(q):
+    tasks = [q.submit(fail_on_3, i) for i in range(20)]
+    seen = list(q.results(tasks + tasks[:5]))
+    assert len(seen) == 20 and set(seen) == set(tasks)
+    failures = [t for t in seen if t.exception() is not None]
+    assert len(failures) == 1
+
+
+def test_results_timeout_and_bad_input(q):
+    gate = threading.Event()
+    t = q.submit(gate.wait, 5)
+    with pytest.raises(TimeoutError):
+        list(q.results([t], timeout=0.05))
+    gate.set()
+    with pytest.raises(TypeError):
+        list(q.results([1, 2]))
+
+
+def test_results_fan_in_many_tasks(q):
+    tasks = q.submit_many(lambda x: x * x, range(10000))
+    assert sorted(t.result() for t in q.results(tasks)) == [x * x for x in range(10000)]
+
+
+def test_map_runs_blocking_tasks_on_every_worker_at_once():
+    # 32 tasks that each wait for all 32 to arrive: only a 32-way overlap
+    # lets the barrier open (a serial or 2-way run breaks it with an error).
+    barrier = threading.Barrier(32, timeout=20)
+    with pyqueue.TaskQueue(workers=32) as q:
+        assert sorted(q.map(lambda _: barrier.wait(), range(32), chunksize=1)) == list(range(32))
