@@ -40,6 +40,16 @@ q = pyqueue.TaskQueue(workers="two")
 """
 
 
+def mypy_env() -> dict[str, str]:
+    # An installed pyqueue is found through site-packages (PEP 561); an
+    # in-place build in a source tree needs its folder on MYPYPATH.
+    root = Path(pyqueue.__file__).resolve().parent.parent
+    env = dict(os.environ)
+    if (root / "setup.py").exists():
+        env["MYPYPATH"] = str(root)
+    return env
+
+
 def run_mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "sample.py"
     path.write_text(textwrap.dedent(source))
@@ -47,7 +57,7 @@ def run_mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", str(tmp_path / "c"),
          "--ignore-missing-imports", str(path)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, "MYPYPATH": str(Path(pyqueue.__file__).parent.parent)},
+        env=mypy_env(),
     )
 
 
