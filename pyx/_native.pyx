@@ -834,7 +834,7 @@ cdef class NativeTask:
         TimeoutError
             If ``timeout`` seconds pass first.
         """
-        if not _wait_event_batch(&self.c_batch, _timeout_ns(timeout)):
+        if not _wait_event(&self.c_batch.done, _timeout_ns(timeout)):
             raise TimeoutError(f"native batch not done after {timeout} s")
         cdef int64_t failed = pq_batch_failed(&self.c_batch)
         if failed and raise_on_error:
@@ -843,25 +843,6 @@ cdef class NativeTask:
             index = int(numpy.flatnonzero(status)[0])
             raise NativeTaskError(index, int(status[index]), int(failed), status)
         return self.status_array
-
-
-cdef int _wait_event_batch(pq_batch *b, int64_t timeout_ns) except -1:
-    cdef int64_t deadline = pq_now_ns() + timeout_ns if timeout_ns > 0 else timeout_ns
-    cdef int64_t slice_ns
-    while not pq_batch_is_done(b):
-        if deadline == 0:
-            return 0
-        slice_ns = WAIT_SLICE_NS
-        if deadline > 0:
-            slice_ns = deadline - pq_now_ns()
-            if slice_ns <= 0:
-                return 0
-            if slice_ns > WAIT_SLICE_NS:
-                slice_ns = WAIT_SLICE_NS
-        with nogil:
-            pq_batch_wait(b, slice_ns)
-        PyErr_CheckSignals()
-    return 1
 
 
 def run_serial(fn, args, out, *, abi=None, status=None):

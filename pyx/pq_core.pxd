@@ -68,7 +68,7 @@ cdef extern from "pq_pool.h" nogil:
     ctypedef int (*pq_range_fn)(const void *args, int64_t begin, int64_t end,
                                 void *out) noexcept nogil
     ctypedef struct pq_batch:
-        pass
+        pq_event done       # the only member the adapter touches: waits on it
     ctypedef struct pq_pool:
         pass
     void pq_batch_init(pq_batch *batch, void *fn, int abi, const void *args,
