@@ -68,7 +68,7 @@ class Engine:
     def _map_iter(
         self,
         fn: Callable[..., Any],
-        iterator: Iterator[Any],
+        iterator: Iterable[Any],
         star: bool,
         chunksize: int | None,
         ahead: int,

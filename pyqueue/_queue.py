@@ -155,7 +155,7 @@ class TaskQueue(_native.Engine):
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         if len(iterables) == 1:
-            source: Iterator[Any] = iter(iterables[0])
+            source: Iterable[Any] = iterables[0]
             star = False
         else:
             source = zip(*iterables)

@@ -11,6 +11,7 @@ lives in pyqueue/_queue.py, which subclasses ``Engine``.
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.list cimport PyList_GET_ITEM
 from cpython.pycapsule cimport (PyCapsule_CheckExact, PyCapsule_GetName,
                                 PyCapsule_GetPointer, PyCapsule_New)
 from cpython.ref cimport Py_DECREF, Py_INCREF
@@ -541,7 +542,7 @@ cdef double MAP_TARGET_S = 0.002
 cdef Py_ssize_t MAP_MAX_CHUNK = 8192
 
 
-def _run_chunk(fn, list items, bint star):
+def _run_chunk(fn, items, bint star):
     """Run fn over one chunk; returns (results, exception or None, seconds).
     An exception stops the chunk: the results before it are kept so that map
     yields them and then raises at the right position."""
@@ -561,11 +562,16 @@ def _run_chunk(fn, list items, bint star):
 
 @cython.final
 cdef class _MapIterator:
-    """Ordered results of a map, computed a bounded number of chunks ahead."""
+    """Ordered results of a map, computed a bounded number of chunks ahead.
+
+    A list, tuple or range is cut by slicing (no copy through an iterator);
+    anything else is pulled lazily, one chunk at a time."""
     cdef Engine engine
     cdef object fn, source, inflight, error
+    cdef object seq            # the input when it is a list, tuple or range
+    cdef Py_ssize_t seq_next   # first index of seq not yet submitted
     cdef bint star, exhausted, adaptive
-    cdef Py_ssize_t chunksize, pos
+    cdef Py_ssize_t chunksize, pos, n_current
     cdef int ahead
     cdef list current
     cdef int64_t deadline
@@ -573,7 +579,10 @@ cdef class _MapIterator:
     def __cinit__(self, Engine engine, fn, source, bint star, chunksize, int ahead, timeout):
         self.engine = engine
         self.fn = fn
-        self.source = source
+        if type(source) is list or type(source) is tuple or type(source) is range:
+            self.seq = source
+        else:
+            self.source = iter(source)
         self.star = star
         self.adaptive = chunksize is None
         if chunksize is not None and chunksize < 1:
@@ -582,18 +591,24 @@ cdef class _MapIterator:
         self.ahead = ahead if ahead > 0 else 1
         self.inflight = collections.deque()
         self.current = []
-        self.pos = 0
         cdef int64_t t = _timeout_ns(timeout)
         self.deadline = pq_now_ns() + t if t >= 0 else -1
         self._fill()
 
+    cdef object _next_chunk(self):
+        if self.seq is not None:
+            chunk = self.seq[self.seq_next:self.seq_next + self.chunksize]
+            self.seq_next += len(chunk)
+            return chunk
+        return list(itertools.islice(self.source, self.chunksize))
+
     cdef int _fill(self) except -1:
         cdef Task t
         while not self.exhausted and len(self.inflight) < self.ahead:
-            chunk = list(itertools.islice(self.source, self.chunksize))
+            chunk = self._next_chunk()
             if not chunk:
                 self.exhausted = True
-                self.source = None
+                self.source = self.seq = None
                 break
             t = self.engine._new_task(_run_chunk, (self.fn, chunk, self.star), None)
             self.engine._push(t, self.engine.c_put_timeout_ns)
@@ -621,9 +636,19 @@ cdef class _MapIterator:
         return self
 
     def __next__(self):
+        # Fast path, once per item: the next value of the current chunk.
+        if self.pos < self.n_current:
+            value = <object>PyList_GET_ITEM(self.current, self.pos)
+            self.pos += 1
+            return value
+        return self._advance()
+
+    cdef object _advance(self):
+        """Wait for the next chunk (running it here if no worker has started
+        it), queue more look-ahead, and return its first value."""
         cdef Task t
         cdef int64_t left
-        while self.pos >= len(self.current):
+        while True:
             if self.error is not None:
                 err, self.error = self.error, None
                 self._abandon()
@@ -645,24 +670,26 @@ cdef class _MapIterator:
             if err is None:
                 self._adapt(seconds, len(results))
             self.current = results
+            self.n_current = len(results)
             self.pos = 0
             self.error = err
             self._fill()
-        value = self.current[self.pos]
-        self.pos += 1
-        return value
+            if self.n_current > 0:
+                self.pos = 1
+                return self.current[0]
 
     cdef _abandon(self):
         for t in self.inflight:
             t.cancel()
         self.inflight.clear()
         self.exhausted = True
-        self.source = None
+        self.source = self.seq = None
 
     def close(self):
         """Stop early: cancel the chunks that have not started."""
         self._abandon()
         self.current = []
+        self.n_current = 0
         self.pos = 0
 
 
