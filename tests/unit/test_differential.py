@@ -26,28 +26,33 @@ def workloads():
     ]
 
 
-def outcome(fn, x):
+def settle(get):
+    """("ok", value) or ("err", exception type) of a result getter."""
     try:
-        return ("ok", fn(x))
-    except Exception as exc:  # compare the type of any failure
+        return ("ok", get())
+    except Exception as exc:
         return ("err", type(exc))
 
 
-@pytest.mark.parametrize("name, fn, data", workloads(), ids=lambda v: v if isinstance(v, str) else "")
-def test_same_results_as_thread_pool(name, fn, data):
+@pytest.mark.parametrize("fn, data", [w[1:] for w in workloads()], ids=[w[0] for w in workloads()])
+def test_same_results_as_thread_pool(fn, data):
     with cf.ThreadPoolExecutor(2) as tpe:
-        expected = [outcome(lambda x: f.result(), None) for f in [tpe.submit(fn, x) for x in data]]
+        expected = [settle(f.result) for f in [tpe.submit(fn, x) for x in data]]
     with pyqueue.TaskQueue(workers=2) as q:
-        tasks = [q.submit(fn, x) for x in data]
-        got = [outcome(lambda _: t.result(), None) for t in tasks]
-        ex = pyqueue.Executor(max_workers=2)
-        via_executor = [outcome(lambda x: f.result(), None) for f in [ex.submit(fn, x) for x in data]]
-        ex.shutdown()
+        got = [settle(t.result) for t in [q.submit(fn, x) for x in data]]
+        fanned_in = {t: settle(t.result) for t in q.results(q.submit_many(fn, data))}
+        with pyqueue.Executor(max_workers=2) as ex:
+            via_executor = [settle(f.result) for f in [ex.submit(fn, x) for x in data]]
+        mapped = []
         try:
-            mapped = [("ok", v) for v in q.map(fn, data)]
+            mapped.extend(("ok", v) for v in q.map(fn, data))
         except Exception as exc:
-            mapped = [("err", type(exc))]
+            mapped.append(("err", type(exc)))
     assert got == expected
     assert via_executor == expected
+    assert sorted(fanned_in.values(), key=repr) == sorted(expected, key=repr)
+    # map stops at the first error, having yielded every result before it.
     n_ok = next((i for i, (kind, _) in enumerate(expected) if kind == "err"), len(expected))
     assert mapped[:n_ok] == expected[:n_ok]
+    if n_ok < len(expected):
+        assert mapped[n_ok] == expected[n_ok] and len(mapped) == n_ok + 1
