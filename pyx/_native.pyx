@@ -196,11 +196,15 @@ cdef class Task:
         Callbacks run in the thread that completes the task; an exception they
         raise is logged to the ``pyqueue`` logger and otherwise ignored.
         """
+        # Allocate before looking at the state: an allocation can run the
+        # garbage collector, whose finalizers can let another thread take the
+        # GIL and complete the task between our check and our store.
+        cdef list fresh = [fn] if self.callbacks is None else None
         if self.state >= FINISHED:
             _call_callback(fn, self)
             return
         if self.callbacks is None:
-            self.callbacks = [fn]
+            self.callbacks = fresh if fresh is not None else [fn]
         else:
             self.callbacks.append(fn)
 

@@ -189,3 +189,38 @@ def test_queue_repr_and_qsize(q):
     assert q.workers == 2
     q.shutdown()
     assert "closed" in repr(q) and q.closed
+
+
+def test_done_callback_not_lost_when_gc_switches_threads_mid_registration():
+    # Regression: registering a callback allocates; the allocation can run the
+    # garbage collector, and a collector hook (like any finalizer) can release
+    # the GIL, letting a worker complete the task in the middle of the
+    # registration.  Every callback must still run exactly once.
+    import gc
+
+    calls = []
+    lock = threading.Lock()
+
+    def on_done(task):
+        with lock:
+            calls.append(task)
+
+    def let_others_run(phase, info):
+        time.sleep(0.0001)
+
+    old = gc.get_threshold()
+    gc.callbacks.append(let_others_run)
+    gc.set_threshold(1)
+    try:
+        with pyqueue.TaskQueue(workers=2) as q:
+            tasks = []
+            for _ in range(2000):
+                t = q.submit(sum, range(200))
+                t.add_done_callback(on_done)
+                tasks.append(t)
+            for t in tasks:
+                t.result()
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(let_others_run)
+    assert len(calls) == len(tasks) and set(calls) == set(tasks)
