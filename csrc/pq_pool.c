@@ -10,7 +10,8 @@ struct pq_pool {
     int workers;
     int started;                /* threads actually running */
     _Atomic int cancel;         /* set before close when pending work is dropped */
-    _Atomic int shut;           /* makes shutdown idempotent */
+    _Atomic int closed;         /* makes close idempotent */
+    _Atomic int joined;         /* makes the join idempotent */
     _Atomic uint64_t chunks_run;/* statistic */
     pthread_t *threads;
 };
@@ -36,7 +37,14 @@ void pq_batch_init(pq_batch *batch, void *fn, int abi, const void *args, int64_t
     /* relaxed: the batch is not shared yet; pushing it to the ring publishes it. */
     atomic_store_explicit(&batch->remaining, 1, memory_order_relaxed);
     atomic_store_explicit(&batch->failed, 0, memory_order_relaxed);
+    atomic_store_explicit(&batch->cancelled, 0, memory_order_relaxed);
     pq_event_init(&batch->done);
+}
+
+void pq_batch_cancel(pq_batch *batch) {
+    /* relaxed: a worker that sees the flag late runs one more chunk, which is
+     * what cancelling a running batch allows. */
+    atomic_store_explicit(&batch->cancelled, 1, memory_order_relaxed);
 }
 
 int pq_batch_wait(pq_batch *batch, int64_t timeout_ns) {
@@ -96,7 +104,9 @@ static void *_pq_worker_main(void *arg) {
         int64_t failed;
         /* relaxed: cancel is set before close; seeing it late only runs a
          * chunk that shutdown would otherwise have marked, which is allowed. */
-        if (atomic_load_explicit(&pool->cancel, memory_order_relaxed)) {
+        if (atomic_load_explicit(&pool->cancel, memory_order_relaxed) ||
+            /* relaxed: see pq_batch_cancel. */
+            atomic_load_explicit(&batch->cancelled, memory_order_relaxed)) {
             _pq_mark_not_run(batch, item.begin, item.end);
             failed = item.end - item.begin;
         } else {
@@ -166,11 +176,19 @@ int pq_pool_submit(pq_pool *pool, pq_batch *batch, int64_t n_items, int64_t chun
     return rc;
 }
 
-void pq_pool_shutdown(pq_pool *pool, int cancel_pending) {
-    /* acq_rel exchange: exactly one caller performs the shutdown. */
-    if (atomic_exchange_explicit(&pool->shut, 1, memory_order_acq_rel)) return;
+void pq_pool_close(pq_pool *pool, int cancel_pending) {
+    /* relaxed: workers read it per chunk; see _pq_worker_main. A later close
+     * with cancel_pending still cancels what is left. */
     if (cancel_pending) atomic_store_explicit(&pool->cancel, 1, memory_order_relaxed);
+    /* acq_rel exchange: exactly one caller closes the lane. */
+    if (atomic_exchange_explicit(&pool->closed, 1, memory_order_acq_rel)) return;
     pq_lane_close(&pool->lane);
+}
+
+void pq_pool_shutdown(pq_pool *pool, int cancel_pending) {
+    pq_pool_close(pool, cancel_pending);
+    /* acq_rel exchange: exactly one caller joins the threads. */
+    if (atomic_exchange_explicit(&pool->joined, 1, memory_order_acq_rel)) return;
     for (int i = 0; i < pool->started; i++) pthread_join(pool->threads[i], NULL);
     /* Workers drain before exiting; anything left (no worker started) is
      * accounted here so no batch waits forever. */

@@ -46,6 +46,7 @@ typedef struct pq_batch {
     int32_t *status;            /* one slot per item */
     _Atomic int64_t remaining;  /* chunks not yet completed, + 1 while submitting */
     _Atomic int64_t failed;     /* items whose status is not 0 */
+    _Atomic int cancelled;      /* set once: chunks not yet started are not run */
     pq_event done;
 } pq_batch;
 
@@ -53,6 +54,9 @@ typedef struct pq_batch {
 void pq_batch_init(pq_batch *batch, void *fn, int abi, const void *args, int64_t arg_stride,
                    void *out, int64_t out_stride, int32_t *status);
 int pq_batch_wait(pq_batch *batch, int64_t timeout_ns);
+/* Chunks that have not started when they are popped are marked
+ * PQ_ITEM_NOT_RUN; chunks already running finish.  The batch still completes. */
+void pq_batch_cancel(pq_batch *batch);
 int pq_batch_is_done(pq_batch *batch);
 int64_t pq_batch_failed(pq_batch *batch);
 
@@ -69,8 +73,11 @@ int pq_pool_create(pq_pool **out, int workers, size_t capacity);
  * PQ_ITEM_NOT_RUN and accounted, so the batch still completes. */
 int pq_pool_submit(pq_pool *pool, pq_batch *batch, int64_t n_items, int64_t chunk,
                    int64_t timeout_ns);
-/* Stops the pool: with cancel_pending, queued chunks are marked not run;
- * otherwise they run first.  Joins every thread.  Idempotent. */
+/* Stops accepting work and wakes every worker, without waiting: with
+ * cancel_pending, queued chunks are marked not run; otherwise they run first.
+ * The workers exit once the ring is empty. */
+void pq_pool_close(pq_pool *pool, int cancel_pending);
+/* pq_pool_close, then joins every thread.  Idempotent. */
 void pq_pool_shutdown(pq_pool *pool, int cancel_pending);
 void pq_pool_destroy(pq_pool *pool);
 int pq_pool_workers(const pq_pool *pool);

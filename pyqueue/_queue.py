@@ -256,7 +256,11 @@ class TaskQueue(_native.Engine):
             For bad arguments, before anything runs.
         """
         task = self.submit_native(fn, args, out, abi=abi, chunksize=chunksize, status=status)
-        return task.result(timeout, raise_on_error=raise_on_error)
+        try:
+            return task.result(timeout, raise_on_error=raise_on_error)
+        except (KeyboardInterrupt, TimeoutError):
+            task.cancel()  # nobody will read the rest: stop it promptly
+            raise
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -271,7 +275,7 @@ class TaskQueue(_native.Engine):
             self._close_lane()
             if cancel_pending:
                 self._settle(self._cancel_queued(), None)
-            self._shutdown_native(cancel_pending)
+            self._shutdown_native(cancel_pending, wait)
         if wait:
             current = threading.current_thread()
             for thread in self._threads:

@@ -37,6 +37,10 @@ cdef enum:
 
 _STATE_NAMES = ("pending", "running", "finished", "cancelled")
 
+# Bumped in a forked child: a task of an older generation can never complete
+# there, because the threads that would run it stayed in the parent.
+cdef int _fork_generation = 0
+
 # Blocking waits are cut into slices so that Ctrl-C is seen promptly.
 cdef int64_t WAIT_SLICE_NS = 50_000_000
 NOT_RUN = PQ_ITEM_NOT_RUN
@@ -115,10 +119,12 @@ cdef class Task:
     cdef int state
     cdef bint failed
     cdef list callbacks
+    cdef int generation        # _fork_generation when the task was created
     cdef pq_event c_done
 
     def __cinit__(self):
         pq_event_init(&self.c_done)
+        self.generation = _fork_generation
 
     def __repr__(self):
         extra = ""
@@ -148,6 +154,11 @@ cdef class Task:
         return self.state == CANCELLED
 
     cdef int _wait(self, object timeout) except -1:
+        if self.generation != _fork_generation:
+            if self.state < FINISHED:
+                raise QueueClosed("this task belongs to a TaskQueue created before "
+                                  "os.fork(); it cannot complete in the child process")
+            return 0
         if self.state == PENDING and timeout is None:
             _run_task(self, True)   # caller-runs
         if self.state >= FINISHED:
@@ -316,7 +327,11 @@ cdef class Engine:
 
     cdef int _check_open(self) except -1:
         if self.c_broken is not None:
-            raise self.c_broken
+            # A fresh instance each time: re-raising one stored instance would
+            # chain every caller's frames onto its traceback and keep them alive.
+            err = type(self.c_broken)(*self.c_broken.args)
+            err.__cause__ = self.c_broken.__cause__
+            raise err
         if self.c_closed:
             if self.c_forked:
                 raise QueueClosed("this TaskQueue was created before os.fork(); "
@@ -475,13 +490,20 @@ cdef class Engine:
                 _complete(t)
         return dropped
 
-    def _shutdown_native(self, bint cancel_pending):
+    def _shutdown_native(self, bint cancel_pending, bint wait=True):
+        """Close the native pool; with ``wait``, also join its threads (the
+        join happens at the latest when the queue is freed)."""
         if self.c_pool != NULL and not self.c_forked:
             with nogil:
-                pq_pool_shutdown(self.c_pool, cancel_pending)
+                if wait:
+                    pq_pool_shutdown(self.c_pool, cancel_pending)
+                else:
+                    pq_pool_close(self.c_pool, cancel_pending)
 
     def _after_fork_in_child(self):
         """The threads are gone in the child: leak the C state, refuse work."""
+        global _fork_generation
+        _fork_generation += 1
         self.c_forked = True
         self.c_closed = True
         self.c_pool = NULL
@@ -660,17 +682,20 @@ cdef class _MapIterator:
             if not self.inflight:
                 raise StopIteration
             t = self.inflight.popleft()
-            if self.deadline < 0:
-                results, err, seconds = t.result()
-            else:
-                left = self.deadline - pq_now_ns()
-                if left < 0:
-                    left = 0
-                try:
-                    results, err, seconds = t.result(left / 1e9)
-                except TimeoutError:
-                    self.inflight.appendleft(t)
-                    raise
+            try:
+                if self.deadline < 0:
+                    results, err, seconds = t.result()
+                else:
+                    left = self.deadline - pq_now_ns()
+                    results, err, seconds = t.result((left if left > 0 else 0) / 1e9)
+            except TimeoutError:
+                self.inflight.appendleft(t)   # the caller may try again
+                raise
+            except BaseException:
+                # Ctrl-C or a failure of the machinery: the look-ahead must not
+                # keep running for a consumer that is gone (as Executor.map).
+                self._abandon()
+                raise
             if err is None:
                 self._adapt(seconds, len(results))
             self.current = results
@@ -683,11 +708,16 @@ cdef class _MapIterator:
                 return self.current[0]
 
     cdef _abandon(self):
+        if self.inflight is None:   # construction failed before it was set
+            return
         for t in self.inflight:
             t.cancel()
         self.inflight.clear()
         self.exhausted = True
         self.source = self.seq = None
+
+    def __del__(self):
+        self._abandon()
 
     def close(self):
         """Stop early: cancel the chunks that have not started."""
@@ -803,8 +833,11 @@ cdef class NativeTask:
     cdef object args, out, status_array, kernel_obj
 
     def __dealloc__(self):
+        # Nobody can read the results any more: skip the chunks not started,
+        # then wait for the running ones, which still write into our arrays.
         if self.submitted:
             with nogil:
+                pq_batch_cancel(&self.c_batch)
                 pq_batch_wait(&self.c_batch, -1)
 
     @staticmethod
@@ -853,7 +886,14 @@ cdef class NativeTask:
         return task
 
     def done(self):
+        """True once every chunk ran or was cancelled."""
         return pq_batch_is_done(&self.c_batch) != 0
+
+    def cancel(self):
+        """Skip the chunks that have not started (their status becomes
+        ``NativeTaskError.NOT_RUN``); running chunks finish.  ``result()``
+        still waits for those."""
+        pq_batch_cancel(&self.c_batch)
 
     def result(self, timeout=None, *, bint raise_on_error=True):
         """Wait for the batch; return the int32 status array (0 = ok).

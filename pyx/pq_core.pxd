@@ -75,12 +75,14 @@ cdef extern from "pq_pool.h" nogil:
                        int64_t arg_stride, void *out, int64_t out_stride,
                        int32_t *status) noexcept
     int pq_batch_wait(pq_batch *batch, int64_t timeout_ns) noexcept
+    void pq_batch_cancel(pq_batch *batch) noexcept
     int pq_batch_is_done(pq_batch *batch) noexcept
     int64_t pq_batch_failed(pq_batch *batch) noexcept
     int64_t pq_batch_run_range(pq_batch *batch, int64_t begin, int64_t end) noexcept
     int pq_pool_create(pq_pool **out, int workers, size_t capacity) noexcept
     int pq_pool_submit(pq_pool *pool, pq_batch *batch, int64_t n_items, int64_t chunk,
                        int64_t timeout_ns) noexcept
+    void pq_pool_close(pq_pool *pool, int cancel_pending) noexcept
     void pq_pool_shutdown(pq_pool *pool, int cancel_pending) noexcept
     void pq_pool_destroy(pq_pool *pool) noexcept
     int pq_pool_workers(const pq_pool *pool) noexcept

@@ -172,6 +172,49 @@ static void test_submit_timeout_on_full_ring(void) {
     pq_pool_destroy(pool);
 }
 
+/* Cancelling a running batch: chunks not yet started are marked not run, the
+ * batch completes, and every item has exactly one outcome. */
+static void test_batch_cancel(void) {
+    enum { N = 300 };
+    static int32_t o[N], st[N];
+    memset(o, 0, sizeof(o));
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 1, 512), PQ_OK);
+    pq_batch b;
+    pq_batch_init(&b, (void *)slow_item, PQ_ABI_ITEM, o, 4, o, 4, st);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 1, -1), PQ_OK);
+    pq_batch_cancel(&b);
+    CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+    int64_t ran = 0, not_run = 0;
+    for (int i = 0; i < N; i++) {
+        if (st[i] == 0) { CHECK_EQ(o[i], 1); ran++; }
+        else { CHECK_EQ(st[i], PQ_ITEM_NOT_RUN); CHECK_EQ(o[i], 0); not_run++; }
+    }
+    CHECK_EQ(ran + not_run, N);
+    CHECK(not_run > 0);
+    CHECK_EQ(pq_batch_failed(&b), not_run);
+    pq_pool_destroy(pool);
+}
+
+/* close does not wait: it returns while a worker is still inside a chunk,
+ * and the later shutdown joins. */
+static void test_close_does_not_wait(void) {
+    enum { N = 50 };
+    static int32_t o[N], st[N];
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 1, 64), PQ_OK);
+    pq_batch b;
+    pq_batch_init(&b, (void *)slow_item, PQ_ABI_ITEM, o, 4, o, 4, st);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 1, -1), PQ_OK);
+    pq_pool_close(pool, 0);
+    CHECK(!pq_batch_is_done(&b)); /* 50 x 0.2 ms cannot be done yet */
+    pq_pool_close(pool, 0);        /* idempotent */
+    pq_pool_shutdown(pool, 0);
+    CHECK(pq_batch_is_done(&b));
+    for (int i = 0; i < N; i++) CHECK_EQ(st[i], 0);
+    pq_pool_destroy(pool);
+}
+
 int main(void) {
     test_item_abi_all_chunk_sizes();
     test_status_codes_and_range_abi();
@@ -179,6 +222,8 @@ int main(void) {
     test_shutdown_with_pending(1);
     test_shutdown_idle_and_bad_args();
     test_submit_timeout_on_full_ring();
-    printf("test_pool: 6 passed, 0 failed\n");
+    test_batch_cancel();
+    test_close_does_not_wait();
+    printf("test_pool: 8 passed, 0 failed\n");
     return 0;
 }
