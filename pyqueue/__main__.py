@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
                                          description="run the demo pipeline")
         parser.add_argument("--samples", type=int, default=4_000_000)
         parser.add_argument("--blocks", type=int, default=2000)
+        parser.add_argument("--records", type=int, default=200_000)
         args = parser.parse_args(rest)
         from pyqueue import _demo
 
-        _demo.run(samples=args.samples, blocks=args.blocks)
+        _demo.run(samples=args.samples, blocks=args.blocks, records=args.records)
         return 0
     from pyqueue.cluster import cli
 
