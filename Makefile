@@ -8,13 +8,14 @@ CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Werror -pthread
 SAN_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SAN_TSAN := -fsanitize=thread
 
-.PHONY: help build test test-c test-py bench bench-c bench-c-bin lint clean
+.PHONY: help build test test-c test-py test-py-asan bench bench-c bench-c-bin lint clean
 
 help:
 	@echo "build      build the extension in place (pyqueue._native)"
 	@echo "test       C tests under sanitizers, then the Python tests"
 	@echo "test-c     C core tests under ASan+UBSan and under TSan"
 	@echo "test-py    the Python test suite (pytest)"
+	@echo "test-py-asan  unit and stress tests against an ASan+UBSan build of the extension"
 	@echo "bench      C microbenchmark, then the peer comparison (quick)"
 	@echo "lint       ruff and mypy"
 	@echo "clean      remove build products"
@@ -26,6 +27,18 @@ test: test-c test-py
 
 test-py: build
 	$(PYTHON) -m pytest tests
+
+# The extension built with ASan+UBSan into build/asan (next to a copy of the
+# Python files), and the tests run from outside the tree so that they import
+# it.  CPython itself leaks by design at exit, so leak detection is off.
+ASAN_PRELOAD = $(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libubsan.so)
+test-py-asan:
+	rm -rf build/asan build/asan-tmp
+	PYQUEUE_SANITIZE=address $(PYTHON) setup.py build_ext -b build/asan -t build/asan-tmp
+	cp pyqueue/*.py pyqueue/py.typed pyqueue/_native.pyi build/asan/pyqueue/
+	cd /tmp && LD_PRELOAD=$(ASAN_PRELOAD) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$(CURDIR)/build/asan \
+	  $(PYTHON) -m pytest $(CURDIR)/tests/unit $(CURDIR)/tests/stress -q -p no:cacheprovider --capture=sys
 
 # Each test binary is built twice, once per sanitizer family (ASan and TSan
 # cannot share a binary), and run with halt-on-error settings.

@@ -1,6 +1,8 @@
 /* pq_lane.c - see pq_lane.h. */
 #include "pq_lane.h"
 
+#include <stdlib.h>
+
 int pq_lane_init(pq_lane *lane, size_t capacity, int64_t spin_ns, int max_spinners) {
     int rc = pq_ring_init(&lane->ring, capacity);
     if (rc != PQ_OK) return rc;
@@ -14,6 +16,23 @@ int pq_lane_init(pq_lane *lane, size_t capacity, int64_t spin_ns, int max_spinne
 }
 
 void pq_lane_destroy(pq_lane *lane) { pq_ring_destroy(&lane->ring); }
+
+int pq_lane_new(pq_lane **out, size_t capacity, int64_t spin_ns, int max_spinners) {
+    /* aligned_alloc wants a size that is a multiple of the alignment. */
+    size_t size = (sizeof(pq_lane) + PQ_FALSE_SHARING_RANGE - 1) & ~(size_t)(PQ_FALSE_SHARING_RANGE - 1);
+    pq_lane *lane = aligned_alloc(PQ_FALSE_SHARING_RANGE, size);
+    if (lane == NULL) return PQ_ENOMEM;
+    int rc = pq_lane_init(lane, capacity, spin_ns, max_spinners);
+    if (rc != PQ_OK) { free(lane); return rc; }
+    *out = lane;
+    return PQ_OK;
+}
+
+void pq_lane_free(pq_lane *lane) {
+    if (lane == NULL) return;
+    pq_lane_destroy(lane);
+    free(lane);
+}
 
 int pq_lane_is_closed(pq_lane *lane) {
     /* acquire: pairs with the release store in close; a thread that sees

@@ -36,8 +36,12 @@ typedef struct pq_lane {
     int max_spinners;
 } pq_lane;
 
+/* A lane has 128-byte-aligned members: one that lives on the heap must come
+ * from pq_lane_new (malloc and friends guarantee only 16 bytes). */
 int pq_lane_init(pq_lane *lane, size_t capacity, int64_t spin_ns, int max_spinners);
 void pq_lane_destroy(pq_lane *lane);
+int pq_lane_new(pq_lane **out, size_t capacity, int64_t spin_ns, int max_spinners);
+void pq_lane_free(pq_lane *lane);
 
 int pq_lane_push(pq_lane *lane, const pq_item *item, int64_t timeout_ns);
 /* Pushes all n items (in order, in as few claims as the free space allows)

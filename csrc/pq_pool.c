@@ -4,6 +4,7 @@
 
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct pq_pool {
     pq_lane lane;
@@ -121,8 +122,11 @@ static void *_pq_worker_main(void *arg) {
 
 int pq_pool_create(pq_pool **out, int workers, size_t capacity) {
     if (out == NULL || workers < 1 || workers > 4096) return PQ_EINVAL;
-    pq_pool *pool = calloc(1, sizeof(*pool));
+    /* The embedded lane needs 128-byte alignment, which calloc does not give. */
+    size_t size = (sizeof(pq_pool) + PQ_FALSE_SHARING_RANGE - 1) & ~(size_t)(PQ_FALSE_SHARING_RANGE - 1);
+    pq_pool *pool = aligned_alloc(PQ_FALSE_SHARING_RANGE, size);
     if (pool == NULL) return PQ_ENOMEM;
+    memset(pool, 0, size);
     /* Spin only when the workers leave a core free for the submitter. */
     int cores = pq_cpu_count();
     int64_t spin_ns = workers < cores - 1 ? 20000 : 0;

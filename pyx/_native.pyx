@@ -269,8 +269,7 @@ cdef class Engine:
 
     Not for direct use: ``pyqueue.TaskQueue`` subclasses it and adds policy.
     """
-    cdef pq_lane c_lane
-    cdef bint c_lane_ready
+    cdef pq_lane *c_lane          # heap: it needs 128-byte alignment
     cdef pq_pool *c_pool
     cdef int c_native_workers
     cdef bint c_closed
@@ -282,7 +281,7 @@ cdef class Engine:
 
     def __cinit__(self, *args, **kwargs):
         self.c_pool = NULL
-        self.c_lane_ready = False
+        self.c_lane = NULL
         self.c_closed = True
 
     def _engine_start(self, size_t capacity, int native_workers, double budget_s,
@@ -294,8 +293,7 @@ cdef class Engine:
         while cap < capacity:
             cap <<= 1
         # Python-lane consumers never spin: they need the GIL anyway.
-        _raise_status(pq_lane_init(&self.c_lane, cap, 0, 0), "TaskQueue")
-        self.c_lane_ready = True
+        _raise_status(pq_lane_new(&self.c_lane, cap, 0, 0), "TaskQueue")
         self.capacity = cap
         self.c_native_workers = native_workers
         self.c_budget_ns = <int64_t>(budget_s * 1e9)
@@ -308,11 +306,11 @@ cdef class Engine:
             with nogil:
                 pq_pool_destroy(self.c_pool)
         self.c_pool = NULL
-        if self.c_lane_ready and not self.c_forked:
-            while pq_lane_pop(&self.c_lane, &item, 0) == PQ_OK:
+        if self.c_lane != NULL and not self.c_forked:
+            while pq_lane_pop(self.c_lane, &item, 0) == PQ_OK:
                 Py_DECREF(<object>item.ctx)
-            pq_lane_destroy(&self.c_lane)
-        self.c_lane_ready = False
+            pq_lane_free(self.c_lane)
+        self.c_lane = NULL
 
     @property
     def closed(self):
@@ -321,7 +319,7 @@ cdef class Engine:
 
     def qsize(self):
         """Python tasks queued and not yet taken by a worker (a snapshot)."""
-        return pq_lane_size_approx(&self.c_lane) if self.c_lane_ready else 0
+        return pq_lane_size_approx(self.c_lane) if self.c_lane != NULL else 0
 
     # -- submitting ----------------------------------------------------------
 
@@ -357,7 +355,7 @@ cdef class Engine:
         item.end = 0
         item.tag = 0
         Py_INCREF(t)   # the ring's reference, dropped by whoever pops the item
-        rc = pq_lane_push(&self.c_lane, &item, 0)
+        rc = pq_lane_push(self.c_lane, &item, 0)
         if rc == PQ_FULL and timeout_ns != 0:
             deadline = pq_now_ns() + timeout_ns if timeout_ns > 0 else -1
             try:
@@ -371,7 +369,7 @@ cdef class Engine:
                         if slice_ns > WAIT_SLICE_NS:
                             slice_ns = WAIT_SLICE_NS
                     with nogil:
-                        rc = pq_lane_push(&self.c_lane, &item, slice_ns)
+                        rc = pq_lane_push(self.c_lane, &item, slice_ns)
                     if rc == PQ_TIMEOUT:
                         PyErr_CheckSignals()
             except BaseException:
@@ -433,7 +431,7 @@ cdef class Engine:
         cdef unsigned n
         while True:
             with nogil:
-                rc = pq_lane_pop(&self.c_lane, &item, -1)
+                rc = pq_lane_pop(self.c_lane, &item, -1)
             if rc != PQ_OK:
                 return
             deadline = pq_now_ns() + self.c_budget_ns
@@ -443,7 +441,7 @@ cdef class Engine:
                 n += 1
                 if (n & 15) == 0 and pq_now_ns() >= deadline:
                     break
-                if pq_lane_pop(&self.c_lane, &item, 0) != PQ_OK:
+                if pq_lane_pop(self.c_lane, &item, 0) != PQ_OK:
                     break
 
     cdef void _run_popped(self, pq_item *item) noexcept:
@@ -457,8 +455,8 @@ cdef class Engine:
     def _close_lane(self):
         """Stop accepting work; lane threads drain what is queued, then exit."""
         self.c_closed = True
-        if self.c_lane_ready and not self.c_forked:
-            pq_lane_close(&self.c_lane)
+        if self.c_lane != NULL and not self.c_forked:
+            pq_lane_close(self.c_lane)
 
     def _set_broken(self, exc):
         """Refuse all further work with ``exc`` (a worker initializer failed)."""
@@ -472,9 +470,9 @@ cdef class Engine:
         cdef pq_item item
         cdef Task t
         cdef list dropped = []
-        if not self.c_lane_ready or self.c_forked:
+        if self.c_lane == NULL or self.c_forked:
             return dropped
-        while pq_lane_pop(&self.c_lane, &item, 0) == PQ_OK:
+        while pq_lane_pop(self.c_lane, &item, 0) == PQ_OK:
             t = <Task>item.ctx
             Py_DECREF(t)
             if t.state != PENDING:

@@ -48,6 +48,8 @@ cdef extern from "pq_lane.h" nogil:
         pass
     int pq_lane_init(pq_lane *lane, size_t capacity, int64_t spin_ns, int max_spinners) noexcept
     void pq_lane_destroy(pq_lane *lane) noexcept
+    int pq_lane_new(pq_lane **out, size_t capacity, int64_t spin_ns, int max_spinners) noexcept
+    void pq_lane_free(pq_lane *lane) noexcept
     int pq_lane_push(pq_lane *lane, const pq_item *item, int64_t timeout_ns) noexcept
     int pq_lane_push_many(pq_lane *lane, const pq_item *items, size_t n,
                           int64_t timeout_ns, size_t *pushed) noexcept

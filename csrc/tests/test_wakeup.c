@@ -92,6 +92,14 @@ static void test_bounded_waits(void) {
     CHECK_EQ(pq_lane_pop(&small, &it, -1), PQ_OK);
     CHECK_EQ(pq_lane_pop(&small, &it, -1), PQ_CLOSED);
     pq_lane_destroy(&small);
+
+    pq_lane *heap = NULL;
+    CHECK_EQ(pq_lane_new(&heap, 3, 0, 0), PQ_EINVAL);
+    CHECK_EQ(pq_lane_new(&heap, 4, 0, 0), PQ_OK);
+    CHECK_EQ((uintptr_t)heap % PQ_FALSE_SHARING_RANGE, 0);
+    CHECK_EQ(pq_lane_push(heap, &it, 0), PQ_OK);
+    CHECK_EQ(pq_lane_pop(heap, &it, 0), PQ_OK);
+    pq_lane_free(heap);
 }
 
 int main(void) {
