@@ -100,8 +100,8 @@ def run(samples: int = 4_000_000, blocks: int = 2000, block_kib: int = 64,
         tpe_sizes = sorted(f.result()[0] for f in cf.as_completed(futures))
         theirs = time.perf_counter() - t0
         t0 = time.perf_counter()
-        futures = [tpe.submit(_parse, line) for line in lines]
-        tpe_total = sum(f.result() for f in cf.as_completed(futures))
+        parsed = [tpe.submit(_parse, line) for line in lines]
+        tpe_total = sum(f.result() for f in cf.as_completed(parsed))
         theirs_small = time.perf_counter() - t0
     if pq_sizes != tpe_sizes or pq_total != tpe_total:
         raise AssertionError("pyqueue and ThreadPoolExecutor disagree")

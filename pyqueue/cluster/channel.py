@@ -1,0 +1,252 @@
+"""Blocking-socket transport shared by nodes and clients.
+
+A :class:`Channel` owns one TCP connection to the coordinator at a time, a
+reader thread that (re)connects with exponential backoff and jitter, runs the
+handshake and hands every received message to ``on_message``.  Any thread may
+:meth:`Channel.send`; sends are serialized by a lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable
+
+from . import protocol as P
+from .config import parse_address
+from .errors import AuthenticationError, PeerError, ProtocolError
+from .protocol import MsgType
+
+__all__ = ["Channel"]
+
+log = logging.getLogger("pyqueue.cluster.channel")
+
+_RECV = 256 * 1024
+
+
+class Channel:
+    """A self-healing authenticated connection to the coordinator.
+
+    Parameters
+    ----------
+    address : str
+        ``"HOST:PORT"`` of the coordinator.
+    key : bytes
+        Shared secret.
+    role, name : str
+        Announced in HELLO.
+    on_message : callable
+        ``on_message(msg)`` runs on the reader thread for each message.
+    on_connect : callable
+        Runs on the reader thread after each successful handshake, before any
+        message is read; resend unacknowledged state from here.
+    on_disconnect : callable, optional
+        Runs on the reader thread when a connection is lost.
+    ssl_context : ssl.SSLContext, optional
+        Client-side TLS.
+    backoff : (float, float)
+        First and largest delay between reconnection attempts, seconds.
+
+    Thread safety
+    -------------
+    :meth:`send`, :meth:`close` and :meth:`wait_connected` are thread-safe.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        key: bytes,
+        *,
+        role: str,
+        name: str,
+        on_message: Callable[[P.Message], None],
+        on_connect: Callable[[], None],
+        on_disconnect: Callable[[], None] | None = None,
+        max_frame: int = P.DEFAULT_MAX_FRAME,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: tuple[float, float] = (0.05, 2.0),
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.host, self.port = parse_address(address)
+        self.key = key
+        self.role = role
+        self.name = name
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.max_frame = max_frame
+        self.ssl_context = ssl_context
+        self.backoff = backoff
+        self.handshake_timeout = handshake_timeout
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._conn: P.Connection | None = None
+        self._connected = threading.Event()
+        self._closing = threading.Event()
+        self._corr = itertools.count(1)
+        self._thread = threading.Thread(
+            target=self._run, name=f"pyqueue-{role}-reader", daemon=True
+        )
+        self.fatal: BaseException | None = None
+        self.connections = 0
+
+    def start(self) -> None:
+        """Start the reader thread (it connects in the background)."""
+        self._thread.start()
+
+    def next_corr(self) -> int:
+        """A fresh correlation id."""
+        return next(self._corr) & 0xFFFFFFFF or 1
+
+    @property
+    def connected(self) -> bool:
+        """True while an authenticated connection is up."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float | None) -> bool:
+        """Block until connected; False on timeout."""
+        return self._connected.wait(timeout)
+
+    def send(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bool:
+        """Send one frame; False (and nothing sent) when not connected."""
+        frame = P.encode_frame(mtype, corr, body, self.max_frame)
+        return self.send_frames([frame])
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        """Send pre-encoded frames in one write; False when not connected."""
+        with self._lock:
+            sock = self._sock
+            if sock is None or not self._connected.is_set():
+                return False
+            try:
+                sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+                return True
+            except OSError:
+                self._drop_locked()
+                return False
+
+    def close(self) -> None:
+        """Close for good; the reader thread exits."""
+        self._closing.set()
+        with self._lock:
+            self._drop_locked()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    def _drop_locked(self) -> None:
+        self._connected.clear()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    # -- reader thread ----------------------------------------------------------
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        while not self._closing.is_set():
+            try:
+                sock, conn = self._connect()
+            except AuthenticationError as exc:
+                # A wrong key will not fix itself, but the coordinator might be
+                # restarted with the right one: keep trying, slowly and loudly.
+                log.error("authentication failed: %s", exc, extra={"event": "auth_failed"})
+                self.fatal = exc
+                self._closing.wait(self.backoff[1])
+                continue
+            except (OSError, ProtocolError) as exc:
+                log.debug("connect failed: %s", exc)
+                self._closing.wait(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            self.fatal = None
+            started = time.monotonic()
+            with self._lock:
+                if self._closing.is_set():
+                    sock.close()
+                    return
+                self._sock, self._conn = sock, conn
+                self._connected.set()
+            self.connections += 1
+            log.info(
+                "connected",
+                extra={
+                    "event": "connected",
+                    "role": self.role,
+                    "coordinator": f"{self.host}:{self.port}",
+                },
+            )
+            try:
+                self.on_connect()
+                self._read(sock, conn)
+            except (OSError, ProtocolError) as exc:
+                if not self._closing.is_set():
+                    log.warning(
+                        "connection lost: %s",
+                        exc,
+                        extra={"event": "disconnected", "role": self.role},
+                    )
+            except Exception:
+                log.exception("handler failed; reconnecting")
+            with self._lock:
+                if self._sock is sock:
+                    self._drop_locked()
+            if self.on_disconnect is not None and not self._closing.is_set():
+                self.on_disconnect()
+            # A connection that dies at once (a rejecting or crashing peer) must
+            # not turn into a reconnect storm; one that lived a while resets it.
+            if time.monotonic() - started > 5.0:
+                delay = self.backoff[0]
+            self._closing.wait(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.backoff[1])
+
+    def _connect(self) -> tuple[socket.socket, P.Connection]:
+        sock = socket.create_connection((self.host, self.port), timeout=self.handshake_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+            conn = P.Connection(
+                self.key, server=False, role=self.role, name=self.name, max_frame=self.max_frame
+            )
+            sock.sendall(conn.data_to_send())
+            deadline = time.monotonic() + self.handshake_timeout
+            while not conn.authenticated:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("handshake timed out")
+                data = sock.recv(P.HANDSHAKE_MAX_FRAME)
+                if not data:
+                    raise ConnectionResetError(
+                        "coordinator closed the connection during the handshake"
+                    )
+                conn.receive_data(data)  # no Message can precede WELCOME
+                out = conn.data_to_send()
+                if out:
+                    sock.sendall(out)
+            sock.settimeout(None)
+            return sock, conn
+        except PeerError as exc:
+            sock.close()
+            if exc.remote_code == "auth":
+                raise AuthenticationError(str(exc)) from None
+            raise
+        except BaseException:
+            sock.close()
+            raise
+
+    def _read(self, sock: socket.socket, conn: P.Connection) -> None:
+        on_message = self.on_message
+        while True:
+            data = sock.recv(_RECV)
+            if not data:
+                raise ConnectionResetError("coordinator closed the connection")
+            for ev in conn.receive_data(data):
+                if isinstance(ev, P.Message):
+                    on_message(ev)

@@ -1,0 +1,137 @@
+"""Timings, policies and the shared key of a cluster.
+
+The key is looked up, in order: an explicit argument, the ``PYQUEUE_KEY``
+environment variable (its UTF-8 bytes), then a key file given explicitly or
+through ``PYQUEUE_KEY_FILE``.  A key file should be readable by its owner only
+(``chmod 600``); we log a warning when it is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, replace
+
+from .errors import KeyNotFound
+
+__all__ = [
+    "Timings",
+    "DEFAULT_TIMINGS",
+    "FAST_TIMINGS",
+    "load_key",
+    "generate_key",
+    "parse_address",
+]
+
+log = logging.getLogger("pyqueue.cluster")
+
+#: keys shorter than this are accepted with a warning
+MIN_KEY_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Timings:
+    """All the clocks of the cluster, in seconds.
+
+    Attributes
+    ----------
+    lease : float
+        How long a dispatched task stays leased without a heartbeat from its node.
+    heartbeat : float
+        How often a node heartbeats.
+    missed_heartbeats : int
+        A node silent for ``missed_heartbeats * heartbeat`` is declared dead.
+    handshake_timeout : float
+        Peers that have not authenticated by then are dropped.
+    sweep : float
+        How often the coordinator checks leases, nodes and scheduled tasks.
+    """
+
+    lease: float = 30.0
+    heartbeat: float = 5.0
+    missed_heartbeats: int = 3
+    handshake_timeout: float = 10.0
+    sweep: float = 0.5
+
+    @property
+    def dead_after(self) -> float:
+        """Silence after which a node is dead."""
+        return self.heartbeat * self.missed_heartbeats
+
+    def with_(self, **changes: float) -> Timings:
+        """Return a copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+DEFAULT_TIMINGS = Timings()
+#: the fast profile for tests: a silent node is dead after 0.6 s
+FAST_TIMINGS = Timings(
+    lease=1.5, heartbeat=0.2, missed_heartbeats=3, handshake_timeout=1.0, sweep=0.05
+)
+
+
+def load_key(
+    key: bytes | str | None = None, key_file: str | os.PathLike[str] | None = None
+) -> bytes:
+    """Return the shared cluster key.
+
+    Raises
+    ------
+    KeyNotFound
+        If no key is given and none is configured.
+    """
+    if key is not None:
+        out = key.encode() if isinstance(key, str) else bytes(key)
+    elif key_file is None and os.environ.get("PYQUEUE_KEY"):
+        out = os.environ["PYQUEUE_KEY"].encode()
+    else:
+        path = key_file if key_file is not None else os.environ.get("PYQUEUE_KEY_FILE")
+        if not path:
+            raise KeyNotFound(
+                "no cluster key: set PYQUEUE_KEY, or point PYQUEUE_KEY_FILE / --key-file"
+                " at a file holding the key"
+            )
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as fh:
+                out = fh.read().strip()
+        except OSError as exc:
+            raise KeyNotFound(f"cannot read key file {path!s}: {exc}") from exc
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("key file %s is readable by group or others; chmod 600 it", path)
+    if not out:
+        raise KeyNotFound("the cluster key is empty")
+    if len(out) < MIN_KEY_BYTES:
+        log.warning(
+            "the cluster key is only %d bytes; use at least %d random bytes",
+            len(out),
+            MIN_KEY_BYTES,
+        )
+    return out
+
+
+def generate_key() -> str:
+    """A fresh random key, printable (64 hex digits), suitable for PYQUEUE_KEY."""
+    return os.urandom(32).hex()
+
+
+def parse_address(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Split ``"HOST:PORT"`` (or ``":PORT"``, or ``"[v6]:PORT"``) into a tuple.
+
+    Raises
+    ------
+    ValueError
+        If the port is missing or not a number in 0..65535.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"address {address!r} must look like HOST:PORT")
+    host = host.strip("[]") or default_host
+    try:
+        num = int(port)
+    except ValueError:
+        raise ValueError(f"address {address!r} has a bad port") from None
+    if not 0 <= num <= 65535:
+        raise ValueError(f"address {address!r} has a bad port")
+    return host, num

@@ -1,0 +1,572 @@
+"""The coordinator: an asyncio socket server in front of a :class:`Backend`.
+
+One event loop thread does everything.  Each received batch of frames is
+applied to the backend; then, once per loop iteration, :meth:`_flush`
+dispatches ready tasks to nodes with free credits, commits the backend (one
+SQLite transaction for the whole batch) and only then writes the
+acknowledgements, dispatches and result pushes that depend on it.
+
+Leases and liveness: every message from a node renews all of its leases.  A
+node silent for ``min(lease, missed_heartbeats * heartbeat)`` seconds is
+declared dead: its connection is dropped and its leases requeue at their old
+positions (``lost`` + 1).  A closed connection requeues at once.
+
+Flow control: a node announces a capacity (free slots + prefetch); the
+coordinator never has more tasks outstanding to it than that (a task stays
+outstanding until its completion or release arrives, or the node is lost).
+
+Unauthenticated peers only ever reach the handshake code, with a 4 KiB frame
+limit and a deadline; they never reach the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+from . import protocol as P
+from .config import DEFAULT_TIMINGS, Timings
+from .errors import MalformedFrame, ProtocolError, UnexpectedMessage
+from .protocol import MsgType
+from .store import TERMINAL, Backend, SQLiteBackend, SubmitSpec, TaskState
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger("pyqueue.cluster.coordinator")
+
+#: tasks per TASKS / RESULTS frame; bounded so one frame stays well under max_frame
+_BATCH = 2048
+_MAX_ID = 512
+
+
+class _Peer(asyncio.Protocol):
+    """One TCP connection; thin glue between the transport and the coordinator."""
+
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+        self.conn = P.Connection(coord.key, server=True, max_frame=coord.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.addr = "?"
+        self.role = ""
+        self.name = ""
+        self.node_id: str | None = None
+        self.capacity = 0
+        self.max_outstanding = 0
+        self.last_heard = time.monotonic()
+        self.outbox: list[bytes] = []
+        self.subscribed: set[str] = set()
+        self.closed = False
+        self.paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # asyncio callbacks ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.coord.timings.handshake_timeout, self._handshake_deadline
+        )
+        self.coord._peers.add(self)
+
+    def _handshake_deadline(self) -> None:
+        if not self.conn.authenticated and not self.closed:
+            self.coord._reject(
+                self, UnexpectedMessage("no authentication within the handshake timeout")
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.conn.receive_data(data)
+            out = self.conn.data_to_send()
+            if out and self.transport is not None:
+                self.transport.write(out)  # handshake replies need no commit
+            for ev in events:
+                if isinstance(ev, P.Message):
+                    self.coord._on_message(self, ev)
+                else:
+                    self.coord._on_authenticated(self, ev)
+        except ProtocolError as exc:
+            self.coord._reject(self, exc)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("internal error while serving %s", self.addr)
+            self.coord._reject(self, ProtocolError("internal error in the coordinator"))
+
+    def pause_writing(self) -> None:
+        # The peer is not reading: stop dispatching to it until it drains.
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.coord._schedule_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.coord._on_gone(self)
+
+    # helpers --------------------------------------------------------------
+    def queue(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> None:
+        """Queue a frame; written after the next commit."""
+        self.outbox.append(P.encode_frame(mtype, corr, body, self.coord.max_frame))
+        self.coord._schedule_flush()
+
+
+class Coordinator:
+    """Serve a task queue to nodes and clients.
+
+    Parameters
+    ----------
+    key : bytes
+        Shared secret (see :func:`pyqueue.cluster.config.load_key`).
+    backend : Backend, optional
+        Defaults to an in-memory :class:`SQLiteBackend` (no durability); pass
+        ``SQLiteBackend(path)`` for a durable store.
+    host, port : str, int
+        Where to listen.  127.0.0.1 unless told otherwise; port 0 picks one.
+    timings : Timings
+        Lease, heartbeat and handshake clocks (``FAST_TIMINGS`` for tests).
+    ssl_context : ssl.SSLContext, optional
+        Server-side TLS context; the HMAC handshake runs inside it.
+
+    Thread safety
+    -------------
+    Runs in one event loop.  :meth:`start_in_thread` and :meth:`stop` may be
+    called from any thread.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        backend: Backend | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        timings: Timings = DEFAULT_TIMINGS,
+        max_frame: int = P.DEFAULT_MAX_FRAME,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.key = key
+        self.backend = backend if backend is not None else SQLiteBackend(None)
+        self.host = host
+        self.port = port
+        self.timings = timings
+        self.max_frame = max_frame
+        self.ssl_context = ssl_context
+        self._peers: set[_Peer] = set()
+        self._nodes: dict[str, _Peer] = {}
+        self._subs: dict[str, list[_Peer]] = {}
+        self._push_now: list[tuple[_Peer, str]] = []
+        self._flush_scheduled = False
+        self._node_ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.rejected = 0
+        self.address: tuple[str, int] | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        """Bind and start serving; return the bound ``(host, port)``."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._server = await self._loop.create_server(
+            lambda: _Peer(self), self.host, self.port, ssl=self.ssl_context, reuse_address=True
+        )
+        sock = self._server.sockets[0]
+        addr = sock.getsockname()
+        self.address = (addr[0], addr[1])
+        self._sweeper = self._loop.call_later(self.timings.sweep, self._sweep)
+        log.info(
+            "coordinator listening", extra={"event": "listening", "address": f"{addr[0]}:{addr[1]}"}
+        )
+        return self.address
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`stop`."""
+        if self._server is None:
+            await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for peer in list(self._peers):
+            if peer.transport is not None:
+                peer.transport.abort()
+        self._flush()
+        self.backend.close()
+        log.info("coordinator stopped", extra={"event": "stopped"})
+
+    def stop(self) -> None:
+        """Ask the loop to stop (thread-safe)."""
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._thread.join(10)
+
+    def start_in_thread(self) -> tuple[str, int]:
+        """Run the coordinator on a daemon thread; return its address."""
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def main() -> None:
+            async def go() -> None:
+                try:
+                    await self.start()
+                except BaseException as exc:  # surface bind errors to the caller
+                    errors.append(exc)
+                    ready.set()
+                    return
+                ready.set()
+                await self.serve_forever()
+
+            asyncio.run(go())
+
+        self._thread = threading.Thread(target=main, name="pyqueue-coordinator", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if errors:
+            raise errors[0]
+        assert self.address is not None
+        return self.address
+
+    # -- connection events --------------------------------------------------
+    def _reject(self, peer: _Peer, exc: ProtocolError) -> None:
+        self.rejected += 1
+        log.warning(
+            "dropping peer: %s",
+            exc,
+            extra={
+                "event": "peer_rejected",
+                "peer": peer.addr,
+                "code": exc.code,
+                "role": peer.role,
+            },
+        )
+        if peer.transport is not None and not peer.closed:
+            try:
+                peer.transport.write(peer.conn.error_bytes(exc))
+            except Exception:  # the error frame is a courtesy; closing is what matters
+                pass
+            peer.transport.close()
+        peer.closed = True
+        self._on_gone(peer)
+
+    def _on_authenticated(self, peer: _Peer, ev: P.Authenticated) -> None:
+        if peer._timer is not None:
+            peer._timer.cancel()
+        peer.role, peer.name = ev.peer_role, ev.peer_name
+        log.info(
+            "peer authenticated",
+            extra={
+                "event": "peer_auth",
+                "peer": peer.addr,
+                "role": peer.role,
+                "peer_name": peer.name,
+            },
+        )
+
+    def _on_gone(self, peer: _Peer) -> None:
+        if peer not in self._peers:
+            return
+        self._peers.discard(peer)
+        if peer.node_id is not None:
+            self._nodes.pop(peer.node_id, None)
+            lost = self.backend.node_lost(peer.node_id)
+            log.info(
+                "node gone",
+                extra={"event": "node_gone", "node": peer.node_id, "requeued": len(lost)},
+            )
+            peer.node_id = None
+            self._schedule_flush()
+        for tid in peer.subscribed:
+            subs = self._subs.get(tid)
+            if subs is not None:
+                try:
+                    subs.remove(peer)
+                except ValueError:
+                    pass
+                if not subs:
+                    del self._subs[tid]
+        peer.subscribed.clear()
+
+    def _subscribe(self, peer: _Peer, tid: str) -> None:
+        if tid in peer.subscribed:
+            return
+        peer.subscribed.add(tid)
+        self._subs.setdefault(tid, []).append(peer)
+
+    # -- messages -------------------------------------------------------------
+    def _on_message(self, peer: _Peer, msg: P.Message) -> None:
+        handler = self._handlers.get(msg.type)
+        if handler is None:
+            raise UnexpectedMessage(f"{msg.type.name} is not a request the coordinator serves")
+        try:
+            handler(self, peer, msg)
+        except ProtocolError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise MalformedFrame(
+                f"bad {msg.type.name} body: {exc.__class__.__name__}: {exc}"
+            ) from None
+        self._schedule_flush()
+
+    def _need_node(self, peer: _Peer, msg: P.Message) -> str:
+        if peer.node_id is None:
+            raise UnexpectedMessage(f"{msg.type.name} before READY")
+        peer.last_heard = time.monotonic()
+        return peer.node_id
+
+    def _h_submit(self, peer: _Peer, msg: P.Message) -> None:
+        specs = []
+        for row in msg.body["tasks"]:
+            tid, payload, retries, backoff, not_before = row
+            if (
+                not isinstance(tid, str)
+                or not tid
+                or len(tid) > _MAX_ID
+                or not isinstance(payload, bytes)
+            ):
+                raise MalformedFrame("task rows need a non-empty string id and bytes payload")
+            specs.append(SubmitSpec(tid, payload, int(retries), float(backoff), float(not_before)))
+        states = self.backend.submit(specs)
+        for spec, st in zip(specs, states):
+            self._subscribe(peer, spec.id)
+            if st in TERMINAL:
+                self._push_now.append((peer, spec.id))
+        peer.queue(MsgType.SUBMIT_ACK, {"states": [int(s) for s in states]}, msg.corr)
+
+    def _h_wait(self, peer: _Peer, msg: P.Message) -> None:
+        unknown = []
+        for tid in msg.body["ids"]:
+            if not isinstance(tid, str):
+                raise MalformedFrame("ids must be strings")
+            rec = self.backend.get(tid)
+            if rec is None:
+                unknown.append(tid)
+                continue
+            self._subscribe(peer, tid)
+            if rec.state in TERMINAL:
+                self._push_now.append((peer, tid))
+        if msg.corr:
+            peer.queue(MsgType.SUBMIT_ACK, {"unknown": unknown}, msg.corr)
+
+    def _h_cancel(self, peer: _Peer, msg: P.Message) -> None:
+        ids = [str(t) for t in msg.body["ids"]]
+        peer.queue(MsgType.CANCEL_ACK, {"cancelled": self.backend.cancel(ids)}, msg.corr)
+
+    def _h_status(self, peer: _Peer, msg: P.Message) -> None:
+        peer.queue(MsgType.STATUS_REPLY, self.status(), msg.corr)
+
+    def _h_dead(self, peer: _Peer, msg: P.Message) -> None:
+        limit = int(msg.body.get("limit", 100))
+        peer.queue(MsgType.DEAD_REPLY, {"tasks": self.backend.dead(limit)}, msg.corr)
+
+    def _h_requeue(self, peer: _Peer, msg: P.Message) -> None:
+        ids = [str(t) for t in msg.body["ids"]]
+        peer.queue(MsgType.REQUEUE_ACK, {"requeued": self.backend.requeue_dead(ids)}, msg.corr)
+
+    def _h_ready(self, peer: _Peer, msg: P.Message) -> None:
+        if peer.role != "node":
+            raise UnexpectedMessage("READY from a peer that did not say it is a node")
+        if peer.node_id is None:
+            peer.node_id = f"{peer.name or 'node'}#{next(self._node_ids)}"
+            self._nodes[peer.node_id] = peer
+        peer.capacity = max(0, int(msg.body["capacity"]))
+        peer.last_heard = time.monotonic()
+        log.info(
+            "node ready",
+            extra={
+                "event": "node_ready",
+                "node": peer.node_id,
+                "peer": peer.addr,
+                "capacity": peer.capacity,
+            },
+        )
+
+    def _h_credit(self, peer: _Peer, msg: P.Message) -> None:
+        self._need_node(peer, msg)
+        peer.capacity = max(0, int(msg.body["capacity"]))
+
+    def _h_heartbeat(self, peer: _Peer, msg: P.Message) -> None:
+        self._need_node(peer, msg)
+
+    def _h_done(self, peer: _Peer, msg: P.Message) -> None:
+        node = self._need_node(peer, msg)
+        complete = self.backend.complete
+        status = []
+        for tid, token, ok, value, error in msg.body["results"]:
+            if value is not None and not isinstance(value, bytes):
+                raise MalformedFrame("result values must be bytes")
+            verdict = complete(
+                node, str(tid), int(token), bool(ok), value, None if error is None else str(error)
+            )
+            if verdict != "accepted":
+                log.info(
+                    "late completion",
+                    extra={"event": "completion_" + verdict, "task": tid, "node": node},
+                )
+            status.append(verdict)
+        peer.queue(MsgType.DONE_ACK, {"status": status}, msg.corr)
+
+    def _h_release(self, peer: _Peer, msg: P.Message) -> None:
+        node = self._need_node(peer, msg)
+        for tid, token in msg.body["tasks"]:
+            self.backend.release(node, str(tid), int(token))
+
+    _handlers = {
+        MsgType.SUBMIT: _h_submit,
+        MsgType.WAIT: _h_wait,
+        MsgType.CANCEL: _h_cancel,
+        MsgType.STATUS: _h_status,
+        MsgType.DEAD_LIST: _h_dead,
+        MsgType.REQUEUE: _h_requeue,
+        MsgType.READY: _h_ready,
+        MsgType.CREDIT: _h_credit,
+        MsgType.HEARTBEAT: _h_heartbeat,
+        MsgType.DONE: _h_done,
+        MsgType.RELEASE: _h_release,
+    }
+
+    # -- batching --------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Dispatch, commit once, then write everything that waited for the commit."""
+        self._flush_scheduled = False
+        self._dispatch()
+        self.backend.commit()
+        self._push_results()
+        for peer in list(self._peers):
+            if peer.outbox:
+                data = b"".join(peer.outbox)
+                peer.outbox.clear()
+                if peer.transport is not None and not peer.closed:
+                    peer.transport.write(data)
+
+    def _dispatch(self) -> None:
+        backend = self.backend
+        for node_id, peer in list(self._nodes.items()):
+            free = peer.capacity - backend.leased_count(node_id)
+            if free <= 0 or peer.closed or peer.paused:
+                continue
+            leases = backend.lease(node_id, min(free, _BATCH))
+            if not leases:
+                continue
+            peer.outbox.append(
+                P.encode_frame(
+                    MsgType.TASKS, 0, {"tasks": [list(le) for le in leases]}, self.max_frame
+                )
+            )
+            out = backend.leased_count(node_id)
+            if out > peer.max_outstanding:
+                peer.max_outstanding = out
+
+    def _push_results(self) -> None:
+        backend = self.backend
+        per_peer: dict[_Peer, list[str]] = {}
+        for tid in backend.drain_finished():
+            subs = self._subs.pop(tid, None)
+            if not subs:
+                continue
+            for peer in subs:
+                peer.subscribed.discard(tid)
+                per_peer.setdefault(peer, []).append(tid)
+        for peer, pushed in self._push_now:
+            per_peer.setdefault(peer, []).append(pushed)
+        self._push_now.clear()
+        for peer, tids in per_peer.items():
+            if peer.closed:
+                continue
+            rows: list[list[Any]] = []
+            for one in tids:
+                out = backend.outcome(one)
+                if out is None:
+                    continue
+                st, value, error = out
+                rows.append([one, int(st), value, error])
+                backend.forget_result(one)
+                if len(rows) >= _BATCH:
+                    peer.outbox.append(
+                        P.encode_frame(MsgType.RESULTS, 0, {"results": rows}, self.max_frame)
+                    )
+                    rows = []
+            if rows:
+                peer.outbox.append(
+                    P.encode_frame(MsgType.RESULTS, 0, {"results": rows}, self.max_frame)
+                )
+
+    # -- timers -----------------------------------------------------------------
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        try:
+            now = time.monotonic()
+            limit = min(self.timings.lease, self.timings.dead_after)
+            for node_id, peer in list(self._nodes.items()):
+                if now - peer.last_heard > limit:
+                    log.warning(
+                        "node missed its heartbeats; requeueing its leases",
+                        extra={
+                            "event": "node_dead",
+                            "node": node_id,
+                            "silent_s": round(now - peer.last_heard, 3),
+                        },
+                    )
+                    if peer.transport is not None:
+                        peer.transport.abort()
+                    peer.closed = True
+                    self._on_gone(peer)
+            if self.backend.promote_due(time.time()):
+                self._schedule_flush()
+        except Exception:  # never let the sweeper die silently
+            log.exception("sweep failed")
+        self._sweeper = self._loop.call_later(self.timings.sweep, self._sweep)
+
+    # -- introspection ---------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Nodes, queue depth, tasks in flight, dead letters and counters."""
+        st = self.backend.stats()
+        tasks = st["tasks"]
+        now = time.monotonic()
+        return {
+            "nodes": [
+                {
+                    "id": nid,
+                    "address": p.addr,
+                    "capacity": p.capacity,
+                    "outstanding": self.backend.leased_count(nid),
+                    "max_outstanding": p.max_outstanding,
+                    "silent_s": round(now - p.last_heard, 3),
+                }
+                for nid, p in self._nodes.items()
+            ],
+            "queue_depth": tasks["pending"] + tasks["scheduled"],
+            "in_flight": tasks["leased"],
+            "dead": tasks["dead"],
+            "tasks": tasks,
+            "completions": st["completions"],
+            "peers": len(self._peers),
+            "rejected_peers": self.rejected,
+        }
+
+
+__all__ += ["TaskState"]

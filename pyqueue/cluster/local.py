@@ -1,0 +1,188 @@
+"""LocalCluster: a coordinator and N node processes on this machine.
+
+It is the embedded default, and the way pure-Python CPU-bound work uses
+several cores: each node is its own interpreter with its own GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .client import Client
+from .config import generate_key
+
+__all__ = ["LocalCluster", "child_env"]
+
+log = logging.getLogger("pyqueue.cluster.local")
+
+
+def child_env(key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for child processes: the key, and our sys.path so that
+    callables importable here are importable (by reference) there too."""
+    env = dict(os.environ)
+    env["PYQUEUE_KEY"] = key
+    env.pop("PYQUEUE_KEY_FILE", None)
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    if "" in sys.path or not sys.path:
+        paths.insert(0, os.getcwd())
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if extra:
+        env.update(extra)
+    return env
+
+
+class LocalCluster:
+    """Start a coordinator and ``nodes`` node processes; hand out a :class:`Client`.
+
+    Parameters
+    ----------
+    nodes : int
+        Node processes to start.
+    workers : int
+        Task slots per node.
+    store : str, optional
+        SQLite file for a durable coordinator; memory only when None.
+    prefetch : int, optional
+        Per-node prefetch (see :class:`~pyqueue.cluster.node.Node`).
+    fast : bool
+        Use the fast test timings (a silent node is dead after 0.6 s).
+    start_timeout : float
+        Seconds to wait for the coordinator to listen and the nodes to join.
+
+    Examples
+    --------
+    >>> with LocalCluster(nodes=2, workers=1) as cluster:      # doctest: +SKIP
+    ...     print(sum(cluster.client.map(pow, range(10), [2] * 10)))
+    285
+    """
+
+    def __init__(
+        self,
+        nodes: int = 2,
+        workers: int = 1,
+        store: str | None = None,
+        *,
+        prefetch: int | None = None,
+        fast: bool = False,
+        start_timeout: float = 30.0,
+        log_level: str = "WARNING",
+    ) -> None:
+        if nodes < 1 or workers < 1:
+            raise ValueError("nodes and workers must be at least 1")
+        self.n_nodes = nodes
+        self.workers = workers
+        self.store = store
+        self.prefetch = prefetch
+        self.fast = fast
+        self.start_timeout = start_timeout
+        self.log_level = log_level
+        self.key = generate_key()
+        self.address = ""
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.nodes: list[subprocess.Popen[bytes]] = []
+        self._client: Client | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def client(self) -> Client:
+        """The cluster's client (connected on start)."""
+        if self._client is None:
+            raise RuntimeError("LocalCluster is not started")
+        return self._client
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "pyqueue.cluster.cli", *args, "--log-level", self.log_level]
+
+    def start(self) -> Client:
+        """Start the processes, wait until every node has joined, connect a client."""
+        self._tmp = tempfile.TemporaryDirectory(prefix="pyqueue-local-")
+        port_file = os.path.join(self._tmp.name, "port")
+        env = child_env(self.key)
+        fast = ["--fast"] if self.fast else []
+        cmd = self._cmd("coordinator", "--bind", "127.0.0.1:0", "--port-file", port_file, *fast)
+        if self.store:
+            cmd += ["--store", self.store]
+        try:
+            self.coordinator = subprocess.Popen(cmd, env=env)
+            deadline = time.monotonic() + self.start_timeout
+            while not os.path.exists(port_file):
+                if self.coordinator.poll() is not None:
+                    raise RuntimeError(f"coordinator exited with {self.coordinator.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("coordinator did not start listening in time")
+                time.sleep(0.01)
+            with open(port_file) as fh:
+                self.address = fh.read().strip()
+            for i in range(self.n_nodes):
+                self.add_node(name=f"local-{i}")
+            self._client = Client(
+                self.address,
+                key=self.key.encode(),
+                name="local-client",
+                connect_timeout=max(1.0, deadline - time.monotonic()),
+            )
+            while len(self._client.status()["nodes"]) < self.n_nodes:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("nodes did not join in time")
+                for p in self.nodes:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"node exited with {p.returncode}")
+                time.sleep(0.02)
+        except BaseException:
+            self.close()
+            raise
+        return self._client
+
+    def add_node(
+        self, name: str | None = None, workers: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start one more node process."""
+        args = ["node", "--connect", self.address, "--workers", str(workers or self.workers)]
+        if self.prefetch is not None:
+            args += ["--prefetch", str(self.prefetch)]
+        if self.fast:
+            args.append("--fast")
+        if name:
+            args += ["--name", name]
+        proc = subprocess.Popen(self._cmd(*args), env=child_env(self.key))
+        self.nodes.append(proc)
+        return proc
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the client, the nodes (gracefully, then by force) and the coordinator."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        procs: list[Any] = [p for p in self.nodes if p.poll() is None]
+        for p in procs:
+            p.terminate()
+        _reap(procs, timeout)
+        if self.coordinator is not None and self.coordinator.poll() is None:
+            self.coordinator.terminate()
+            _reap([self.coordinator], timeout)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _reap(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,703 @@
+"""Coordinator state: tasks, leases, counters, and their durable store.
+
+:class:`Backend` is the interface the coordinator drives; it knows nothing
+about sockets or the wire.  :class:`SQLiteBackend` keeps everything in memory
+and writes each change through to an embedded SQLite database (WAL) in
+:meth:`Backend.commit`, which the coordinator calls once per batch of events
+*before* it acknowledges any of them (group commit).
+
+Task life cycle::
+
+    SCHEDULED -> PENDING -> LEASED -> SUCCEEDED | FAILED | DEAD | CANCELLED
+        ^           ^          |
+        |           +----------+  node lost / released (old queue position)
+        +----------------------+  task raised and retries are left (backoff)
+
+``FAILED`` (the task raised and had no retries left; its exception is the
+result) is kept apart from ``SUCCEEDED`` so status counts stay honest.
+Counters: ``attempts`` (every lease; also the lease token, so it only grows),
+``failures`` (the task raised), ``lost`` (its node died under it).
+
+Poison isolation: a node never holds more than one *suspect* task (one with
+``lost > 0``) at a time.  Without it, the tasks prefetched next to a task that
+kills its node would die with it again and again and be dead-lettered too.
+
+Writing another backend
+-----------------------
+The interface is shaped so that a Redis Streams implementation can fill it:
+``submit`` is ``SET NX`` on the id plus ``XADD`` to a pending stream;
+``lease`` is ``XREADGROUP COUNT n`` with the node as consumer (the entry id and
+a per-task attempt counter make the token); ``complete`` is a Lua script that
+checks the token, ``XACK``s and stores the result; ``node_lost`` is
+``XCLAIM``/``XAUTOCLAIM`` of the node's pending entries back to the stream
+(with the delivery count giving ``attempts``); the dead-letter list is a second
+stream; ``commit`` would pipeline the batch and wait for the replies.  Results
+must be stored before ``commit`` returns, as here.
+
+Thread safety
+-------------
+Not thread-safe; the coordinator calls it from its event loop only.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import heapq
+import logging
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+# dataclass(slots=True) needs Python 3.10; the package supports 3.9
+_SLOTS: dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+__all__ = [
+    "TaskState",
+    "TERMINAL",
+    "TaskRecord",
+    "SubmitSpec",
+    "Lease",
+    "Policy",
+    "Backend",
+    "SQLiteBackend",
+]
+
+log = logging.getLogger("pyqueue.cluster.store")
+
+
+class TaskState(enum.IntEnum):
+    """Where a task is in its life.  Values are stored on disk: never renumber."""
+
+    SCHEDULED = 0
+    PENDING = 1
+    LEASED = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    DEAD = 5
+    CANCELLED = 6
+
+
+TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+@dataclass(**_SLOTS)
+class TaskRecord:
+    """Everything the coordinator knows about one task."""
+
+    id: str
+    seq: int
+    state: TaskState
+    payload: bytes | None
+    attempts: int = 0
+    failures: int = 0
+    lost: int = 0
+    retries: int = 0
+    backoff: float = 0.0
+    not_before: float = 0.0
+    base: int = 0  # attempts at the last requeue from the dead letters (hard cap counts from here)
+    node: str | None = None
+    result: bytes | None = None
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A msgpack-able description (for status and the dead-letter list)."""
+        return {
+            "id": self.id,
+            "state": self.state.name,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "lost": self.lost,
+            "error": self.error,
+        }
+
+
+class SubmitSpec(NamedTuple):
+    """One task as a client submits it."""
+
+    id: str
+    payload: bytes
+    retries: int = 0  # application-error retries wanted
+    backoff: float = 1.0  # base delay of the first retry, seconds
+    not_before: float = 0.0  # wall-clock time before which it must not run (SCHEDULED)
+
+
+class Lease(NamedTuple):
+    """A task handed to a node; ``token`` fences its completion."""
+
+    id: str
+    token: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retry and dead-letter policy.
+
+    Attributes
+    ----------
+    max_lost : int
+        A task whose node died under it this many times is dead-lettered.
+    max_attempts : int
+        Hard cap on leases of one task (counted since its last requeue).
+    backoff_cap : float
+        Longest delay between application-error retries, seconds.
+    """
+
+    max_lost: int = 4
+    max_attempts: int = 20
+    backoff_cap: float = 300.0
+
+
+class Backend(abc.ABC):
+    """Store, dispatch and lease logic behind the coordinator.
+
+    All methods are called from one thread.  Mutations become durable only in
+    :meth:`commit`; the coordinator acknowledges nothing before that.  Tasks
+    that reach a terminal state are queued for :meth:`drain_finished` so the
+    coordinator can push their results to waiting clients.
+    """
+
+    @abc.abstractmethod
+    def submit(self, specs: Iterable[SubmitSpec]) -> list[TaskState]:
+        """Add tasks; an id that exists already is left as it is (idempotent).
+
+        Returns the state of each task after the call, in order.
+        """
+
+    @abc.abstractmethod
+    def lease(self, node: str, n: int) -> list[Lease]:
+        """Lease up to ``n`` ready tasks to ``node``, oldest first."""
+
+    @abc.abstractmethod
+    def complete(
+        self, node: str, task_id: str, token: int, ok: bool, value: bytes | None, error: str | None
+    ) -> str:
+        """Record a node's completion.
+
+        Returns ``"accepted"`` for the first completion of the current attempt,
+        ``"duplicate"`` when the task had already ended, ``"stale"`` when the
+        token was superseded by a newer lease (fenced), ``"unknown"`` for an
+        id never submitted.
+        """
+
+    @abc.abstractmethod
+    def release(self, node: str, task_id: str, token: int) -> bool:
+        """Give back a leased, unstarted task at its old queue position."""
+
+    @abc.abstractmethod
+    def node_lost(self, node: str) -> list[str]:
+        """The node died or disconnected: requeue its leases (``lost`` + 1)."""
+
+    @abc.abstractmethod
+    def leased_count(self, node: str) -> int:
+        """Tasks leased to ``node`` whose completion has not arrived."""
+
+    @abc.abstractmethod
+    def cancel(self, ids: Iterable[str]) -> list[bool]:
+        """Cancel tasks that have not ended; True for each one cancelled."""
+
+    @abc.abstractmethod
+    def requeue_dead(self, ids: Iterable[str]) -> list[bool]:
+        """Move dead-lettered tasks back to PENDING with fresh counters."""
+
+    @abc.abstractmethod
+    def dead(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Summaries of dead-lettered tasks."""
+
+    @abc.abstractmethod
+    def promote_due(self, now: float) -> int:
+        """Move SCHEDULED tasks whose time has come to PENDING; return how many."""
+
+    @abc.abstractmethod
+    def next_due(self) -> float | None:
+        """Wall-clock time of the earliest SCHEDULED task, if any."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record of one task."""
+
+    @abc.abstractmethod
+    def outcome(self, task_id: str) -> tuple[TaskState, bytes | None, str | None] | None:
+        """State, result bytes and error text of a task (results may be read from disk)."""
+
+    @abc.abstractmethod
+    def forget_result(self, task_id: str) -> None:
+        """Drop the in-memory copy of a delivered result (it stays on disk)."""
+
+    @abc.abstractmethod
+    def drain_finished(self) -> list[str]:
+        """Ids of tasks that ended since the last call."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Counts by state plus completion counters."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make every change so far durable (one transaction)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Commit and release resources."""
+
+
+_COLS = (
+    "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
+    " result, error"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    payload BLOB,
+    attempts INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    lost INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    backoff REAL NOT NULL,
+    not_before REAL NOT NULL,
+    base INTEGER NOT NULL,
+    result BLOB,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v);
+"""
+
+
+class SQLiteBackend(Backend):
+    """In-memory dispatch with write-through to SQLite (WAL), group-committed.
+
+    Parameters
+    ----------
+    path : str or None
+        Database file.  ``None`` keeps state in memory only (nothing survives
+        a restart; used by LocalCluster when no store is given).
+    policy : Policy
+        Retry and dead-letter limits.
+    synchronous : str
+        SQLite ``synchronous`` pragma.  ``"NORMAL"`` (default) survives a
+        crash of the coordinator process, which is what kill -9 tests; use
+        ``"FULL"`` to also survive power loss, at a cost per commit.
+    seed : int or None
+        Seeds the backoff jitter.
+    """
+
+    def __init__(
+        self,
+        path: str | None,
+        policy: Policy | None = None,
+        *,
+        synchronous: str = "NORMAL",
+        seed: int | None = None,
+    ) -> None:
+        self.path = path
+        self.policy = policy or Policy()
+        self._rng = random.Random(seed)
+        self._tasks: dict[str, TaskRecord] = {}
+        self._pending: list[tuple[int, str]] = []  # heap of (seq, id); stale entries skipped
+        self._scheduled: list[tuple[float, int, str]] = []  # heap of (not_before, seq, id)
+        self._by_node: dict[str, dict[str, None]] = {}
+        self._new: dict[str, None] = {}
+        self._dirty: dict[str, None] = {}
+        self._finished: list[str] = []
+        self._seq = 0
+        self.counters = {"accepted": 0, "duplicate": 0, "stale": 0, "unknown": 0}
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+                raise ValueError(f"bad synchronous mode {synchronous!r}")
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.executescript(_SCHEMA)
+            self._load()
+
+    # -- restart ----------------------------------------------------------
+    def _load(self) -> None:
+        assert self._db is not None
+        terminal = ",".join(str(int(s)) for s in TERMINAL)
+        # Results and payloads of ended tasks stay on disk; dead ones may be requeued.
+        rows = self._db.execute(
+            f"SELECT id, seq, state, CASE WHEN state IN ({terminal})"
+            f" AND state != {int(TaskState.DEAD)} THEN NULL ELSE payload END,"
+            " attempts, failures, lost, retries, backoff, not_before,"
+            " base, error FROM tasks ORDER BY seq"
+        )
+        requeued = 0
+        for tid, seq, state, payload, att, fail, lost, retries, backoff, nb, base, error in rows:
+            st = TaskState(state)
+            rec = TaskRecord(
+                tid,
+                seq,
+                st,
+                payload,
+                att,
+                fail,
+                lost,
+                retries,
+                backoff,
+                nb,
+                base,
+                None,
+                None,
+                error,
+            )
+            if st is TaskState.LEASED:
+                # The coordinator died, not the node: back to its old position, no counter charged.
+                rec.state = TaskState.PENDING
+                self._dirty[tid] = None
+                requeued += 1
+            self._tasks[tid] = rec
+            if rec.state is TaskState.PENDING:
+                self._pending.append((seq, tid))
+            elif rec.state is TaskState.SCHEDULED:
+                self._scheduled.append((nb, seq, tid))
+            self._seq = max(self._seq, seq + 1)
+        heapq.heapify(self._pending)
+        heapq.heapify(self._scheduled)
+        if self._tasks:
+            log.info(
+                "store reloaded",
+                extra={
+                    "event": "store_reloaded",
+                    "tasks": len(self._tasks),
+                    "pending": len(self._pending),
+                    "requeued_leases": requeued,
+                    "path": self.path,
+                },
+            )
+        self.commit()
+
+    # -- helpers ----------------------------------------------------------
+    def _touch(self, rec: TaskRecord) -> None:
+        if rec.id not in self._new:
+            self._dirty[rec.id] = None
+
+    def _finish(
+        self, rec: TaskRecord, state: TaskState, result: bytes | None, error: str | None
+    ) -> None:
+        rec.state = state
+        rec.result = result
+        rec.error = error
+        rec.node = None
+        if state is not TaskState.DEAD:
+            rec.payload = None  # only dead tasks may run again (it is on disk anyway)
+        self._touch(rec)
+        self._finished.append(rec.id)
+
+    def _requeue(self, rec: TaskRecord) -> None:
+        rec.state = TaskState.PENDING
+        rec.node = None
+        heapq.heappush(self._pending, (rec.seq, rec.id))
+        self._touch(rec)
+
+    def _unlease(self, node: str, task_id: str) -> None:
+        held = self._by_node.get(node)
+        if held is not None:
+            held.pop(task_id, None)
+
+    # -- Backend ----------------------------------------------------------
+    def submit(self, specs: Iterable[SubmitSpec]) -> list[TaskState]:
+        out = []
+        now = time.time()
+        tasks = self._tasks
+        for spec in specs:
+            rec = tasks.get(spec.id)
+            if rec is None:
+                seq = self._seq
+                self._seq += 1
+                scheduled = spec.not_before > now
+                rec = TaskRecord(
+                    spec.id,
+                    seq,
+                    TaskState.SCHEDULED if scheduled else TaskState.PENDING,
+                    spec.payload,
+                    retries=max(0, int(spec.retries)),
+                    backoff=max(0.0, float(spec.backoff)),
+                    not_before=float(spec.not_before),
+                )
+                tasks[spec.id] = rec
+                self._new[spec.id] = None
+                if scheduled:
+                    heapq.heappush(self._scheduled, (rec.not_before, seq, spec.id))
+                else:
+                    self._pending.append((seq, spec.id))  # seq only grows: the heap order holds
+            out.append(rec.state)
+        return out
+
+    def lease(self, node: str, n: int) -> list[Lease]:
+        if n <= 0 or not self._pending:
+            return []
+        held = self._by_node.setdefault(node, {})
+        tasks = self._tasks
+        suspects = sum(1 for tid in held if tasks[tid].lost > 0)
+        out: list[Lease] = []
+        deferred: list[tuple[int, str]] = []
+        pending = self._pending
+        cap = self.policy.max_attempts
+        while pending and len(out) < n:
+            seq, tid = heapq.heappop(pending)
+            rec = tasks.get(tid)
+            if rec is None or rec.state is not TaskState.PENDING or rec.seq != seq:
+                continue  # stale heap entry (cancelled, already leased, ...)
+            if rec.lost > 0:
+                if suspects:
+                    deferred.append((seq, tid))
+                    continue
+                suspects += 1
+            if rec.attempts - rec.base >= cap:
+                self._finish(rec, TaskState.DEAD, None, f"hard cap of {cap} attempts reached")
+                continue
+            rec.attempts += 1
+            rec.state = TaskState.LEASED
+            rec.node = node
+            held[tid] = None
+            if tid not in self._new:
+                self._dirty[tid] = None
+            out.append(Lease(tid, rec.attempts, rec.payload))  # type: ignore[arg-type]
+        for item in deferred:
+            heapq.heappush(pending, item)
+        return out
+
+    def complete(
+        self, node: str, task_id: str, token: int, ok: bool, value: bytes | None, error: str | None
+    ) -> str:
+        self._unlease(node, task_id)
+        rec = self._tasks.get(task_id)
+        if rec is None:
+            verdict = "unknown"
+        elif rec.state in TERMINAL or (rec.state is TaskState.SCHEDULED and rec.attempts == token):
+            verdict = "duplicate"
+        elif rec.attempts != token or rec.state is TaskState.SCHEDULED:
+            verdict = "stale"
+        else:
+            # LEASED with this token, or PENDING after its node was declared
+            # lost but before anyone leased it again: first completion wins.
+            verdict = "accepted"
+            if ok:
+                self._finish(rec, TaskState.SUCCEEDED, value, None)
+            else:
+                rec.failures += 1
+                if rec.failures <= rec.retries:
+                    delay = min(self.policy.backoff_cap, rec.backoff * 2 ** (rec.failures - 1))
+                    delay *= self._rng.uniform(0.5, 1.5)  # jitter spreads retry storms
+                    rec.state = TaskState.SCHEDULED
+                    rec.node = None
+                    rec.not_before = time.time() + delay
+                    heapq.heappush(self._scheduled, (rec.not_before, rec.seq, rec.id))
+                    self._touch(rec)
+                else:
+                    self._finish(rec, TaskState.FAILED, value, error)
+        self.counters[verdict] += 1
+        return verdict
+
+    def release(self, node: str, task_id: str, token: int) -> bool:
+        self._unlease(node, task_id)
+        rec = self._tasks.get(task_id)
+        if (
+            rec is None
+            or rec.state is not TaskState.LEASED
+            or rec.attempts != token
+            or rec.node != node
+        ):
+            return False
+        self._requeue(rec)
+        return True
+
+    def node_lost(self, node: str) -> list[str]:
+        held = self._by_node.pop(node, None)
+        if not held:
+            return []
+        out = []
+        for tid in held:
+            rec = self._tasks[tid]
+            if rec.state is not TaskState.LEASED or rec.node != node:
+                continue  # cancelled meanwhile
+            rec.lost += 1
+            out.append(tid)
+            if rec.lost >= self.policy.max_lost:
+                self._finish(rec, TaskState.DEAD, None, f"its node died under it {rec.lost} times")
+                log.warning(
+                    "task dead-lettered",
+                    extra={"event": "dead_letter", "task": tid, "lost": rec.lost},
+                )
+            else:
+                self._requeue(rec)
+        return out
+
+    def leased_count(self, node: str) -> int:
+        held = self._by_node.get(node)
+        return len(held) if held else 0
+
+    def cancel(self, ids: Iterable[str]) -> list[bool]:
+        out = []
+        for tid in ids:
+            rec = self._tasks.get(tid)
+            if rec is None or rec.state in TERMINAL:
+                out.append(False)
+                continue
+            # A LEASED task stays counted against its node's credits until the
+            # node reports it; that completion will be answered "duplicate".
+            self._finish(rec, TaskState.CANCELLED, None, "cancelled")
+            out.append(True)
+        return out
+
+    def requeue_dead(self, ids: Iterable[str]) -> list[bool]:
+        out = []
+        for tid in ids:
+            rec = self._tasks.get(tid)
+            if rec is None or rec.state is not TaskState.DEAD:
+                out.append(False)
+                continue
+            if rec.payload is None and self._db is not None:
+                row = self._db.execute("SELECT payload FROM tasks WHERE id=?", (tid,)).fetchone()
+                rec.payload = row[0] if row else None
+            if rec.payload is None:
+                out.append(False)
+                continue
+            rec.lost = 0
+            rec.failures = 0
+            rec.base = rec.attempts
+            rec.error = None
+            rec.result = None
+            self._requeue(rec)
+            out.append(True)
+        return out
+
+    def dead(self, limit: int = 100) -> list[dict[str, Any]]:
+        out = []
+        for rec in self._tasks.values():
+            if rec.state is TaskState.DEAD:
+                out.append(rec.summary())
+                if len(out) >= limit:
+                    break
+        return out
+
+    def promote_due(self, now: float) -> int:
+        n = 0
+        sched = self._scheduled
+        while sched and sched[0][0] <= now:
+            _, seq, tid = heapq.heappop(sched)
+            rec = self._tasks.get(tid)
+            if rec is None or rec.state is not TaskState.SCHEDULED:
+                continue
+            self._requeue(rec)
+            n += 1
+        return n
+
+    def next_due(self) -> float | None:
+        while self._scheduled:
+            nb, _, tid = self._scheduled[0]
+            rec = self._tasks.get(tid)
+            if rec is not None and rec.state is TaskState.SCHEDULED:
+                return nb
+            heapq.heappop(self._scheduled)
+        return None
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._tasks.get(task_id)
+
+    def outcome(self, task_id: str) -> tuple[TaskState, bytes | None, str | None] | None:
+        rec = self._tasks.get(task_id)
+        if rec is None:
+            return None
+        result = rec.result
+        if (
+            result is None
+            and rec.state in (TaskState.SUCCEEDED, TaskState.FAILED)
+            and self._db is not None
+        ):
+            row = self._db.execute("SELECT result FROM tasks WHERE id=?", (task_id,)).fetchone()
+            result = row[0] if row else None
+        return rec.state, result, rec.error
+
+    def forget_result(self, task_id: str) -> None:
+        rec = self._tasks.get(task_id)
+        if (
+            rec is not None
+            and self._db is not None
+            and task_id not in self._new
+            and task_id not in self._dirty
+        ):
+            rec.result = None  # committed, so the disk copy exists
+
+    def drain_finished(self) -> list[str]:
+        out, self._finished = self._finished, []
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        counts = {s.name.lower(): 0 for s in TaskState}
+        for rec in self._tasks.values():
+            counts[rec.state.name.lower()] += 1
+        return {"tasks": counts, "completions": dict(self.counters)}
+
+    def commit(self) -> None:
+        if self._db is None:
+            self._new.clear()
+            self._dirty.clear()
+            return
+        if not self._new and not self._dirty:
+            return
+        tasks = self._tasks
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if self._new:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO tasks ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            r.id,
+                            r.seq,
+                            int(r.state),
+                            r.payload,
+                            r.attempts,
+                            r.failures,
+                            r.lost,
+                            r.retries,
+                            r.backoff,
+                            r.not_before,
+                            r.base,
+                            r.result,
+                            r.error,
+                        )
+                        for r in map(tasks.__getitem__, self._new)
+                    ],
+                )
+            if self._dirty:
+                db.executemany(
+                    "UPDATE tasks SET state=?, attempts=?, failures=?, lost=?, not_before=?,"
+                    " base=?, result=?, error=? WHERE id=?",
+                    [
+                        (
+                            int(r.state),
+                            r.attempts,
+                            r.failures,
+                            r.lost,
+                            r.not_before,
+                            r.base,
+                            r.result,
+                            r.error,
+                            r.id,
+                        )
+                        for r in map(tasks.__getitem__, self._dirty)
+                    ],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._new.clear()
+        self._dirty.clear()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self.commit()
+            self._db.close()
+            self._db = None

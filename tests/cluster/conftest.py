@@ -1,0 +1,32 @@
+"""Fixtures for the cluster tests; helpers live in pyq_cluster_harness."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # task and harness modules import by name, here and on the nodes
+    sys.path.insert(0, HERE)
+
+from pyq_cluster_harness import Harness  # noqa: E402
+
+from pyqueue.cluster.config import generate_key  # noqa: E402
+
+
+@pytest.fixture
+def harness(tmp_path: Path):
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def key_env(monkeypatch: pytest.MonkeyPatch) -> bytes:
+    key = generate_key()
+    monkeypatch.setenv("PYQUEUE_KEY", key)
+    return key.encode()

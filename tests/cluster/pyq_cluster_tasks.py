@@ -1,0 +1,92 @@
+"""Task functions for the cluster tests, importable by reference on the nodes.
+
+Every function records each execution (task id, attempt, pid) when
+PYQ_EXEC_LOG names a directory, so tests can count duplicate executions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from pyqueue.cluster import current_task
+
+
+def _record() -> None:
+    d = os.environ.get("PYQ_EXEC_LOG")
+    ctx = current_task()
+    if not d or ctx is None:
+        return
+    line = f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n".encode()
+    fd = os.open(
+        os.path.join(d, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+    )
+    try:
+        os.write(fd, line)  # one small O_APPEND write: lines never interleave
+    finally:
+        os.close(fd)
+
+
+def square_plus(x: int, salt: int) -> int:
+    _record()
+    return x * x + salt
+
+
+def slow(x: int, delay: float) -> int:
+    _record()
+    time.sleep(delay)
+    return x
+
+
+def poison() -> None:
+    _record()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def boom(msg: str) -> None:
+    _record()
+    raise ValueError(msg)
+
+
+def fail_until(attempt_ok: int) -> int:
+    """Raise until the attempt number reaches ``attempt_ok``."""
+    _record()
+    ctx = current_task()
+    assert ctx is not None
+    if ctx.attempt < attempt_ok:
+        raise RuntimeError(f"attempt {ctx.attempt} fails")
+    return ctx.attempt
+
+
+def context() -> tuple[str, int]:
+    ctx = current_task()
+    assert ctx is not None
+    return ctx.task_id, ctx.attempt
+
+
+def pid_after(delay: float) -> int:
+    _record()
+    time.sleep(delay)
+    return os.getpid()
+
+
+def spin(seconds: float) -> int:
+    """Pure-Python CPU work that holds the GIL for ``seconds``."""
+    _record()
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def wait_file(path: str, timeout: float = 30.0) -> str:
+    """Finish only once ``path`` exists (the test creates it): ordering by event."""
+    _record()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return path

@@ -1,0 +1,209 @@
+"""Backend semantics: states, counters, fencing, dead letters, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from pyqueue.cluster.store import Policy, SQLiteBackend, SubmitSpec, TaskState
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    b = SQLiteBackend(None if request.param == "memory" else str(tmp_path / "s.db"), seed=1)
+    yield b
+    b.close()
+
+
+def sub(b, *ids, **kw):
+    return b.submit([SubmitSpec(i, f"p-{i}".encode(), **kw) for i in ids])
+
+
+def test_submit_is_idempotent_on_task_id(store):
+    assert sub(store, "a", "b") == [TaskState.PENDING, TaskState.PENDING]
+    assert sub(store, "a") == [TaskState.PENDING]
+    assert store.stats()["tasks"]["pending"] == 2
+    assert store.get("a").payload == b"p-a"
+
+
+def test_lease_is_fifo_and_tokens_count_attempts(store):
+    sub(store, "a", "b", "c")
+    leases = store.lease("n1", 2)
+    assert [(le.id, le.token) for le in leases] == [("a", 1), ("b", 1)]
+    assert store.leased_count("n1") == 2
+    assert store.complete("n1", "a", 1, True, b"r", None) == "accepted"
+    assert store.get("a").state is TaskState.SUCCEEDED
+    assert store.leased_count("n1") == 1
+
+
+def test_second_completion_is_duplicate_and_superseded_token_is_stale(store):
+    sub(store, "a")
+    store.lease("n1", 1)
+    store.node_lost("n1")
+    (le,) = store.lease("n2", 1)
+    assert le.token == 2
+    assert store.complete("n1", "a", 1, True, b"old", None) == "stale"  # fenced
+    assert store.complete("n2", "a", 2, True, b"new", None) == "accepted"
+    assert store.complete("n1", "a", 1, True, b"old", None) == "duplicate"
+    assert store.outcome("a")[1] == b"new"
+    assert store.counters == {"accepted": 1, "duplicate": 1, "stale": 1, "unknown": 0}
+
+
+def test_completion_after_loss_but_before_re_lease_is_accepted(store):
+    sub(store, "a")
+    store.lease("n1", 1)
+    store.node_lost("n1")
+    assert store.complete("n1", "a", 1, True, b"r", None) == "accepted"
+    assert store.lease("n2", 1) == []  # not dispatched again
+
+
+def test_node_lost_requeues_at_old_position_and_counts_lost(store):
+    sub(store, "a", "b", "c")
+    store.lease("n1", 1)  # a
+    assert store.node_lost("n1") == ["a"]
+    rec = store.get("a")
+    assert (rec.state, rec.lost, rec.attempts) == (TaskState.PENDING, 1, 1)
+    assert [le.id for le in store.lease("n2", 3)] == ["a", "b", "c"]
+
+
+def test_dead_letter_after_four_losses_and_requeue(store):
+    sub(store, "poison")
+    for i in range(4):
+        (le,) = store.lease(f"n{i}", 1)
+        store.node_lost(f"n{i}")
+    rec = store.get("poison")
+    assert rec.state is TaskState.DEAD and rec.lost == 4
+    assert store.drain_finished() == ["poison"]
+    assert [d["id"] for d in store.dead()] == ["poison"]
+    assert store.requeue_dead(["poison", "nope"]) == [True, False]
+    (le,) = store.lease("n9", 1)
+    assert le.payload == b"p-poison" and le.token == 5  # tokens never go back
+    assert store.get("poison").lost == 0
+
+
+def test_max_lost_is_configurable(tmp_path):
+    b = SQLiteBackend(None, Policy(max_lost=2))
+    sub(b, "a")
+    for n in ("x", "y"):
+        b.lease(n, 1)
+        b.node_lost(n)
+    assert b.get("a").state is TaskState.DEAD
+
+
+def test_hard_cap_of_attempts(store):
+    sub(store, "a")
+    for _ in range(20):
+        (le,) = store.lease("n", 1)
+        assert store.release("n", "a", le.token)
+    assert store.lease("n", 1) == []
+    assert store.get("a").state is TaskState.DEAD
+    assert "20 attempts" in store.get("a").error
+
+
+def test_suspect_tasks_are_never_leased_together(store):
+    sub(store, "p", "x", "y", "z")
+    store.lease("n1", 2)  # p, x
+    store.node_lost("n1")  # both suspects now
+    got = [le.id for le in store.lease("n2", 4)]
+    assert got == ["p", "y", "z"]  # x waits: n2 already holds a suspect
+    assert [le.id for le in store.lease("n3", 4)] == ["x"]
+
+
+def test_app_error_is_final_without_retries(store):
+    sub(store, "a")
+    store.lease("n", 1)
+    assert store.complete("n", "a", 1, False, b"exc", "Traceback...") == "accepted"
+    rec = store.get("a")
+    assert rec.state is TaskState.FAILED and rec.failures == 1
+
+
+def test_app_error_retry_uses_backoff_then_runs_again(store):
+    sub(store, "a", retries=2, backoff=0.05)
+    store.lease("n", 1)
+    t0 = time.time()
+    store.complete("n", "a", 1, False, b"exc", "boom")
+    rec = store.get("a")
+    assert rec.state is TaskState.SCHEDULED
+    assert t0 + 0.05 * 0.5 - 0.01 <= rec.not_before <= time.time() + 0.05 * 1.5
+    assert store.lease("n", 1) == []
+    assert store.promote_due(rec.not_before + 0.001) == 1
+    (le,) = store.lease("n", 1)
+    assert le.token == 2
+    store.complete("n", "a", 2, False, b"exc", "boom")
+    # second retry waits about twice as long (exponential)
+    assert store.get("a").not_before - time.time() > 0.05 * 0.5
+    store.promote_due(time.time() + 10)
+    (le,) = store.lease("n", 1)
+    store.complete("n", "a", 3, False, b"exc", "boom")
+    assert store.get("a").state is TaskState.FAILED and store.get("a").failures == 3
+
+
+def test_cancel_pending_and_leased(store):
+    sub(store, "a", "b")
+    store.lease("n", 1)  # a leased
+    assert store.cancel(["a", "b", "zz"]) == [True, True, False]
+    assert store.lease("n", 5) == []
+    # the node still holds a until it reports it
+    assert store.leased_count("n") == 1
+    assert store.complete("n", "a", 1, True, b"r", None) == "duplicate"
+    assert store.leased_count("n") == 0
+    assert store.get("a").state is TaskState.CANCELLED
+
+
+def test_scheduled_submit_waits_for_its_time(store):
+    sub(store, "later", not_before=time.time() + 60)
+    assert store.get("later").state is TaskState.SCHEDULED
+    assert store.lease("n", 1) == []
+    assert store.promote_due(time.time() + 61) == 1
+    assert [le.id for le in store.lease("n", 1)] == ["later"]
+
+
+def test_restart_reloads_pending_and_leased(tmp_path):
+    path = str(tmp_path / "s.db")
+    b = SQLiteBackend(path)
+    sub(b, "a", "b", "c", "d")
+    b.commit()
+    b.lease("n", 2)  # a, b leased
+    b.complete("n", "a", 1, True, b"ra", None)
+    b.commit()
+    sub(b, "uncommitted")  # never committed: must not survive
+    b._db.close()  # simulate a crash: no final commit
+    b2 = SQLiteBackend(path)
+    assert b2.get("uncommitted") is None
+    assert b2.get("a").state is TaskState.SUCCEEDED
+    assert b2.outcome("a")[1] == b"ra"
+    rec = b2.get("b")
+    assert (rec.state, rec.attempts, rec.lost) == (TaskState.PENDING, 1, 0)
+    assert [(le.id, le.token) for le in b2.lease("m", 5)] == [("b", 2), ("c", 1), ("d", 1)]
+    assert sub(b2, "a") == [TaskState.SUCCEEDED]  # idempotent across restarts
+    b2.close()
+
+
+def test_store_uses_wal_and_one_transaction_per_commit(tmp_path):
+    path = str(tmp_path / "s.db")
+    b = SQLiteBackend(path)
+    assert b._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    statements: list[str] = []
+    b._db.set_trace_callback(statements.append)
+    sub(b, *[str(i) for i in range(100)])
+    b.lease("n", 50)
+    b.commit()
+    assert sum(1 for s in statements if s.strip().upper() == "BEGIN") == 1
+    assert sum(1 for s in statements if s.strip().upper() == "COMMIT") == 1
+    rows = sqlite3.connect(path).execute("SELECT count(*), sum(state = 2) FROM tasks").fetchone()
+    assert rows == (100, 50)
+    b.close()
+
+
+def test_forgotten_results_are_read_back_from_disk(tmp_path):
+    b = SQLiteBackend(str(tmp_path / "s.db"))
+    sub(b, "a")
+    b.lease("n", 1)
+    b.complete("n", "a", 1, True, b"value", None)
+    b.commit()
+    b.forget_result("a")
+    assert b.get("a").result is None
+    assert b.outcome("a") == (TaskState.SUCCEEDED, b"value", None)
+    b.close()
