@@ -8,7 +8,7 @@ CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Werror -pthread
 SAN_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SAN_TSAN := -fsanitize=thread
 
-.PHONY: help build test test-c test-py test-py-asan bench bench-c bench-c-bin lint clean
+.PHONY: help build test test-c test-py test-py-asan bench bench-c bench-c-bin bench-micro profile callgrind lint clean
 
 help:
 	@echo "build      build the extension in place (pyqueue._native)"
@@ -17,6 +17,9 @@ help:
 	@echo "test-py    the Python test suite (pytest)"
 	@echo "test-py-asan  unit and stress tests against an ASan+UBSan build of the extension"
 	@echo "bench      C microbenchmark, then the peer comparison (quick)"
+	@echo "bench-micro  pytest-benchmark microbenchmarks of the Python API"
+	@echo "profile    py-spy flame graphs (profiling/out/)"
+	@echo "callgrind  instruction counts of the C microbenchmark"
 	@echo "lint       ruff and mypy"
 	@echo "clean      remove build products"
 
@@ -72,6 +75,15 @@ bench-c: build/pq_bench
 
 bench: bench-c
 	$(PYTHON) -m benchmarks.compare --quick
+
+bench-micro: build
+	$(PYTHON) -m pytest benchmarks/ --benchmark-only
+
+profile: build
+	$(PYTHON) profiling/flame.py all
+
+callgrind: build/pq_bench
+	profiling/callgrind.sh
 
 lint:
 	$(PYTHON) -m ruff check pyqueue tests benchmarks profiling
