@@ -224,3 +224,40 @@ def test_done_callback_not_lost_when_gc_switches_threads_mid_registration():
         gc.set_threshold(*old)
         gc.callbacks.remove(let_others_run)
     assert len(calls) == len(tasks) and set(calls) == set(tasks)
+
+
+class _Holder:
+    """Something a task returns that can point back at the task."""
+
+
+def test_cycles_through_finished_tasks_are_collected():
+    # Pending tasks are kept out of the cyclic GC for speed; a finished task
+    # whose value can close a cycle back to it must be collectable again.
+    import gc
+    import weakref
+
+    class Boom(Exception):
+        pass  # a Python subclass: weak references work on it
+
+    def fail():
+        raise Boom("x")
+
+    with pyqueue.TaskQueue(workers=1) as q:
+        holder = _Holder()
+        t = q.submit(lambda: holder)
+        holder.task = t                      # holder -> task -> holder
+        t.result()
+        probe = weakref.ref(holder)
+        del holder, t
+
+        failed = q.submit(fail)
+        try:
+            failed.result()
+        except Boom as exc:
+            exc.task = failed                # exception -> task -> exception
+        err_probe = weakref.ref(failed.exception())
+        del failed
+    # After shutdown the lane holds no reference to either task.
+    gc.collect()
+    assert probe() is None, "a result that refers to its task leaked"
+    assert err_probe() is None, "an exception that refers to its task leaked"
