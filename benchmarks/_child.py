@@ -178,7 +178,7 @@ def measure_native(peer, sizes):
         metrics[f"c_loop_{label}_s"], _ = _best_of(NATIVE_REPEATS, k.run_serial, kernel, args, dst)
         for workers in (1, 2):
             dst.fill(0.0)
-            with pyqueue.TaskQueue(workers=workers) as q:
+            with pyqueue.TaskQueue(workers=1, native_workers=workers) as q:
                 q.map_native(kernel, args[:1000], dst[:1000])
                 secs, status = _best_of(NATIVE_REPEATS, q.map_native, kernel, args, dst)
             metrics[f"native_{label}_{workers}w_s"] = secs
