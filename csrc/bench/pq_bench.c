@@ -53,6 +53,32 @@ static double bench_ring(size_t k) {
     return RING_ITEMS / (dt / 1e9);
 }
 
+/* One thread, no sharing: push k then pop k.  The instruction cost of the
+ * ring itself, against which the cross-core figures above can be read. */
+static double bench_ring_local(size_t k) {
+    if (pq_ring_init(&ring, RING_CAP) != PQ_OK) abort();
+    pq_item items[64], out[64];
+    memset(items, 0, sizeof(items));
+    int64_t sum = 0;
+    int64_t t0 = pq_now_ns();
+    for (int64_t done = 0; done < RING_ITEMS; done += (int64_t)k) {
+        for (size_t i = 0; i < k; i++) {
+            items[i].begin = done + (int64_t)i;
+            if (k == 1) {
+                if (pq_ring_try_push(&ring, &items[i]) != PQ_OK) abort();
+            }
+        }
+        if (k > 1 && pq_ring_try_push_many(&ring, items, k) != k) abort();
+        size_t got = k == 1 ? (pq_ring_try_pop(&ring, out) == PQ_OK) : pq_ring_try_pop_many(&ring, out, k);
+        if (got != k) abort();
+        for (size_t i = 0; i < k; i++) sum += out[i].begin;
+    }
+    int64_t dt = pq_now_ns() - t0;
+    pq_ring_destroy(&ring);
+    if (sum != (int64_t)RING_ITEMS * (RING_ITEMS - 1) / 2) abort();
+    return RING_ITEMS / (dt / 1e9);
+}
+
 static int add_one(const void *arg, void *out) {
     *(double *)out = *(const double *)arg + 1.0;
     return 0;
@@ -91,6 +117,7 @@ static void report(const char *name, double (*fn)(size_t), size_t arg, int reps)
 }
 
 static double ring_fn(size_t k) { return bench_ring(k); }
+static double ring_local_fn(size_t k) { return bench_ring_local(k); }
 static double pool_fn(size_t w) { return bench_pool((int)w); }
 
 int main(void) {
@@ -106,6 +133,8 @@ int main(void) {
     printf("pq_bench: %d cores usable\n", pq_cpu_count());
     report("ring 1P/1C, per item (items/s)", ring_fn, 1, reps);
     report("ring 1P/1C, batch claims of 32 (items/s)", ring_fn, 32, reps);
+    report("ring one thread, push+pop per item (items/s)", ring_local_fn, 1, reps);
+    report("ring one thread, push+pop 32 at a time (items/s)", ring_local_fn, 32, reps);
     report("native tasks, one batch, 1 worker (tasks/s)", pool_fn, 1, reps);
     report("native tasks, one batch, 2 workers (tasks/s)", pool_fn, 2, reps);
     free(args);
