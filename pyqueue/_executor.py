@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pyqueue._queue import Abandonable, TaskQueue
@@ -79,5 +80,32 @@ class Executor(concurrent.futures.Executor):
         self._queue.submit(_WorkItem(future, fn, args, kwargs))
         return future
 
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """The stdlib ``Executor.map``; with ``chunksize > 1`` the items are
+        sent in chunks of that size, one task each, as ProcessPoolExecutor
+        does (an exception is then raised when its chunk's turn comes)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunked(zip(*iterables), chunksize)
+        results = super().map(_apply_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._queue.shutdown(wait=wait, cancel_pending=cancel_futures)
+
+
+def _chunked(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
+    return [fn(*args) for args in chunk]

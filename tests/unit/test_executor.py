@@ -106,3 +106,13 @@ def test_bad_arguments():
         pyqueue.Executor(initializer="x")
     with pyqueue.Executor(max_workers=1) as ex, pytest.raises(TypeError):
         ex.submit(None)
+
+
+def test_map_with_chunks_keeps_order_and_raises_in_place(ex):
+    assert list(ex.map(pow, range(100), [2] * 100, chunksize=7)) == [i * i for i in range(100)]
+    it = ex.map(lambda x: 1 // x, [1, 1, 0, 1], chunksize=2)
+    assert next(it) == 1 and next(it) == 1
+    with pytest.raises(ZeroDivisionError):
+        next(it)
+    with pytest.raises(ValueError):
+        ex.map(abs, [1], chunksize=0)

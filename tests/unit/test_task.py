@@ -229,6 +229,9 @@ def test_done_callback_not_lost_when_gc_switches_threads_mid_registration():
 class _Holder:
     """Something a task returns that can point back at the task."""
 
+    def __call__(self):
+        return self
+
 
 def test_cycles_through_finished_tasks_are_collected():
     # Pending tasks are kept out of the cyclic GC for speed; a finished task
@@ -244,7 +247,7 @@ def test_cycles_through_finished_tasks_are_collected():
 
     with pyqueue.TaskQueue(workers=1) as q:
         holder = _Holder()
-        t = q.submit(lambda: holder)
+        t = q.submit(_Holder.__call__, holder)
         holder.task = t                      # holder -> task -> holder
         t.result()
         probe = weakref.ref(holder)
