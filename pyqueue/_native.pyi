@@ -74,6 +74,7 @@ class Engine:
         chunksize: int | None,
         ahead: int,
         timeout: float | None,
+        adaptive_ahead: bool = False,
     ) -> Iterator[Any]: ...
 
 def kernel(

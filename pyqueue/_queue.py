@@ -144,8 +144,12 @@ class TaskQueue(_native.Engine):
     ) -> Iterator[Any]:
         """Yield ``fn(*items)`` for the items of ``iterables``, in input order.
 
-        Lazy: at most ``ahead`` chunks (default ``2 * workers + 2``) are in
-        flight, so a huge or infinite iterable never loads into memory.
+        Lazy: at most ``ahead`` chunks are in flight, so a huge or infinite
+        iterable never loads into memory.  By default the look-ahead adapts,
+        up to ``2 * workers + 2``: it grows while chunks run side by side
+        (work that waits or releases the GIL) and stays at one chunk beside
+        the caller's for pure-Python work, which cannot overlap.  Pass
+        ``ahead`` to fix it (e.g. for tasks that must all run at once).
         ``chunksize`` None adapts the chunk size to the measured cost of ``fn``
         (from 1 item for slow calls to thousands for trivial ones).  An
         exception raised by ``fn`` is re-raised at its position, after the
@@ -163,7 +167,7 @@ class TaskQueue(_native.Engine):
         look_ahead = 2 * self._workers + 2 if ahead is None else ahead
         if look_ahead < 1:
             raise ValueError("ahead must be >= 1")
-        return self._map_iter(fn, source, star, chunksize, look_ahead, timeout)
+        return self._map_iter(fn, source, star, chunksize, look_ahead, timeout, ahead is None)
 
     def results(
         self, tasks: Iterable[_native.Task], timeout: float | None = None

@@ -534,12 +534,13 @@ cdef class Engine:
 
     # -- map -----------------------------------------------------------------
 
-    def _map_iter(self, fn, iterator, bint star, chunksize, int ahead, timeout):
+    def _map_iter(self, fn, iterator, bint star, chunksize, int ahead, timeout,
+                  bint adaptive_ahead=False):
         """Lazy ordered map over ``iterator``; see TaskQueue.map."""
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
-        return _MapIterator(self, fn, iterator, star, chunksize, ahead, timeout)
+        return _MapIterator(self, fn, iterator, star, chunksize, ahead, timeout, adaptive_ahead)
 
     # -- native tasks ------------------------------------------------------------
 
@@ -590,6 +591,8 @@ cdef int64_t _chunk_for(int64_t n, int workers, object chunksize) except -1:
 # amortise a task hand-off, short enough to keep every worker busy.
 cdef double MAP_TARGET_S = 0.002
 cdef Py_ssize_t MAP_MAX_CHUNK = 8192
+# How many chunks an adaptive map runs inline before it tries overlap again.
+cdef int MAP_PROBE_EVERY = 64
 
 
 def _run_chunk(fn, items, bint star):
@@ -622,11 +625,17 @@ cdef class _MapIterator:
     cdef Py_ssize_t seq_next   # first index of seq not yet submitted
     cdef bint star, exhausted, adaptive
     cdef Py_ssize_t chunksize, pos, n_current
-    cdef int ahead
+    cdef int ahead, ahead_max    # ahead 0: items run inline, nothing is queued
+    cdef int inline_chunks       # chunks to run inline before overlap is tried again
+    cdef bint adaptive_ahead
+    cdef double window_busy      # seconds of chunk work consumed in this window
+    cdef int window_chunks
+    cdef int64_t window_start
     cdef list current
     cdef int64_t deadline
 
-    def __cinit__(self, Engine engine, fn, source, bint star, chunksize, int ahead, timeout):
+    def __cinit__(self, Engine engine, fn, source, bint star, chunksize, int ahead,
+                  timeout, bint adaptive_ahead=False):
         self.engine = engine
         self.fn = fn
         if type(source) is list or type(source) is tuple or type(source) is range:
@@ -638,7 +647,12 @@ cdef class _MapIterator:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         self.chunksize = 1 if chunksize is None else chunksize
-        self.ahead = ahead if ahead > 0 else 1
+        self.ahead_max = ahead if ahead > 0 else 1
+        self.adaptive_ahead = adaptive_ahead
+        # Adaptive look-ahead starts with one chunk beside the caller's and
+        # grows only while the chunks really run side by side (see _adapt_ahead).
+        self.ahead = 1 if adaptive_ahead else self.ahead_max
+        self.window_start = pq_now_ns()
         self.inflight = collections.deque()
         self.current = []
         cdef int64_t t = _timeout_ns(timeout)
@@ -682,11 +696,42 @@ cdef class _MapIterator:
             want = MAP_MAX_CHUNK
         self.chunksize = want
 
+    cdef _adapt_ahead(self, double seconds):
+        """Grow the look-ahead while chunks overlap, drop it to one when they
+        do not.  Work that holds the GIL (pure Python) cannot overlap: chunks
+        that other threads take only move the results across cores, which
+        costs more than it gives.  Work that releases the GIL or waits (I/O,
+        hashing, numpy) overlaps, and then more chunks in flight pay off."""
+        cdef int64_t now = pq_now_ns()
+        self.window_busy += seconds
+        self.window_chunks += 1
+        cdef double elapsed = (now - self.window_start) / 1e9
+        if self.window_chunks < 2 or elapsed < 0.002:
+            return
+        cdef double overlap = self.window_busy / elapsed
+        if overlap > 0.6 * (self.ahead + 1):
+            self.ahead = min(self.ahead * 4, self.ahead_max)
+        elif overlap < 1.2:
+            if self.ahead == 1 and self.deadline < 0:
+                self._go_inline()
+            else:
+                self.ahead = 1
+        self.window_busy = 0
+        self.window_chunks = 0
+        self.window_start = now
+
+    cdef _go_inline(self):
+        """Nothing overlaps: run the next chunks right here, with no task and
+        no hand-off, then look for overlap again."""
+        self.ahead = 0
+        self.inline_chunks = MAP_PROBE_EVERY
+
     def __iter__(self):
         return self
 
     def __next__(self):
-        # Fast path, once per item: the next value of the current chunk.
+        # Fast paths, once per item: the next value of the current chunk, or
+        # the next item computed inline.
         if self.pos < self.n_current:
             value = <object>PyList_GET_ITEM(self.current, self.pos)
             self.pos += 1
@@ -695,41 +740,60 @@ cdef class _MapIterator:
 
     cdef object _advance(self):
         """Wait for the next chunk (running it here if no worker has started
-        it), queue more look-ahead, and return its first value."""
-        cdef Task t
-        cdef int64_t left
+        it), or compute it here when running inline; return its first value."""
         while True:
             if self.error is not None:
                 err, self.error = self.error, None
                 self._abandon()
                 raise err
-            if not self.inflight:
-                raise StopIteration
-            t = self.inflight.popleft()
-            try:
-                if self.deadline < 0:
-                    results, err, seconds = t.result()
-                else:
-                    left = self.deadline - pq_now_ns()
-                    results, err, seconds = t.result((left if left > 0 else 0) / 1e9)
-            except TimeoutError:
-                self.inflight.appendleft(t)   # the caller may try again
-                raise
-            except BaseException:
-                # Ctrl-C or a failure of the machinery: the look-ahead must not
-                # keep running for a consumer that is gone (as Executor.map).
-                self._abandon()
-                raise
+            if not self.inflight and self.ahead > 0:
+                self._fill()
+            if self.inflight:
+                results, err, seconds = self._wait_next()
+            else:
+                chunk = None if self.exhausted else self._next_chunk()
+                if not chunk:
+                    self.exhausted = True
+                    self.source = self.seq = None
+                    raise StopIteration
+                results, err, seconds = _run_chunk(self.fn, chunk, self.star)
+                self.inline_chunks -= 1
+                if self.inline_chunks <= 0:      # try overlap again
+                    self.ahead = 1
+                    self.window_busy = 0
+                    self.window_chunks = 0
+                    self.window_start = pq_now_ns()
             if err is None:
                 self._adapt(seconds, len(results))
+            if self.adaptive_ahead and self.ahead > 0:
+                self._adapt_ahead(seconds)
             self.current = results
             self.n_current = len(results)
             self.pos = 0
             self.error = err
-            self._fill()
             if self.n_current > 0:
                 self.pos = 1
                 return self.current[0]
+
+    cdef tuple _wait_next(self):
+        """The oldest chunk's outcome; the look-ahead is refilled first so that
+        workers have work while we wait (or run it here)."""
+        cdef Task t = self.inflight.popleft()
+        cdef int64_t left
+        self._fill()
+        try:
+            if self.deadline < 0:
+                return t.result()
+            left = self.deadline - pq_now_ns()
+            return t.result((left if left > 0 else 0) / 1e9)
+        except TimeoutError:
+            self.inflight.appendleft(t)   # the caller may try again
+            raise
+        except BaseException:
+            # Ctrl-C or a failure of the machinery: the look-ahead must not
+            # keep running for a consumer that is gone (as Executor.map).
+            self._abandon()
+            raise
 
     cdef _abandon(self):
         if self.inflight is None:   # construction failed before it was set

@@ -24,6 +24,15 @@ def test_map_preserves_order_with_adaptive_and_fixed_chunks(q):
         ]
 
 
+def test_map_long_runs_switch_between_inline_and_look_ahead_without_losing_items(q):
+    # Thousands of chunks: the adaptive look-ahead drops to inline runs for
+    # pure-Python work and probes overlap again every so often; every item
+    # must come out once, in order, across those switches.
+    n = 300_000
+    assert list(q.map(lambda x: x * 3, range(n), chunksize=16)) == [x * 3 for x in range(n)]
+    assert list(q.map(lambda x: x - 1, iter(range(n)))) == [x - 1 for x in range(n)]
+
+
 def test_map_several_iterables_stops_at_shortest(q):
     assert list(q.map(pow, [2, 3, 4], [2, 2])) == [4, 9]
 
@@ -103,4 +112,5 @@ def test_map_runs_blocking_tasks_on_every_worker_at_once():
     # lets the barrier open (a serial or 2-way run breaks it with an error).
     barrier = threading.Barrier(32, timeout=20)
     with pyqueue.TaskQueue(workers=32) as q:
-        assert sorted(q.map(lambda _: barrier.wait(), range(32), chunksize=1)) == list(range(32))
+        it = q.map(lambda _: barrier.wait(), range(32), chunksize=1, ahead=32)
+        assert sorted(it) == list(range(32))
