@@ -10,12 +10,26 @@ import concurrent.futures
 import queue
 
 __all__ = [
+    "AuthenticationError",
     "BrokenQueue",
     "CancelledError",
+    "ClusterError",
+    "FrameTooLarge",
+    "KeyNotFound",
+    "MalformedFrame",
     "NativeTaskError",
+    "PeerError",
+    "PreambleError",
+    "ProtocolError",
     "PyqueueError",
     "QueueClosed",
     "QueueFull",
+    "RemoteTaskError",
+    "TaskCancelled",
+    "TaskDead",
+    "TaskLost",
+    "UnexpectedMessage",
+    "VersionError",
 ]
 
 CancelledError = concurrent.futures.CancelledError
@@ -68,3 +82,97 @@ class NativeTaskError(PyqueueError, RuntimeError):
 
     def __reduce__(self):  # keep pickling (e.g. across processes) working
         return (type(self), (self.index, self.code, self.failed, self.status))
+
+
+# -- pyqueue.cluster -------------------------------------------------------------
+
+
+class ClusterError(PyqueueError):
+    """Base class of every error pyqueue.cluster raises on purpose."""
+
+
+class ProtocolError(ClusterError, ConnectionError):
+    """A peer broke the wire protocol; the connection cannot continue.
+
+    Attributes
+    ----------
+    code : str
+        Short identifier sent to the peer in the ERROR frame.
+    """
+
+    code = "protocol"
+
+
+class PreambleError(ProtocolError):
+    """The stream did not start with the pyqueue magic bytes (garbage bytes)."""
+
+    code = "preamble"
+
+
+class VersionError(ProtocolError):
+    """The magic bytes matched but the protocol version is not one we speak."""
+
+    code = "version"
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced a body larger than the negotiated maximum."""
+
+    code = "frame_too_large"
+
+
+class MalformedFrame(ProtocolError):
+    """A frame had an unknown type, an undecodable body or missing fields."""
+
+    code = "malformed"
+
+
+class AuthenticationError(ProtocolError):
+    """The HMAC challenge failed: the peer does not hold the shared key."""
+
+    code = "auth"
+
+
+class UnexpectedMessage(ProtocolError):
+    """A well-formed frame arrived in a state where it is not allowed."""
+
+    code = "unexpected"
+
+
+class PeerError(ProtocolError):
+    """The remote peer sent us an ERROR frame and is closing the connection."""
+
+    code = "peer"
+
+    def __init__(self, remote_code: str, message: str) -> None:
+        super().__init__(f"peer reported {remote_code}: {message}")
+        self.remote_code = remote_code
+        self.remote_message = message
+
+
+class KeyNotFound(ClusterError, LookupError):
+    """No shared key was given, and none is in PYQUEUE_KEY or a key file."""
+
+
+class TaskDead(ClusterError, RuntimeError):
+    """The task was dead-lettered (its node died under it too often)."""
+
+
+class TaskLost(TaskDead):
+    """The coordinator forgot an acknowledged task: it restarted without a durable store."""
+
+
+class TaskCancelled(ClusterError, CancelledError):
+    """The task was cancelled before it completed."""
+
+
+class RemoteTaskError(ClusterError, RuntimeError):
+    """A task raised an exception that could not be sent back as itself.
+
+    Its ``remote_type`` and ``remote_traceback`` describe the original.
+    """
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback

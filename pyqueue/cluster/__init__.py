@@ -11,10 +11,7 @@ Guarantees
   ``task_id`` and ``attempt``.
 """
 
-from .client import Client, ClusterTask
-from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, generate_key, load_key
-from .coordinator import Coordinator
-from .errors import (
+from pyqueue.errors import (
     AuthenticationError,
     ClusterError,
     FrameTooLarge,
@@ -30,6 +27,10 @@ from .errors import (
     UnexpectedMessage,
     VersionError,
 )
+
+from .client import Client, ClusterTask
+from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, generate_key, load_key
+from .coordinator import Coordinator
 from .local import LocalCluster
 from .node import Node
 from .serialize import TaskContext, current_task

@@ -17,9 +17,10 @@ import threading
 import time
 from typing import Any, Callable
 
+from pyqueue.errors import AuthenticationError, PeerError, ProtocolError
+
 from . import protocol as P
 from .config import parse_address
-from .errors import AuthenticationError, PeerError, ProtocolError
 from .protocol import MsgType
 
 __all__ = ["Channel"]

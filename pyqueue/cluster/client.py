@@ -19,10 +19,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
+from pyqueue.errors import TaskCancelled, TaskDead, TaskLost
+
 from . import protocol as P
 from .channel import Channel
 from .config import load_key
-from .errors import TaskCancelled, TaskDead, TaskLost
 from .protocol import MsgType
 from .serialize import decode_result, encode_call
 from .store import TERMINAL, TaskState

@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 
-from .errors import KeyNotFound
+from pyqueue.errors import KeyNotFound
 
 __all__ = [
     "Timings",

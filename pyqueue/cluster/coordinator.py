@@ -29,9 +29,10 @@ import threading
 import time
 from typing import Any
 
+from pyqueue.errors import MalformedFrame, ProtocolError, UnexpectedMessage
+
 from . import protocol as P
 from .config import DEFAULT_TIMINGS, Timings
-from .errors import MalformedFrame, ProtocolError, UnexpectedMessage
 from .protocol import MsgType
 from .store import TERMINAL, Backend, SQLiteBackend, SubmitSpec, TaskState
 

@@ -39,7 +39,7 @@ both sides have proven the key.
 
 Errors
 ------
-Any violation raises a :class:`~pyqueue.cluster.errors.ProtocolError`
+Any violation raises a :class:`~pyqueue.errors.ProtocolError`
 subclass; after that the connection is closed for good and
 :meth:`Connection.error_bytes` gives the ERROR frame to send to the peer
 before closing the socket.
@@ -62,7 +62,7 @@ from typing import Any, Callable, Union
 
 import msgpack
 
-from .errors import (
+from pyqueue.errors import (
     AuthenticationError,
     FrameTooLarge,
     MalformedFrame,

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from .errors import RemoteTaskError
+from pyqueue.errors import RemoteTaskError
 
 __all__ = [
     "TaskContext",

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from pyqueue.cluster import protocol as P
 from pyqueue.cluster.config import load_key, parse_address
-from pyqueue.cluster.errors import (
+from pyqueue.cluster.protocol import MsgType
+from pyqueue.errors import (
     AuthenticationError,
     FrameTooLarge,
     KeyNotFound,
@@ -23,7 +24,6 @@ from pyqueue.cluster.errors import (
     UnexpectedMessage,
     VersionError,
 )
-from pyqueue.cluster.protocol import MsgType
 
 KEY = b"k" * 32
 

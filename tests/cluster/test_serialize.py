@@ -11,7 +11,6 @@ import pyq_cluster_tasks as T
 import pytest
 
 from pyqueue.cluster.cli import JsonFormatter
-from pyqueue.cluster.errors import RemoteTaskError
 from pyqueue.cluster.serialize import (
     current_task,
     decode_call,
@@ -20,6 +19,7 @@ from pyqueue.cluster.serialize import (
     function_ref,
     run_payload,
 )
+from pyqueue.errors import RemoteTaskError
 
 
 class Holder:
