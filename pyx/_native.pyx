@@ -591,8 +591,10 @@ cdef int64_t _chunk_for(int64_t n, int workers, object chunksize) except -1:
 # amortise a task hand-off, short enough to keep every worker busy.
 cdef double MAP_TARGET_S = 0.002
 cdef Py_ssize_t MAP_MAX_CHUNK = 8192
-# How many chunks an adaptive map runs inline before it tries overlap again.
+# How many chunks an adaptive map runs inline before it tries overlap again
+# (doubling, up to the maximum, while none is found).
 cdef int MAP_PROBE_EVERY = 64
+cdef int MAP_PROBE_MAX = 4096
 
 
 def _run_chunk(fn, items, bint star):
@@ -623,10 +625,13 @@ cdef class _MapIterator:
     cdef object fn, source, inflight, error
     cdef object seq            # the input when it is a list, tuple or range
     cdef Py_ssize_t seq_next   # first index of seq not yet submitted
+    cdef Py_ssize_t total      # len(seq) at the start, or -1 for an iterator
+    cdef Py_ssize_t before_current  # results yielded before the current chunk
     cdef bint star, exhausted, adaptive
     cdef Py_ssize_t chunksize, pos, n_current
     cdef int ahead, ahead_max    # ahead 0: items run inline, nothing is queued
     cdef int inline_chunks       # chunks to run inline before overlap is tried again
+    cdef int probe_every         # the current spacing of those tries
     cdef bint adaptive_ahead
     cdef double window_busy      # seconds of chunk work consumed in this window
     cdef int window_chunks
@@ -638,8 +643,10 @@ cdef class _MapIterator:
                   timeout, bint adaptive_ahead=False):
         self.engine = engine
         self.fn = fn
+        self.total = -1
         if type(source) is list or type(source) is tuple or type(source) is range:
             self.seq = source
+            self.total = len(source)
         else:
             self.source = iter(source)
         self.star = star
@@ -722,12 +729,22 @@ cdef class _MapIterator:
 
     cdef _go_inline(self):
         """Nothing overlaps: run the next chunks right here, with no task and
-        no hand-off, then look for overlap again."""
+        no hand-off, then look for overlap again, less often each time it
+        is still absent (probing costs a cross-core hand-off or two)."""
         self.ahead = 0
-        self.inline_chunks = MAP_PROBE_EVERY
+        self.probe_every = MAP_PROBE_EVERY if self.probe_every == 0 else min(
+            self.probe_every * 2, MAP_PROBE_MAX)
+        self.inline_chunks = self.probe_every
 
     def __iter__(self):
         return self
+
+    def __length_hint__(self):
+        # Lets list(q.map(...)) size its result once for a sized input.
+        if self.total < 0:
+            return 0
+        cdef Py_ssize_t left = self.total - self.before_current - self.pos
+        return left if left > 0 else 0
 
     def __next__(self):
         # Fast paths, once per item: the next value of the current chunk, or
@@ -767,6 +784,7 @@ cdef class _MapIterator:
                 self._adapt(seconds, len(results))
             if self.adaptive_ahead and self.ahead > 0:
                 self._adapt_ahead(seconds)
+            self.before_current += self.n_current
             self.current = results
             self.n_current = len(results)
             self.pos = 0

@@ -114,3 +114,15 @@ def test_map_runs_blocking_tasks_on_every_worker_at_once():
     with pyqueue.TaskQueue(workers=32) as q:
         it = q.map(lambda _: barrier.wait(), range(32), chunksize=1, ahead=32)
         assert sorted(it) == list(range(32))
+
+
+def test_map_length_hint_tracks_what_is_left_for_sized_inputs(q):
+    import operator
+
+    it = q.map(abs, list(range(-10, 0)), chunksize=4)
+    assert operator.length_hint(it) == 10
+    for _ in range(3):
+        next(it)
+    assert operator.length_hint(it) == 7
+    assert len(list(it)) == 7 and operator.length_hint(it) == 0
+    assert operator.length_hint(q.map(abs, iter([1, 2]))) == 0  # unknown for iterators
