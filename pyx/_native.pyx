@@ -594,6 +594,9 @@ cdef Py_ssize_t MAP_MAX_CHUNK = 8192
 # How many chunks an adaptive map runs inline before it tries overlap again
 # (doubling, up to the maximum, while none is found).
 cdef int MAP_PROBE_EVERY = 64
+# A window in which no worker took a chunk says nothing about overlap; it is
+# extended up to this long before the map concludes there is none.
+cdef double MAP_WINDOW_MAX_S = 0.02
 cdef int MAP_PROBE_MAX = 4096
 
 
@@ -635,6 +638,7 @@ cdef class _MapIterator:
     cdef bint adaptive_ahead
     cdef double window_busy      # seconds of chunk work consumed in this window
     cdef int window_chunks
+    cdef int window_helped       # chunks of this window that a worker ran
     cdef int64_t window_start
     cdef list current
     cdef int64_t deadline
@@ -716,6 +720,8 @@ cdef class _MapIterator:
         if self.window_chunks < 2 or elapsed < 0.002:
             return
         cdef double overlap = self.window_busy / elapsed
+        if overlap < 1.2 and self.window_helped == 0 and elapsed < MAP_WINDOW_MAX_S:
+            return   # no worker has taken a chunk yet (still waking): wait and see
         if overlap > 0.6 * (self.ahead + 1):
             self.ahead = min(self.ahead * 4, self.ahead_max)
         elif overlap < 1.2:
@@ -725,6 +731,7 @@ cdef class _MapIterator:
                 self.ahead = 1
         self.window_busy = 0
         self.window_chunks = 0
+        self.window_helped = 0
         self.window_start = now
 
     cdef _go_inline(self):
@@ -779,6 +786,7 @@ cdef class _MapIterator:
                     self.ahead = 1
                     self.window_busy = 0
                     self.window_chunks = 0
+                    self.window_helped = 0
                     self.window_start = pq_now_ns()
             if err is None:
                 self._adapt(seconds, len(results))
@@ -799,6 +807,8 @@ cdef class _MapIterator:
         cdef Task t = self.inflight.popleft()
         cdef int64_t left
         self._fill()
+        if t.state != PENDING:
+            self.window_helped += 1   # a worker took it: overlap is measurable
         try:
             if self.deadline < 0:
                 return t.result()
