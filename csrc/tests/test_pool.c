@@ -40,6 +40,23 @@ static int slow_item(const void *arg, void *out) {
     return 0;
 }
 
+/* Each item of a slow_item batch ended exactly one way: it ran (status 0,
+ * out written) or it did not (PQ_ITEM_NOT_RUN, out untouched). Returns how
+ * many did not run. */
+static int64_t count_not_run(const int32_t *o, const int32_t *st, int n) {
+    int64_t not_run = 0;
+    for (int i = 0; i < n; i++) {
+        if (st[i] == 0) {
+            CHECK_EQ(o[i], 1);
+        } else {
+            CHECK_EQ(st[i], PQ_ITEM_NOT_RUN);
+            CHECK_EQ(o[i], 0);
+            not_run++;
+        }
+    }
+    return not_run;
+}
+
 static void test_item_abi_all_chunk_sizes(void) {
     enum { N = 1000 };
     static double a[N], o[N];
@@ -119,12 +136,8 @@ static void test_shutdown_with_pending(int cancel) {
     CHECK_EQ(pq_pool_submit(pool, &b, N, 1, -1), PQ_OK);
     pq_pool_shutdown(pool, cancel);
     CHECK_EQ(pq_batch_wait(&b, 0), PQ_OK); /* complete once shutdown returns */
-    int64_t ran = 0, not_run = 0;
-    for (int i = 0; i < N; i++) {
-        if (st[i] == 0) { CHECK_EQ(o[i], 1); ran++; }
-        else { CHECK_EQ(st[i], PQ_ITEM_NOT_RUN); CHECK_EQ(o[i], 0); not_run++; }
-    }
-    CHECK_EQ(ran + not_run, N);
+    int64_t not_run = count_not_run(o, st, N);
+    int64_t ran = N - not_run;
     CHECK_EQ(pq_batch_failed(&b), not_run);
     if (!cancel) CHECK_EQ(ran, N);
     else CHECK(not_run > 0); /* 400 x 0.2 ms cannot finish before shutdown */
@@ -185,12 +198,7 @@ static void test_batch_cancel(void) {
     CHECK_EQ(pq_pool_submit(pool, &b, N, 1, -1), PQ_OK);
     pq_batch_cancel(&b);
     CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
-    int64_t ran = 0, not_run = 0;
-    for (int i = 0; i < N; i++) {
-        if (st[i] == 0) { CHECK_EQ(o[i], 1); ran++; }
-        else { CHECK_EQ(st[i], PQ_ITEM_NOT_RUN); CHECK_EQ(o[i], 0); not_run++; }
-    }
-    CHECK_EQ(ran + not_run, N);
+    int64_t not_run = count_not_run(o, st, N);
     CHECK(not_run > 0);
     CHECK_EQ(pq_batch_failed(&b), not_run);
     pq_pool_destroy(pool);
