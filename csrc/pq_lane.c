@@ -2,6 +2,7 @@
 #include "pq_lane.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 int pq_lane_init(pq_lane *lane, size_t capacity, int64_t spin_ns, int max_spinners) {
     int rc = pq_ring_init(&lane->ring, capacity);
@@ -9,6 +10,7 @@ int pq_lane_init(pq_lane *lane, size_t capacity, int64_t spin_ns, int max_spinne
     pq_park_init(&lane->not_empty);
     pq_park_init(&lane->not_full);
     atomic_store_explicit(&lane->closed, 0, memory_order_relaxed);
+    atomic_store_explicit(&lane->pushers, 0, memory_order_relaxed);
     atomic_store_explicit(&lane->spinners, 0, memory_order_relaxed);
     lane->spin_ns = spin_ns > 0 ? spin_ns : 0;
     lane->max_spinners = max_spinners > 0 ? max_spinners : 0;
@@ -35,16 +37,27 @@ void pq_lane_free(pq_lane *lane) {
 }
 
 int pq_lane_is_closed(pq_lane *lane) {
-    /* acquire: pairs with the release store in close; a thread that sees
-     * closed also sees every push that happened before close. */
-    return atomic_load_explicit(&lane->closed, memory_order_acquire);
+    /* seq_cst: with the seq_cst pushers increment in push_many this is a
+     * Dekker pair: a pusher either sees closed, or close's owner sees the
+     * pusher in pq_lane_quiesce (and, through the order, every earlier push). */
+    return atomic_load_explicit(&lane->closed, memory_order_seq_cst);
 }
 
 void pq_lane_close(pq_lane *lane) {
-    /* release: see pq_lane_is_closed. */
-    atomic_store_explicit(&lane->closed, 1, memory_order_release);
+    /* seq_cst: see pq_lane_is_closed. */
+    atomic_store_explicit(&lane->closed, 1, memory_order_seq_cst);
     pq_park_notify(&lane->not_empty, 0);
     pq_park_notify(&lane->not_full, 0);
+}
+
+void pq_lane_quiesce(pq_lane *lane) {
+    /* acquire: pairs with the release decrement, so the caller's drain sees
+     * the items the last pusher put in. Pushers blocked on a full ring were
+     * woken by close and leave at once; others are mid-claim: a short wait. */
+    while (atomic_load_explicit(&lane->pushers, memory_order_acquire) != 0) {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 size_t pq_lane_size_approx(pq_lane *lane) { return pq_ring_size_approx(&lane->ring); }
@@ -66,6 +79,8 @@ int pq_lane_push_many(pq_lane *lane, const pq_item *items, size_t n, int64_t tim
     size_t done = 0;
     int rc = PQ_OK;
     int64_t deadline = _pq_deadline(timeout_ns);
+    /* seq_cst: announced before the closed check below (see pq_lane_is_closed). */
+    atomic_fetch_add_explicit(&lane->pushers, 1, memory_order_seq_cst);
     while (done < n) {
         if (pq_lane_is_closed(lane)) { rc = PQ_CLOSED; break; }
         size_t got = pq_ring_try_push_many(&lane->ring, items + done, n - done);
@@ -91,6 +106,8 @@ int pq_lane_push_many(pq_lane *lane, const pq_item *items, size_t n, int64_t tim
         }
         pq_park_wait(&lane->not_full, epoch, left);
     }
+    /* release: see pq_lane_quiesce. */
+    atomic_fetch_sub_explicit(&lane->pushers, 1, memory_order_release);
     if (pushed) *pushed = done;
     return rc;
 }

@@ -31,6 +31,7 @@ typedef struct pq_lane {
     pq_park not_empty;       /* consumers park here */
     pq_park not_full;        /* producers park here */
     _Atomic int closed;      /* 0 -> 1 once; read by everyone */
+    _Atomic int pushers;     /* producers inside pq_lane_push_many */
     _Atomic int spinners;    /* consumers spinning right now */
     int64_t spin_ns;
     int max_spinners;
@@ -54,6 +55,10 @@ int pq_lane_pop_many(pq_lane *lane, pq_item *out, size_t n, int64_t timeout_ns,
                      size_t *popped);
 
 void pq_lane_close(pq_lane *lane);
+/* After close: waits until no producer is inside a push, so that whatever is
+ * in the ring afterwards stays there until someone pops it.  An owner whose
+ * consumers have exited calls it before draining what is left. */
+void pq_lane_quiesce(pq_lane *lane);
 int pq_lane_is_closed(pq_lane *lane);
 size_t pq_lane_size_approx(pq_lane *lane);
 

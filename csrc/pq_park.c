@@ -85,45 +85,48 @@ void pq_park_notify(pq_park *park, int n) {
     pq_futex_wake(&park->epoch, n);
 }
 
+enum { PQ_EVENT_UNSET = 0, PQ_EVENT_SET = 1, PQ_EVENT_WAITED = 2 };
+
 void pq_event_init(pq_event *ev) {
-    atomic_store_explicit(&ev->state, 0, memory_order_relaxed);
-    atomic_store_explicit(&ev->waiters, 0, memory_order_relaxed);
+    atomic_store_explicit(&ev->state, PQ_EVENT_UNSET, memory_order_relaxed);
 }
 
 int pq_event_is_set(pq_event *ev) {
-    /* acquire: pairs with the release store in pq_event_set, so everything the
-     * setter wrote (results, status codes) is visible once this returns 1. */
-    return atomic_load_explicit(&ev->state, memory_order_acquire) != 0;
+    /* acquire: pairs with the release exchange in pq_event_set, so everything
+     * the setter wrote (results, status codes) is visible once this is 1. */
+    return atomic_load_explicit(&ev->state, memory_order_acquire) == PQ_EVENT_SET;
 }
 
 void pq_event_set(pq_event *ev) {
-    /* release: publishes the setter's writes to threads that acquire state. */
-    atomic_store_explicit(&ev->state, 1, memory_order_release);
-    /* seq_cst fence: the state store is ordered before the waiter check
-     * (pairs with the fence in pq_event_wait); otherwise a waiter that
-     * registered just now could sleep forever. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&ev->waiters, memory_order_relaxed) != 0)
-        pq_futex_wake(&ev->state, INT_MAX);
+    /* release: publishes the setter's writes to threads that acquire state.
+     * After this exchange the event may already be freed by a waiter: only
+     * the address is used below, for the wake-up. */
+    uint32_t old = atomic_exchange_explicit(&ev->state, PQ_EVENT_SET, memory_order_release);
+    if (old == PQ_EVENT_WAITED) pq_futex_wake(&ev->state, INT_MAX);
 }
 
 int pq_event_wait(pq_event *ev, int64_t timeout_ns) {
-    if (pq_event_is_set(ev)) return PQ_OK;
     int64_t deadline = timeout_ns >= 0 ? pq_now_ns() + timeout_ns : -1;
-    /* relaxed RMW + seq_cst fence: registration is ordered before the state
-     * re-check below (pairs with the fence in pq_event_set). */
-    atomic_fetch_add_explicit(&ev->waiters, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
-    int rc = PQ_OK;
-    while (!pq_event_is_set(ev)) {
+    for (;;) {
+        /* acquire: see pq_event_is_set. */
+        uint32_t s = atomic_load_explicit(&ev->state, memory_order_acquire);
+        if (s == PQ_EVENT_SET) return PQ_OK;
+        if (s == PQ_EVENT_UNSET) {
+            /* relaxed CAS: it only announces a waiter; the futex compares the
+             * word again in the kernel, so a set that slips in between makes
+             * the wait return at once. On failure s is reloaded. */
+            uint32_t expected = PQ_EVENT_UNSET;
+            if (!atomic_compare_exchange_strong_explicit(&ev->state, &expected,
+                                                         PQ_EVENT_WAITED,
+                                                         memory_order_relaxed,
+                                                         memory_order_relaxed))
+                continue;
+        }
         int64_t left = -1;
         if (deadline >= 0) {
             left = deadline - pq_now_ns();
-            if (left <= 0) { rc = PQ_TIMEOUT; break; }
+            if (left <= 0) return PQ_TIMEOUT;
         }
-        pq_futex_wait(&ev->state, 0, left);
+        pq_futex_wait(&ev->state, PQ_EVENT_WAITED, left);
     }
-    /* relaxed: see pq_park_cancel. */
-    atomic_fetch_sub_explicit(&ev->waiters, 1, memory_order_relaxed);
-    return rc;
 }

@@ -40,12 +40,16 @@ int pq_park_wait(pq_park *park, uint32_t epoch, int64_t timeout_ns);
 void pq_park_notify(pq_park *park, int n);
 
 /*
- * One-shot event: set once, waited on by any number of threads.  Setting it
- * makes a system call only if a waiter registered.
+ * One-shot event: set once, waited on by any number of threads.  The futex
+ * word carries both facts: 0 = not set, 2 = not set and someone waits,
+ * 1 = set.  Setting it is one atomic exchange, which is also the setter's
+ * last access to the event's memory (apart from a wake-up system call on its
+ * address, which is harmless even if the memory has been freed), so a waiter
+ * may free the event as soon as it sees it set.  The exchange makes a system
+ * call only if the old value says someone waits.
  */
 typedef struct pq_event {
-    _Atomic uint32_t state;   /* futex word: 0 = not set, 1 = set */
-    _Atomic uint32_t waiters; /* threads inside pq_event_wait */
+    _Atomic uint32_t state; /* futex word: PQ_EVENT_UNSET, _WAITED or _SET */
 } pq_event;
 
 void pq_event_init(pq_event *ev);

@@ -194,8 +194,10 @@ void pq_pool_shutdown(pq_pool *pool, int cancel_pending) {
     /* acq_rel exchange: exactly one caller joins the threads. */
     if (atomic_exchange_explicit(&pool->joined, 1, memory_order_acq_rel)) return;
     for (int i = 0; i < pool->started; i++) pthread_join(pool->threads[i], NULL);
-    /* Workers drain before exiting; anything left (no worker started) is
-     * accounted here so no batch waits forever. */
+    /* Workers drain before exiting; anything left (no worker started, or a
+     * submit that raced with close) is accounted here, once no submitter is
+     * still pushing, so no batch waits forever. */
+    pq_lane_quiesce(&pool->lane);
     pq_item item;
     while (pq_ring_try_pop(&pool->lane.ring, &item) == PQ_OK) {
         pq_batch *batch = item.ctx;

@@ -19,8 +19,9 @@ from pyqueue.errors import BrokenQueue
 
 __all__ = ["TaskQueue", "Abandonable"]
 
-# Queues alive in this process, for the exit and fork hooks.
+# Queues not shut down yet, for the exit hook; every queue, for the fork hook.
 _live_queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
+_all_queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
 
 
 class Abandonable:
@@ -95,6 +96,7 @@ class TaskQueue(_native.Engine):
         self._threads: list[threading.Thread] = []
         self._engine_start(maxsize, native_workers, budget, put_timeout)
         _live_queues.add(self)
+        _all_queues.add(self)
         try:
             for i in range(workers):
                 thread = threading.Thread(
@@ -285,6 +287,10 @@ class TaskQueue(_native.Engine):
             for thread in self._threads:
                 if thread is not current:
                     thread.join()
+            # A submit that raced with close may have pushed after the last
+            # worker left: such tasks can no longer run, so they are cancelled.
+            self._quiesce_lane()
+            self._settle(self._cancel_queued(), None)
         _live_queues.discard(self)
 
     def __enter__(self) -> TaskQueue:
@@ -306,8 +312,10 @@ def _shutdown_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The parent's worker threads do not exist in the child.
-    for q in list(_live_queues):
+    # The parent's worker threads do not exist in the child: every queue and
+    # every task or batch made before the fork is marked as the parent's.
+    _native._bump_fork_generation()
+    for q in list(_all_queues):
         q._after_fork_in_child()
         q._threads = []
     _live_queues.clear()

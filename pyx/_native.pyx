@@ -170,6 +170,11 @@ cdef class Task:
     def _run_if_pending(self):
         """Run the task in the calling thread if no worker has started it
         (caller-runs for fan-in); returns whether it ran here."""
+        if self.generation != _fork_generation:
+            if self.state < FINISHED:
+                raise QueueClosed("this task belongs to a TaskQueue created before "
+                                  "os.fork(); it cannot complete in the child process")
+            return False
         if self.state != PENDING:
             return False
         _run_task(self, True)
@@ -478,6 +483,13 @@ cdef class Engine:
         except BaseException:
             _log.exception("pyqueue lane thread: unexpected error")
 
+    def _quiesce_lane(self):
+        """After close: wait until no submit is mid-push, so that what is left
+        in the lane stays there (see pq_lane_quiesce)."""
+        if self.c_lane != NULL and not self.c_forked:
+            with nogil:
+                pq_lane_quiesce(self.c_lane)
+
     def _close_lane(self):
         """Stop accepting work; lane threads drain what is queued, then exit."""
         self.c_closed = True
@@ -526,8 +538,6 @@ cdef class Engine:
 
     def _after_fork_in_child(self):
         """The threads are gone in the child: leak the C state, refuse work."""
-        global _fork_generation
-        _fork_generation += 1
         self.c_forked = True
         self.c_closed = True
         self.c_pool = NULL
@@ -613,6 +623,12 @@ def _run_chunk(fn, items, bint star):
         else:
             for x in items:
                 out.append(fn(x))
+    except StopIteration as exc:
+        # Raised from __next__ it would end the caller's loop silently, with
+        # the rest of the items and the error lost (as PEP 479 says).
+        err = RuntimeError("map function raised StopIteration")
+        err.__cause__ = exc
+        return out, err, (pq_now_ns() - t0) / 1e9
     except Exception as exc:
         return out, exc, (pq_now_ns() - t0) / 1e9
     return out, None, (pq_now_ns() - t0) / 1e9
@@ -626,6 +642,7 @@ cdef class _MapIterator:
     anything else is pulled lazily, one chunk at a time."""
     cdef Engine engine
     cdef object fn, source, inflight, error
+    cdef object unpushed       # a chunk taken from the source whose push failed
     cdef object seq            # the input when it is a list, tuple or range
     cdef Py_ssize_t seq_next   # first index of seq not yet submitted
     cdef Py_ssize_t total      # len(seq) at the start, or -1 for an iterator
@@ -677,16 +694,28 @@ cdef class _MapIterator:
             return chunk
         return list(itertools.islice(self.source, self.chunksize))
 
-    cdef int _fill(self) except -1:
+    cdef object _take_chunk(self):
+        if self.unpushed is not None:
+            chunk, self.unpushed = self.unpushed, None
+            return chunk
+        return self._next_chunk()
+
+    cdef int _fill(self, int slack=0) except -1:
+        """Queue chunks until ``ahead`` (plus ``slack``: the one about to be
+        waited for) are in flight."""
         cdef Task t
-        while not self.exhausted and len(self.inflight) < self.ahead:
-            chunk = self._next_chunk()
+        while not self.exhausted and len(self.inflight) < self.ahead + slack:
+            chunk = self._take_chunk()
             if not chunk:
                 self.exhausted = True
                 self.source = self.seq = None
                 break
             t = self.engine._new_task(_run_chunk, (self.fn, chunk, self.star), None)
-            self.engine._push(t, self.engine.c_put_timeout_ns)
+            try:
+                self.engine._push(t, self.engine.c_put_timeout_ns)
+            except BaseException:
+                self.unpushed = chunk   # taken from the source: keep it for next time
+                raise
             self.inflight.append(t)
         return 0
 
@@ -775,7 +804,7 @@ cdef class _MapIterator:
             if self.inflight:
                 results, err, seconds = self._wait_next()
             else:
-                chunk = None if self.exhausted else self._next_chunk()
+                chunk = None if self.exhausted else self._take_chunk()
                 if not chunk:
                     self.exhausted = True
                     self.source = self.seq = None
@@ -804,9 +833,11 @@ cdef class _MapIterator:
     cdef tuple _wait_next(self):
         """The oldest chunk's outcome; the look-ahead is refilled first so that
         workers have work while we wait (or run it here)."""
-        cdef Task t = self.inflight.popleft()
         cdef int64_t left
-        self._fill()
+        # Refill before taking t, so that a failed push leaves the chunk being
+        # waited for in place; slack 1 counts that chunk.
+        self._fill(1)
+        cdef Task t = self.inflight.popleft()
         if t.state != PENDING:
             self.window_helped += 1   # a worker took it: overlap is measurable
         try:
@@ -946,12 +977,14 @@ cdef class NativeTask:
     cdef pq_batch c_batch
     cdef readonly int64_t n
     cdef bint submitted
+    cdef int generation        # _fork_generation when the batch was made
     cdef object args, out, status_array, kernel_obj
 
     def __dealloc__(self):
         # Nobody can read the results any more: skip the chunks not started,
         # then wait for the running ones, which still write into our arrays.
-        if self.submitted:
+        # In a forked child the workers stayed in the parent: leak instead.
+        if self.submitted and self.generation == _fork_generation:
             with nogil:
                 pq_batch_cancel(&self.c_batch)
                 pq_batch_wait(&self.c_batch, -1)
@@ -989,6 +1022,7 @@ cdef class NativeTask:
               or not status.flags.writeable):
             raise ValueError(f"status must be a writeable C-contiguous int32 array of shape ({n},)")
         cdef NativeTask task = NativeTask.__new__(NativeTask)
+        task.generation = _fork_generation
         task.n = n
         task.args = args
         task.out = out
@@ -1021,6 +1055,9 @@ cdef class NativeTask:
         TimeoutError
             If ``timeout`` seconds pass first.
         """
+        if self.generation != _fork_generation and not pq_batch_is_done(&self.c_batch):
+            raise QueueClosed("this native batch was started before os.fork(); "
+                              "it cannot complete in the child process")
         if not _wait_event(&self.c_batch.done, _timeout_ns(timeout)):
             raise TimeoutError(f"native batch not done after {timeout} s")
         cdef int64_t failed = pq_batch_failed(&self.c_batch)
@@ -1047,6 +1084,13 @@ def run_serial(fn, args, out, *, abi=None, status=None):
         index = int(numpy.flatnonzero(st)[0])
         raise NativeTaskError(index, int(st[index]), int(failed), st)
     return task.status_array
+
+
+def _bump_fork_generation():
+    """Called once in a forked child: every task and native batch created
+    before the fork belongs to threads that stayed in the parent."""
+    global _fork_generation
+    _fork_generation += 1
 
 
 def cpu_count():

@@ -57,6 +57,7 @@ cdef extern from "pq_lane.h" nogil:
     int pq_lane_pop_many(pq_lane *lane, pq_item *out, size_t n, int64_t timeout_ns,
                          size_t *popped) noexcept
     void pq_lane_close(pq_lane *lane) noexcept
+    void pq_lane_quiesce(pq_lane *lane) noexcept
     int pq_lane_is_closed(pq_lane *lane) noexcept
     size_t pq_lane_size_approx(pq_lane *lane) noexcept
 

@@ -73,6 +73,26 @@ static void test_event(void) {
     CHECK_EQ(pq_event_wait(&event, 0), PQ_OK);
 }
 
+/* A waiter may free the event as soon as it sees it set: the setter must not
+ * touch it afterwards (ASan reports a use-after-free if it does). */
+static void *set_later(void *arg) {
+    pq_event_set((pq_event *)arg);
+    return NULL;
+}
+
+static void test_event_freed_by_waiter(void) {
+    for (int i = 0; i < 2000; i++) {
+        pq_event *ev = malloc(sizeof(*ev));
+        CHECK(ev != NULL);
+        pq_event_init(ev);
+        pthread_t t;
+        CHECK_EQ(pthread_create(&t, NULL, set_later, ev), 0);
+        CHECK_EQ(pq_event_wait(ev, -1), PQ_OK);
+        free(ev);
+        pthread_join(t, NULL);
+    }
+}
+
 static void test_bounded_waits(void) {
     pq_lane small;
     pq_item it;
@@ -105,6 +125,7 @@ static void test_bounded_waits(void) {
 int main(void) {
     base_seed = pq_test_seed("test_wakeup");
     test_event();
+    test_event_freed_by_waiter();
     test_bounded_waits();
     CHECK_EQ(pq_lane_init(&lane, 8, 0, 0), PQ_OK);
     pthread_t prod[PRODUCERS], cons[CONSUMERS];
@@ -118,6 +139,6 @@ int main(void) {
     printf("test_wakeup: worst pickup latency %.3f ms\n", atomic_load(&worst_latency) / 1e6);
     CHECK(atomic_load(&worst_latency) < MAX_LATENCY_NS);
     pq_lane_destroy(&lane);
-    printf("test_wakeup: 3 passed, 0 failed\n");
+    printf("test_wakeup: 4 passed, 0 failed\n");
     return 0;
 }

@@ -216,3 +216,52 @@ print("parent", running.result())
     )
     clean(proc)
     assert proc.stdout.splitlines() == ["child 0", "parent parent result"]
+
+
+def test_fork_child_never_runs_or_waits_on_parent_work(run_py, clean):
+    # Found in review: after shutdown(wait=False) the queue left the fork
+    # hook's list, so a child ran the parent's queued task itself (it ran
+    # twice) and waited forever on the running one; results() ran parent
+    # tasks inline; and a native batch running at fork hung the child when
+    # its handle was dropped. Each must now raise QueueClosed, or be dropped.
+    proc = run_py(
+        WAIT_HELPER
+        + """
+import sys, threading, time
+import numpy as np
+import pyqueue
+from pyqueue import kernels
+
+q = pyqueue.TaskQueue(1, native_workers=1)
+gate = threading.Event()
+running = q.submit(gate.wait, 10)
+time.sleep(0.05)
+queued = q.submit(print, "queued task ran in", os.getpid(), flush=True)
+batch = q.submit_native(kernels.spin_f64, np.full(4000, 50000.0), np.zeros(4000), chunksize=1)
+q.shutdown(wait=False)
+sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    code = 0
+    for bit, call in ((1, lambda: queued.result()), (2, lambda: running.result(timeout=1)),
+                      (4, lambda: list(q.results([queued]))), (8, lambda: batch.result())):
+        try:
+            call()
+            code |= bit
+        except pyqueue.QueueClosed:
+            pass
+    del batch              # dropping the handle must not wait for the parent's workers
+    os._exit(code)
+status = wait_child(pid, 10)
+gate.set()
+queued.result()
+batch.cancel()
+print("child", status, flush=True)
+""",
+        timeout=30,
+    )
+    clean(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "child 0"
+    # The queued task ran exactly once, in the parent.
+    assert len([ln for ln in lines if ln.startswith("queued task ran in")]) == 1

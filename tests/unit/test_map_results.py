@@ -126,3 +126,35 @@ def test_map_length_hint_tracks_what_is_left_for_sized_inputs(q):
     assert operator.length_hint(it) == 7
     assert len(list(it)) == 7 and operator.length_hint(it) == 0
     assert operator.length_hint(q.map(abs, iter([1, 2]))) == 0  # unknown for iterators
+
+
+def test_map_keeps_every_item_when_a_look_ahead_push_fails():
+    # Found in review: a QueueFull from refilling the look-ahead dropped the
+    # chunk being waited for and the chunk taken from the source.
+    gate = threading.Event()
+    q = pyqueue.TaskQueue(workers=1, maxsize=4, put_timeout=0.05)
+    try:
+        q.submit(gate.wait, 10)
+        time.sleep(0.05)
+        it = q.map(lambda x: x, list(range(20)), chunksize=1, ahead=2)
+        for _ in range(2):
+            q.submit(abs, 1)      # the lane is now full
+        with pytest.raises(pyqueue.QueueFull):
+            next(it)
+        gate.set()
+        assert list(it) == list(range(20))
+    finally:
+        gate.set()
+        q.shutdown()
+
+
+def test_map_function_raising_stop_iteration_is_an_error_not_the_end(q):
+    def stop_at_3(x):
+        if x == 3:
+            raise StopIteration
+        return x
+
+    it = q.map(stop_at_3, range(10), chunksize=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        next(it)
