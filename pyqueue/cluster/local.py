@@ -14,8 +14,25 @@ import tempfile
 import time
 from typing import Any
 
+import pyqueue
+
 from .client import Client
 from .config import generate_key
+
+# `python -m` would put the working directory first on the child's path, where
+# a source checkout's unbuilt `pyqueue` folder could shadow the installed one.
+# The child instead finds the very package this process runs, then the rest.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from pyqueue.cluster.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def cli_command(*args: str) -> list[str]:
+    """The command line that runs ``pyqueue.cluster.cli`` with ``args`` in a
+    child process, on the same pyqueue package as this process."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(pyqueue.__file__)))
+    return [sys.executable, "-c", _BOOT, package_parent, *args]
 
 __all__ = ["LocalCluster", "child_env"]
 
@@ -104,7 +121,7 @@ class LocalCluster:
         self.close()
 
     def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "pyqueue.cluster.cli", *args, "--log-level", self.log_level]
+        return cli_command(*args, "--log-level", self.log_level)
 
     def start(self) -> Client:
         """Start the processes, wait until every node has joined, connect a client."""

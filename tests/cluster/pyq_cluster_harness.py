@@ -10,7 +10,6 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Callable
 
 from pyqueue.cluster import Client
 from pyqueue.cluster.config import generate_key
-from pyqueue.cluster.local import child_env
+from pyqueue.cluster.local import child_env, cli_command
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,7 +94,7 @@ class Harness:
         self._n += 1
         logf = open(self.tmp / f"{self._n:02d}-{label}.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pyqueue.cluster.cli", *args],
+            cli_command(*args),
             env=self.env,
             stdout=logf,
             stderr=subprocess.STDOUT,

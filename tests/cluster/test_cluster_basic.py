@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import operator
 import subprocess
-import sys
 
 import pyq_cluster_tasks as T
 import pytest
 from pyq_cluster_harness import check, wait_until
 
 from pyqueue.cluster import LocalCluster, TaskCancelled, TaskState
+from pyqueue.cluster.local import cli_command
 
 
 def test_checker_counts_each_kind_of_fault():
@@ -82,15 +82,7 @@ def test_status_cli_reports_nodes_and_depth(harness):
     c = harness.client()
     harness.wait_nodes(c, 1)
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyqueue.cluster.cli",
-            "status",
-            "--connect",
-            harness.address,
-            "--json",
-        ],
+        cli_command("status", "--connect", harness.address, "--json"),
         env=harness.env,
         capture_output=True,
         timeout=30,
@@ -100,7 +92,7 @@ def test_status_cli_reports_nodes_and_depth(harness):
     assert [n["id"].split("#")[0] for n in st["nodes"]] == ["alpha"]
     assert {"queue_depth", "in_flight", "dead"} <= set(st)
     human = subprocess.run(
-        [sys.executable, "-m", "pyqueue.cluster.cli", "status", "--connect", harness.address],
+        cli_command("status", "--connect", harness.address),
         env=harness.env,
         capture_output=True,
         timeout=30,
@@ -112,16 +104,7 @@ def test_status_cli_reports_nodes_and_depth(harness):
 
 def test_status_cli_without_coordinator_fails_clearly(harness):
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyqueue.cluster.cli",
-            "status",
-            "--connect",
-            "127.0.0.1:9",
-            "--timeout",
-            "0.5",
-        ],
+        cli_command("status", "--connect", "127.0.0.1:9", "--timeout", "0.5"),
         env=harness.env,
         capture_output=True,
         timeout=30,
