@@ -649,7 +649,7 @@ cdef class _MapIterator:
     cdef Py_ssize_t before_current  # results yielded before the current chunk
     cdef bint star, exhausted, adaptive
     cdef Py_ssize_t chunksize, pos, n_current
-    cdef int ahead, ahead_max    # ahead 0: items run inline, nothing is queued
+    cdef int ahead, ahead_max    # ahead 0: chunks run inline, nothing is queued
     cdef int inline_chunks       # chunks to run inline before overlap is tried again
     cdef int probe_every         # the current spacing of those tries
     cdef bint adaptive_ahead
@@ -758,6 +758,9 @@ cdef class _MapIterator:
                 self._go_inline()
             else:
                 self.ahead = 1
+        self._new_window(now)
+
+    cdef _new_window(self, int64_t now):
         self.window_busy = 0
         self.window_chunks = 0
         self.window_helped = 0
@@ -783,8 +786,7 @@ cdef class _MapIterator:
         return left if left > 0 else 0
 
     def __next__(self):
-        # Fast paths, once per item: the next value of the current chunk, or
-        # the next item computed inline.
+        # Fast path, once per item: the next value of the current chunk.
         if self.pos < self.n_current:
             value = <object>PyList_GET_ITEM(self.current, self.pos)
             self.pos += 1
@@ -813,10 +815,7 @@ cdef class _MapIterator:
                 self.inline_chunks -= 1
                 if self.inline_chunks <= 0:      # try overlap again
                     self.ahead = 1
-                    self.window_busy = 0
-                    self.window_chunks = 0
-                    self.window_helped = 0
-                    self.window_start = pq_now_ns()
+                    self._new_window(pq_now_ns())
             if err is None:
                 self._adapt(seconds, len(results))
             if self.adaptive_ahead and self.ahead > 0:

@@ -184,3 +184,9 @@ def test_native_after_shutdown_raises_and_cancelled_items_are_marked():
     assert np.all(out[status == 0] > 0) and np.all(out[not_run] == 0)
     with pytest.raises(pyqueue.QueueClosed):
         q.map_native(kernels.add_one_f64, np.zeros(2), np.zeros(2))
+
+
+def test_not_run_code_matches_the_c_core():
+    # NativeTaskError.NOT_RUN is written out in Python; it must stay the C
+    # core's PQ_ITEM_NOT_RUN.
+    assert pyqueue.NativeTaskError.NOT_RUN == pyqueue._native.NOT_RUN
