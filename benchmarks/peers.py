@@ -496,9 +496,10 @@ class PyQueueCluster(Peer):
 
         # Durable: every state change is committed to SQLite before it is
         # acknowledged, as a production coordinator would run.
-        with tempfile.TemporaryDirectory() as tmp, LocalCluster(
-            nodes=2, workers=-(-workers // 2), store=f"{tmp}/bench.db"
-        ) as cluster:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            LocalCluster(nodes=2, workers=-(-workers // 2), store=f"{tmp}/bench.db") as cluster,
+        ):
             yield self._Session(cluster.client, workers)
 
 

@@ -16,8 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "demo":
-        parser = argparse.ArgumentParser(prog="pyqueue demo",
-                                         description="run the demo pipeline")
+        parser = argparse.ArgumentParser(prog="pyqueue demo", description="run the demo pipeline")
         parser.add_argument("--samples", type=int, default=4_000_000)
         parser.add_argument("--blocks", type=int, default=2000)
         parser.add_argument("--records", type=int, default=200_000)

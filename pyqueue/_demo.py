@@ -38,15 +38,17 @@ def _progress(done: int, total: int, started: float) -> None:
     width = 30
     filled = width * done // total
     rate = done / max(time.perf_counter() - started, 1e-9)
-    sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} blocks "
-                     f"{rate:,.0f}/s")
+    sys.stdout.write(
+        f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} blocks {rate:,.0f}/s"
+    )
     if done == total:
         sys.stdout.write("\n")
     sys.stdout.flush()
 
 
-def run(samples: int = 4_000_000, blocks: int = 2000, block_kib: int = 64,
-        records: int = 200_000) -> dict[str, float]:
+def run(
+    samples: int = 4_000_000, blocks: int = 2000, block_kib: int = 64, records: int = 200_000
+) -> dict[str, float]:
     """Run the pipeline; print what it did and how fast; return the figures."""
     workers = pyqueue.cpu_count()
     print(f"pyqueue {pyqueue.__version__} demo on {workers} core(s)")
@@ -67,15 +69,19 @@ def run(samples: int = 4_000_000, blocks: int = 2000, block_kib: int = 64,
             raise AssertionError("native map disagrees with the serial loop")
         figures["native_items_per_s"] = samples / native
         figures["native_speedup_vs_c_loop"] = serial / native
-        print(f"stage 1  native sqrt over {samples:,} samples: "
-              f"{samples / native / 1e6:,.1f} M items/s "
-              f"({serial / native:.2f}x a plain C loop on one core)")
+        print(
+            f"stage 1  native sqrt over {samples:,} samples: "
+            f"{samples / native / 1e6:,.1f} M items/s "
+            f"({serial / native:.2f}x a plain C loop on one core)"
+        )
 
         # -- stage 2: Python fan-out / fan-in -----------------------------------------
         data = rng.integers(0, 16, blocks * block_kib * 1024, dtype=np.uint8).tobytes()
-        parts = [data[i * block_kib * 1024:(i + 1) * block_kib * 1024] for i in range(blocks)]
-        print(f"stage 2  compress + sha256 of {blocks} x {block_kib} KiB blocks, "
-              "fan-out then fan-in in completion order")
+        parts = [data[i * block_kib * 1024 : (i + 1) * block_kib * 1024] for i in range(blocks)]
+        print(
+            f"stage 2  compress + sha256 of {blocks} x {block_kib} KiB blocks, "
+            "fan-out then fan-in in completion order"
+        )
         t0 = time.perf_counter()
         tasks = q.submit_many(_digest, parts)
         digests = {}
@@ -107,14 +113,20 @@ def run(samples: int = 4_000_000, blocks: int = 2000, block_kib: int = 64,
         raise AssertionError("pyqueue and ThreadPoolExecutor disagree")
     figures["fanout_blocks_per_s"] = blocks / ours
     figures["fanout_vs_threadpool"] = theirs / ours
-    print(f"         pyqueue {blocks / ours:,.0f} blocks/s, ThreadPoolExecutor "
-          f"{blocks / theirs:,.0f} blocks/s: {theirs / ours:.2f}x")
+    print(
+        f"         pyqueue {blocks / ours:,.0f} blocks/s, ThreadPoolExecutor "
+        f"{blocks / theirs:,.0f} blocks/s: {theirs / ours:.2f}x"
+    )
     figures["small_tasks_per_s"] = records / ours_small
     figures["small_tasks_vs_threadpool"] = theirs_small / ours_small
-    print(f"stage 3  {records:,} small parse tasks, fan-out + fan-in: pyqueue "
-          f"{records / ours_small:,.0f} tasks/s, ThreadPoolExecutor "
-          f"{records / theirs_small:,.0f} tasks/s: {theirs_small / ours_small:.1f}x")
+    print(
+        f"stage 3  {records:,} small parse tasks, fan-out + fan-in: pyqueue "
+        f"{records / ours_small:,.0f} tasks/s, ThreadPoolExecutor "
+        f"{records / theirs_small:,.0f} tasks/s: {theirs_small / ours_small:.1f}x"
+    )
     total_mb = blocks * block_kib / 1024
-    print(f"done: {samples:,} native items, {total_mb:,.0f} MiB hashed, {records:,} records "
-          "parsed; every result checked against the serial or ThreadPoolExecutor run")
+    print(
+        f"done: {samples:,} native items, {total_mb:,.0f} MiB hashed, {records:,} records "
+        "parsed; every result checked against the serial or ThreadPoolExecutor run"
+    )
     return figures

@@ -17,8 +17,13 @@ T = TypeVar("T")
 class _WorkItem(Abandonable):
     __slots__ = ("future", "fn", "args", "kwargs")
 
-    def __init__(self, future: concurrent.futures.Future[Any], fn: Callable[..., Any],
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        future: concurrent.futures.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self.future = future
         self.fn = fn
         self.args = args
@@ -72,8 +77,9 @@ class Executor(concurrent.futures.Executor):
         """The TaskQueue underneath (for map_native and friends)."""
         return self._queue
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-               ) -> concurrent.futures.Future[T]:
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()

@@ -77,8 +77,11 @@ class TaskQueue(_native.Engine):
         cpus = _native.cpu_count()
         workers = cpus if workers is None else workers
         native_workers = cpus if native_workers is None else native_workers
-        for name, value in (("workers", workers), ("native_workers", native_workers),
-                            ("maxsize", maxsize)):
+        for name, value in (
+            ("workers", workers),
+            ("native_workers", native_workers),
+            ("maxsize", maxsize),
+        ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")
             if value < 1:

@@ -76,9 +76,7 @@ class NativeTaskError(PyqueueError, RuntimeError):
         self.failed = failed
         self.status = status
         what = "was not run" if code == self.NOT_RUN else f"returned {code}"
-        super().__init__(
-            f"native task at index {index} {what} ({failed} item(s) failed in total)"
-        )
+        super().__init__(f"native task at index {index} {what} ({failed} item(s) failed in total)")
 
     def __reduce__(self):  # keep pickling (e.g. across processes) working
         return (type(self), (self.index, self.code, self.failed, self.status))

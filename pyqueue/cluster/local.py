@@ -34,6 +34,7 @@ def cli_command(*args: str) -> list[str]:
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(pyqueue.__file__)))
     return [sys.executable, "-c", _BOOT, package_parent, *args]
 
+
 __all__ = ["LocalCluster", "child_env"]
 
 log = logging.getLogger("pyqueue.cluster.local")

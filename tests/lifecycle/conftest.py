@@ -25,9 +25,7 @@ PYQUEUE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pyqueue.__file__)
 # Prepended to every child script.  SIGINT gets Python's default handler even
 # if the test runner was started with SIGINT ignored (a background job), so
 # Ctrl-C tests do not silently pass or fail for the wrong reason.
-PRELUDE = (
-    "import signal as _signal; _signal.signal(_signal.SIGINT, _signal.default_int_handler)\n"
-)
+PRELUDE = "import signal as _signal; _signal.signal(_signal.SIGINT, _signal.default_int_handler)\n"
 
 
 def child_env() -> dict[str, str]:
@@ -66,8 +64,7 @@ def run_child(code: str, timeout: float = 15.0) -> subprocess.CompletedProcess[s
 def assert_clean(proc: subprocess.CompletedProcess[str], rc: int = 0) -> None:
     """The child exited with ``rc`` and wrote nothing to stderr."""
     assert proc.returncode == rc and proc.stderr == "", (
-        f"exit code {proc.returncode} (want {rc})\n"
-        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        f"exit code {proc.returncode} (want {rc})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     )
 
 
@@ -87,10 +84,12 @@ class Child:
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True),
-                             daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False),
-                             daemon=True),
+            threading.Thread(
+                target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True
+            ),
+            threading.Thread(
+                target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True
+            ),
         ]
         for t in self._readers:
             t.start()
@@ -112,8 +111,10 @@ class Child:
                 line = self.lines.get(timeout=max(left, 0.001))
             except queue.Empty:
                 self.kill()
-                pytest.fail(f"the child did not print {want!r} within {timeout} s\n"
-                            f"stdout: {''.join(self.out)!r}\nstderr: {''.join(self.err)!r}")
+                pytest.fail(
+                    f"the child did not print {want!r} within {timeout} s\n"
+                    f"stdout: {''.join(self.out)!r}\nstderr: {''.join(self.err)!r}"
+                )
             if line == "":
                 out, err = self.finish(5)
                 pytest.fail(

@@ -140,8 +140,11 @@ print("parent native", bool((out > 0).all()))
     )
     clean(proc)
     lines = proc.stdout.splitlines()
-    assert lines[-3:] == ["child 7", "parent ['busy', 'busy'] 562949953421312",
-                          "parent native True"]
+    assert lines[-3:] == [
+        "child 7",
+        "parent ['busy', 'busy'] 562949953421312",
+        "parent native True",
+    ]
     body = lines[:-3]
     assert "grandchild native True" in body
     assert sorted(x for x in body if x.startswith("grandchild task")) == [

@@ -276,16 +276,20 @@ def test_no_reference_leak(run_py, clean, case):
 def test_refcount_check_detects_a_leak(run_py):
     # The harness itself can fail: a body that keeps its arguments must be
     # reported as a leak (exit code 1).
-    proc = run_py(_ref_script("""
+    proc = run_py(
+        _ref_script("""
         keep = globals().setdefault("KEEP", [])
         keep.append((fn, arg, probe))
-    """), timeout=20)
+    """),
+        timeout=20,
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == "fn 5 arg 5 probe alive True\n"
 
 
 def test_no_reference_leak_on_submit_to_broken_queue(run_py, clean):
-    proc = run_py(_ref_script("""
+    proc = run_py(
+        _ref_script("""
         def bad_init():
             raise RuntimeError("init failed")
         ex = BROKEN.get("ex")
@@ -301,7 +305,9 @@ def test_no_reference_leak_on_submit_to_broken_queue(run_py, clean):
                 ex.queue.submit(fn, arg, probe)
             except pyqueue.BrokenQueue:
                 pass
-    """).replace("check(body)", "BROKEN = {}\ncheck(body)"), timeout=20)
+    """).replace("check(body)", "BROKEN = {}\ncheck(body)"),
+        timeout=20,
+    )
     clean(proc)
     assert proc.stdout == "fn 0 arg 0 probe alive False\n"
 

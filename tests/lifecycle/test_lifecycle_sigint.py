@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-PROMPT_S = 2.0      # SIGINT -> KeyboardInterrupt seen by the child
-SETTLE_S = 0.3      # let the child really block after printing "ready"
+PROMPT_S = 2.0  # SIGINT -> KeyboardInterrupt seen by the child
+SETTLE_S = 0.3  # let the child really block after printing "ready"
 
 
 def interrupt(child, *, exit_within: float):
@@ -288,7 +288,9 @@ def test_ctrl_c_in_map_native_lets_the_program_exit(spawn_child):
     except subprocess.TimeoutExpired:
         child.kill()
         child._join()
-        pytest.fail(f"still running {time.monotonic() - t0:.1f} s after Ctrl-C "
-                    f"(stdout: {''.join(child.out)!r})")
+        pytest.fail(
+            f"still running {time.monotonic() - t0:.1f} s after Ctrl-C "
+            f"(stdout: {''.join(child.out)!r})"
+        )
     child._join()
     assert child.proc.returncode == 0 and "".join(child.err) == ""

@@ -21,8 +21,11 @@ def workloads():
         ("sha256", lambda b: hashlib.sha256(b).hexdigest(), blobs),
         ("zlib", zlib.compress, blobs),
         ("arith", lambda x: (x * 7919) % 104729 if x % 13 else 1 // (x % 13), list(range(500))),
-        ("numpy", lambda n: float(np.linalg.norm(np.ones((n, n)) @ np.ones((n, n)))),
-         [rng.randrange(1, 60) for _ in range(30)]),
+        (
+            "numpy",
+            lambda n: float(np.linalg.norm(np.ones((n, n)) @ np.ones((n, n)))),
+            [rng.randrange(1, 60) for _ in range(30)],
+        ),
     ]
 
 

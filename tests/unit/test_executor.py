@@ -93,8 +93,9 @@ def test_initializer_runs_in_every_worker():
         with lock:
             names.add((tag, threading.current_thread().name))
 
-    with pyqueue.Executor(max_workers=3, thread_name_prefix="ex", initializer=init,
-                          initargs=("t",)) as ex:
+    with pyqueue.Executor(
+        max_workers=3, thread_name_prefix="ex", initializer=init, initargs=("t",)
+    ) as ex:
         ex.submit(abs, 1).result()
     assert len(names) == 3 and all(n.startswith("ex-") for _, n in names)
 

@@ -138,7 +138,7 @@ def test_map_keeps_every_item_when_a_look_ahead_push_fails():
         time.sleep(0.05)
         it = q.map(lambda x: x, list(range(20)), chunksize=1, ahead=2)
         for _ in range(2):
-            q.submit(abs, 1)      # the lane is now full
+            q.submit(abs, 1)  # the lane is now full
         with pytest.raises(pyqueue.QueueFull):
             next(it)
         gate.set()

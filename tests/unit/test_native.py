@@ -144,8 +144,15 @@ def test_read_only_out_and_non_contiguous_range_rejected(q):
 
 @pytest.mark.parametrize(
     "fn, exc",
-    [("add", TypeError), (0, ValueError), (-5, ValueError), (True, TypeError),
-     (3.5, TypeError), (None, TypeError), (ITEM_FN(), ValueError)],
+    [
+        ("add", TypeError),
+        (0, ValueError),
+        (-5, ValueError),
+        (True, TypeError),
+        (3.5, TypeError),
+        (None, TypeError),
+        (ITEM_FN(), ValueError),
+    ],
 )
 def test_unsupported_pointer_types(q, fn, exc):
     a = np.zeros(2)

@@ -15,7 +15,10 @@ def test_unbuilt_source_tree_import_error_says_how_to_build(tmp_path):
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
     proc = subprocess.run(
         [sys.executable, "-c", "import pyqueue"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "ImportError" in proc.stderr

@@ -248,7 +248,7 @@ def test_cycles_through_finished_tasks_are_collected():
     with pyqueue.TaskQueue(workers=1) as q:
         holder = _Holder()
         t = q.submit(_Holder.__call__, holder)
-        holder.task = t                      # holder -> task -> holder
+        holder.task = t  # holder -> task -> holder
         t.result()
         probe = weakref.ref(holder)
         del holder, t
@@ -257,7 +257,7 @@ def test_cycles_through_finished_tasks_are_collected():
         try:
             failed.result()
         except Boom as exc:
-            exc.task = failed                # exception -> task -> exception
+            exc.task = failed  # exception -> task -> exception
         err_probe = weakref.ref(failed.exception())
         del failed
     # After shutdown the lane holds no reference to either task.
