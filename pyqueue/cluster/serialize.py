@@ -144,9 +144,7 @@ def encode_exception(exc: BaseException) -> tuple[bytes, str]:
     return data, tb
 
 
-def run_payload(
-    task_id: str, attempt: int, payload: bytes
-) -> tuple[bool, bytes, str | None, str]:
+def run_payload(task_id: str, attempt: int, payload: bytes) -> tuple[bool, bytes, str | None, str]:
     """Run one task; return ``(ok, pickled value or exception, traceback text,
     function name)``.
 
