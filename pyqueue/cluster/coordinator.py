@@ -126,6 +126,9 @@ class _Peer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        # Any bytes are a sign of life: a node busy sending a large result
+        # cannot get a heartbeat frame in between.
+        self.last_heard = time.monotonic()
         try:
             events = self.conn.receive_data(data)
             out = self.conn.data_to_send()
@@ -226,6 +229,7 @@ class Coordinator:
         self._cancel_waits: dict[str, list[tuple[_CancelRequest, int, bool]]] = {}
         self._revokes: dict[int, tuple[str, list[tuple[str, int]]]] = {}  # REVOKE corr -> rows
         self._flush_failures = 0
+        self._last_sweep = time.monotonic()
         self.rejected = 0
         self.internal_errors = 0
         self.address: tuple[str, int] | None = None
@@ -248,6 +252,7 @@ class Coordinator:
         addr = sock.getsockname()
         self.address = (addr[0], addr[1])
         self.backend.describe_owner(f"{addr[0]}:{addr[1]}")
+        self._last_sweep = time.monotonic()
         self._sweeper = self._loop.call_later(self.timings.sweep, self._sweep)
         log.info(
             "coordinator listening on %s:%s",
@@ -704,6 +709,13 @@ class Coordinator:
         assert self._loop is not None
         try:
             now = time.monotonic()
+            # While this loop was blocked (a long commit, a huge message) nobody
+            # could be heard: do not hold that time against the nodes.
+            lag = now - self._last_sweep - self.timings.sweep
+            self._last_sweep = now
+            if lag > self.timings.sweep:
+                for peer in self._nodes.values():
+                    peer.last_heard += lag
             limit = min(self.timings.lease, self.timings.dead_after)
             for node_id, peer in list(self._nodes.items()):
                 if now - peer.last_heard > limit:

@@ -447,8 +447,8 @@ class Connection:
         self.server = server
         self.role = role
         self.name = name
-        self.max_frame = max_frame
-        self.max_message = max(max_message, max_frame)
+        self.max_message = max_message
+        self.max_frame = min(max_frame, max_message)  # no frame may carry more than a message
         self._nonce = nonce
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._out: list[bytes] = []
