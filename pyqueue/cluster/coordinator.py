@@ -55,6 +55,11 @@ log = logging.getLogger("pyqueue.cluster.coordinator")
 _MAX_ID = 512
 #: consecutive failed flushes after which every connection is re-made
 _FLUSH_FAILURES_BEFORE_RESET = 3
+#: a flush that carried this many submits and completions means we are busy...
+_BUSY_ROWS = 4
+#: ...and then the next one waits until this long after it, so that each commit
+#: and each write carries more (an idle round trip is never delayed)
+_BUSY_FLUSH_GAP = 0.001
 
 
 def _task_size(row: list[Any]) -> int:
@@ -229,6 +234,9 @@ class Coordinator:
         self._cancel_waits: dict[str, list[tuple[_CancelRequest, int, bool]]] = {}
         self._revokes: dict[int, tuple[str, list[tuple[str, int]]]] = {}  # REVOKE corr -> rows
         self._flush_failures = 0
+        self._rows = 0  # submits and completions since the last flush
+        self._busy = False
+        self._last_flush = 0.0
         self._last_sweep = time.monotonic()
         self.rejected = 0
         self.internal_errors = 0
@@ -430,6 +438,7 @@ class Coordinator:
             ):
                 raise MalformedFrame("task rows need a non-empty string id and bytes payload")
             specs.append(SubmitSpec(tid, payload, int(retries), float(backoff), float(not_before)))
+        self._rows += len(specs)
         states = self.backend.submit(specs)
         for spec, st in zip(specs, states):
             self._subscribe(peer, spec.id)
@@ -557,6 +566,7 @@ class Coordinator:
         node = self._need_node(peer, msg)
         complete = self.backend.complete
         status = []
+        self._rows += len(msg.body["results"])
         for row in msg.body["results"]:
             tid, token, ok, value, error = row[:5]
             cancelled = bool(row[5]) if len(row) > 5 else False
@@ -611,11 +621,19 @@ class Coordinator:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
+            if self._busy:
+                delay = self._last_flush + _BUSY_FLUSH_GAP - time.monotonic()
+                if delay > 0:
+                    self._loop.call_later(delay, self._flush)
+                    return
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Dispatch, commit once, then write everything that waited for the commit."""
         self._flush_scheduled = False
+        self._busy = self._rows >= _BUSY_ROWS
+        self._rows = 0
+        self._last_flush = time.monotonic()
         try:
             self._dispatch()
             self.backend.commit()

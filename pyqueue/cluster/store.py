@@ -263,10 +263,12 @@ _COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
     " result, error"
 )
-_SCHEMA = """
+# seq is the rowid: updates and reads find a row by integer key, and no text
+# index is kept (ids are unique in memory, where submits are checked).
+_TASKS_TABLE = """
 CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
     state INTEGER NOT NULL,
     payload BLOB,
     attempts INTEGER NOT NULL,
@@ -278,9 +280,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     base INTEGER NOT NULL,
     result BLOB,
     error TEXT
-);
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v);
-"""
+)"""
+_META_TABLE = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)"
 
 
 class SQLiteBackend(Backend):
@@ -339,7 +340,9 @@ class SQLiteBackend(Backend):
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.executescript(_SCHEMA)
+            _migrate_v1(self._db)
+            self._db.execute(_TASKS_TABLE)
+            self._db.execute(_META_TABLE)
             self._load()
 
     def describe_owner(self, address: str) -> None:
@@ -385,6 +388,12 @@ class SQLiteBackend(Backend):
                 rec.state = TaskState.PENDING
                 self._dirty[tid] = None
                 requeued += 1
+            elif st is TaskState.PENDING:
+                # Leases are not written through, so the coordinator that
+                # stopped may have leased it once more than the disk says:
+                # count that attempt, so that (id, attempt) never repeats.
+                rec.attempts += 1
+                self._dirty[tid] = None
             self._tasks[tid] = rec
             self._counts[rec.state] += 1
             if rec.state is TaskState.PENDING:
@@ -494,12 +503,12 @@ class SQLiteBackend(Backend):
             if rec.attempts - rec.base >= cap:
                 self._finish(rec, TaskState.DEAD, None, f"hard cap of {cap} attempts reached")
                 continue
+            # Not written through: a restart requeues leases anyway, and the
+            # attempt count reaches disk with the completion (one write per task).
             rec.attempts += 1
             self._set_state(rec, TaskState.LEASED)
             rec.node = node
             held[tid] = None
-            if tid not in self._new:
-                self._dirty[tid] = None
             out.append(Lease(tid, rec.attempts, rec.payload))  # type: ignore[arg-type]
         for item in deferred:
             heapq.heappush(pending, item)
@@ -627,7 +636,9 @@ class SQLiteBackend(Backend):
                 out.append(False)
                 continue
             if rec.payload is None and self._db is not None:
-                row = self._db.execute("SELECT payload FROM tasks WHERE id=?", (tid,)).fetchone()
+                row = self._db.execute(
+                    "SELECT payload FROM tasks WHERE seq=?", (rec.seq,)
+                ).fetchone()
                 rec.payload = row[0] if row else None
             if rec.payload is None:
                 out.append(False)
@@ -684,7 +695,7 @@ class SQLiteBackend(Backend):
             and rec.state in (TaskState.SUCCEEDED, TaskState.FAILED)
             and self._db is not None
         ):
-            row = self._db.execute("SELECT result FROM tasks WHERE id=?", (task_id,)).fetchone()
+            row = self._db.execute("SELECT result FROM tasks WHERE seq=?", (rec.seq,)).fetchone()
             result = row[0] if row else None
         return rec.state, result, rec.error
 
@@ -719,7 +730,7 @@ class SQLiteBackend(Backend):
         try:
             if self._new:
                 db.executemany(
-                    f"INSERT OR REPLACE INTO tasks ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO tasks ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.id,
@@ -742,7 +753,7 @@ class SQLiteBackend(Backend):
             if self._dirty:
                 db.executemany(
                     "UPDATE tasks SET state=?, attempts=?, failures=?, lost=?, not_before=?,"
-                    " base=?, result=?, error=? WHERE id=?",
+                    " base=?, result=?, error=? WHERE seq=?",
                     [
                         (
                             int(r.state),
@@ -753,7 +764,7 @@ class SQLiteBackend(Backend):
                             r.base,
                             r.result,
                             r.error,
-                            r.id,
+                            r.seq,
                         )
                         for r in map(tasks.__getitem__, self._dirty)
                     ],
@@ -773,6 +784,20 @@ class SQLiteBackend(Backend):
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Move a round-1 store (``id`` as the primary key) to the current schema."""
+    cols = db.execute("PRAGMA table_info(tasks)").fetchall()
+    if not any(name == "id" and pk for _, name, _, _, _, pk in cols):
+        return
+    db.execute("BEGIN")
+    db.execute("ALTER TABLE tasks RENAME TO tasks_v1")
+    db.execute(_TASKS_TABLE)
+    db.execute(f"INSERT INTO tasks ({_COLS}) SELECT {_COLS} FROM tasks_v1")
+    db.execute("DROP TABLE tasks_v1")
+    db.execute("COMMIT")
+    log.info("store migrated to the current schema", extra={"event": "store_migrated"})
 
 
 def _lock_store(path: str) -> int:
