@@ -176,6 +176,11 @@ class Supervisor:
             # delays noticing the exit by at most this much.
             timeout = _POLL if timeout is None else min(timeout, _POLL)
             info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, timeout)
+            if info is not None and info.si_signo not in _SUPERVISOR_SIGNALS:
+                # CPython returns an uninitialised siginfo instead of None when the
+                # wait is interrupted (EINTR: e.g. SIGSTOP then SIGCONT) past its
+                # deadline; that is a timeout.
+                info = None
             if info is None or info.si_signo == signal.SIGCHLD:
                 child = self.child
                 rc = None if child is None else child.poll()
