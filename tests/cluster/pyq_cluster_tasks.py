@@ -90,3 +90,16 @@ def wait_file(path: str, timeout: float = 30.0) -> str:
             raise TimeoutError(path)
         time.sleep(0.005)
     return path
+
+
+def exit_now(code: int) -> None:
+    """A poison task that ends its node process with ``os._exit(code)``."""
+    _record()
+    os._exit(code)
+
+
+def loop_forever() -> None:
+    """A task that never returns (and never raises)."""
+    _record()
+    while True:
+        time.sleep(0.01)
