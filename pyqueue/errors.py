@@ -18,6 +18,7 @@ __all__ = [
     "KeyNotFound",
     "MalformedFrame",
     "NativeTaskError",
+    "PayloadTooLarge",
     "PeerError",
     "PreambleError",
     "ProtocolError",
@@ -25,6 +26,7 @@ __all__ = [
     "QueueClosed",
     "QueueFull",
     "RemoteTaskError",
+    "StoreLocked",
     "TaskCancelled",
     "TaskDead",
     "TaskLost",
@@ -146,6 +148,18 @@ class PeerError(ProtocolError):
         super().__init__(f"peer reported {remote_code}: {message}")
         self.remote_code = remote_code
         self.remote_message = message
+
+
+class PayloadTooLarge(ClusterError, ValueError):
+    """An argument or result is larger than the cluster's ``max_payload``.
+
+    Raised by ``Client.submit`` at once for an argument; for a result, the
+    task fails with it (a failure, not a loss) and the node carries on.
+    """
+
+
+class StoreLocked(ClusterError, RuntimeError):
+    """Another coordinator holds the store; two on one store would run every task twice."""
 
 
 class KeyNotFound(ClusterError, LookupError):

@@ -34,7 +34,8 @@ from .coordinator import Coordinator
 from .local import LocalCluster
 from .node import Node
 from .serialize import TaskContext, current_task
-from .store import Backend, Policy, SQLiteBackend, TaskState
+from .states import TaskState
+from .store import Backend, Policy, SQLiteBackend
 
 __all__ = [
     "Client",

@@ -4,6 +4,11 @@ A :class:`Channel` owns one TCP connection to the coordinator at a time, a
 reader thread that (re)connects with exponential backoff and jitter, runs the
 handshake and hands every received message to ``on_message``.  Any thread may
 :meth:`Channel.send`; sends are serialized by a lock.
+
+The reader thread never dies of an error: a failed handshake, a protocol
+error or an exception in a handler is logged (with its traceback when it is
+ours) and the connection is re-made, which makes every :class:`Outbox`
+resend what the coordinator has not acknowledged.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class Channel:
         on_connect: Callable[[], None],
         on_disconnect: Callable[[], None] | None = None,
         max_frame: int = P.DEFAULT_MAX_FRAME,
+        max_payload: int = P.DEFAULT_MAX_PAYLOAD,
         ssl_context: ssl.SSLContext | None = None,
         backoff: tuple[float, float] = (0.05, 2.0),
         handshake_timeout: float = 10.0,
@@ -81,6 +87,10 @@ class Channel:
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.max_frame = max_frame
+        self.max_message = max_payload + P.ENVELOPE_BYTES
+        #: the smaller of ours and the coordinator's (announced in WELCOME)
+        self.max_payload = max_payload
+        self._own_max_payload = max_payload
         self.ssl_context = ssl_context
         self.backoff = backoff
         self.handshake_timeout = handshake_timeout
@@ -95,6 +105,8 @@ class Channel:
         )
         self.fatal: BaseException | None = None
         self.connections = 0
+        #: grows with every connection; a send for an older one is refused
+        self.generation = 0
 
     def start(self) -> None:
         """Start the reader thread (it connects in the background)."""
@@ -113,16 +125,28 @@ class Channel:
         """Block until connected; False on timeout."""
         return self._connected.wait(timeout)
 
-    def send(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bool:
-        """Send one frame; False (and nothing sent) when not connected."""
-        frame = P.encode_frame(mtype, corr, body, self.max_frame)
-        return self.send_frames([frame])
+    def encode(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bytes:
+        """The frames of one message, as :meth:`send_frames` takes them.
 
-    def send_frames(self, frames: list[bytes]) -> bool:
-        """Send pre-encoded frames in one write; False when not connected."""
+        Raises
+        ------
+        FrameTooLarge
+            If the message is larger than this channel's limit.
+        """
+        return P.encode_message(mtype, corr, body, self.max_frame, self.max_message)
+
+    def send(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bool:
+        """Send one message; False (and nothing sent) when not connected."""
+        return self.send_frames([self.encode(mtype, body, corr)])
+
+    def send_frames(self, frames: list[bytes], generation: int | None = None) -> bool:
+        """Send pre-encoded frames in one write; False when not connected, or
+        when ``generation`` is given and the connection it names is gone."""
         with self._lock:
             sock = self._sock
             if sock is None or not self._connected.is_set():
+                return False
+            if generation is not None and generation != self.generation:
                 return False
             try:
                 sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
@@ -130,6 +154,11 @@ class Channel:
             except OSError:
                 self._drop_locked()
                 return False
+
+    def reconnect(self) -> None:
+        """Drop the current connection (if any); the reader thread makes a new one."""
+        with self._lock:
+            self._drop_locked()
 
     def close(self) -> None:
         """Close for good; the reader thread exits."""
@@ -151,21 +180,45 @@ class Channel:
 
     # -- reader thread ----------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # a bug here would leave the peer unreachable: say so
+            log.critical(
+                "%s reader thread died; no more messages from %s:%s",
+                self.role,
+                self.host,
+                self.port,
+                exc_info=True,
+            )
+            self._connected.clear()
+            raise
+
+    def _serve(self) -> None:
         delay = self.backoff[0]
+        where = f"{self.host}:{self.port}"
         while not self._closing.is_set():
             try:
                 sock, conn = self._connect()
             except AuthenticationError as exc:
                 # A wrong key will not fix itself, but the coordinator might be
                 # restarted with the right one: keep trying, slowly and loudly.
-                log.error("authentication failed: %s", exc, extra={"event": "auth_failed"})
+                log.error(
+                    "authentication with the coordinator at %s failed: %s",
+                    where,
+                    exc,
+                    extra={"event": "auth_failed", "coordinator": where},
+                )
                 self.fatal = exc
                 self._closing.wait(self.backoff[1])
                 continue
             except (OSError, ProtocolError) as exc:
-                log.debug("connect failed: %s", exc)
+                log.debug("connect to %s failed: %s", where, exc)
                 self._closing.wait(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.backoff[1])
+                continue
+            except Exception:
+                log.exception("connecting to %s failed unexpectedly; retrying", where)
+                self._closing.wait(self.backoff[1])
                 continue
             self.fatal = None
             started = time.monotonic()
@@ -174,15 +227,16 @@ class Channel:
                     sock.close()
                     return
                 self._sock, self._conn = sock, conn
+                self.generation += 1
+                self.max_payload = min(self._own_max_payload, conn.peer_max_payload)
                 self._connected.set()
             self.connections += 1
             log.info(
-                "connected",
-                extra={
-                    "event": "connected",
-                    "role": self.role,
-                    "coordinator": f"{self.host}:{self.port}",
-                },
+                "%s %s connected to the coordinator at %s",
+                self.role,
+                self.name,
+                where,
+                extra={"event": "connected", "role": self.role, "coordinator": where},
             )
             try:
                 self.on_connect()
@@ -190,17 +244,28 @@ class Channel:
             except (OSError, ProtocolError) as exc:
                 if not self._closing.is_set():
                     log.warning(
-                        "connection lost: %s",
+                        "%s %s lost its connection to %s: %s",
+                        self.role,
+                        self.name,
+                        where,
                         exc,
-                        extra={"event": "disconnected", "role": self.role},
+                        extra={"event": "disconnected", "role": self.role, "coordinator": where},
                     )
             except Exception:
-                log.exception("handler failed; reconnecting")
+                log.exception(
+                    "%s %s: handling a message from %s failed; reconnecting",
+                    self.role,
+                    self.name,
+                    where,
+                )
             with self._lock:
                 if self._sock is sock:
                     self._drop_locked()
             if self.on_disconnect is not None and not self._closing.is_set():
-                self.on_disconnect()
+                try:
+                    self.on_disconnect()
+                except Exception:
+                    log.exception("%s %s: disconnect handler failed", self.role, self.name)
             # A connection that dies at once (a rejecting or crashing peer) must
             # not turn into a reconnect storm; one that lived a while resets it.
             if time.monotonic() - started > 5.0:
@@ -215,7 +280,12 @@ class Channel:
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
             conn = P.Connection(
-                self.key, server=False, role=self.role, name=self.name, max_frame=self.max_frame
+                self.key,
+                server=False,
+                role=self.role,
+                name=self.name,
+                max_frame=self.max_frame,
+                max_message=self.max_message,
             )
             sock.sendall(conn.data_to_send())
             deadline = time.monotonic() + self.handshake_timeout

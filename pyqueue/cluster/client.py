@@ -2,8 +2,16 @@
 
 A submit is *acknowledged* once the coordinator has written it to its store;
 from then on it will run at least once and yield exactly one result.  Until
-then the client keeps it and resubmits it after a reconnect (submits are
-idempotent on the task id, so a resubmit never makes a second task).
+then the client keeps it in its outbox and resubmits it after a reconnect
+(submits are idempotent on the task id, so a resubmit never makes a second
+task).
+
+Memory: the client holds a task's handle only weakly, so a program that
+submits and forgets (fire-and-forget) stays flat in memory.  What it keeps
+per task is the submit itself until it is acknowledged, then only the task's
+id until :meth:`Client.results` yields it (about 100 bytes); a result that
+arrives for a handle nobody holds any more is dropped, and fetched again from
+the coordinator if ``results()`` asks for it later.
 """
 
 from __future__ import annotations
@@ -15,25 +23,35 @@ import queue
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from pyqueue.errors import TaskCancelled, TaskDead, TaskLost
+from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskDead, TaskLost
 
 from . import protocol as P
+from ._outbox import Outbox
 from .channel import Channel
 from .config import load_key
 from .protocol import MsgType
 from .serialize import decode_result, encode_call
-from .store import TERMINAL, TaskState
+from .states import TERMINAL, TaskState
 
 __all__ = ["Client", "ClusterTask"]
 
 log = logging.getLogger("pyqueue.cluster.client")
 
-_SUBMIT_BATCH = 2048
 _MISSING = object()
+
+
+def _submit_key(row: list[Any]) -> str:
+    tid: str = row[0]
+    return tid
+
+
+def _submit_size(row: list[Any]) -> int:
+    return len(row[0]) + len(row[1]) + 32
 
 
 class ClusterTask:
@@ -47,10 +65,8 @@ class ClusterTask:
     __slots__ = (
         "id",
         "_client",
-        "_done",
         "_acked",
         "_state",
-        "_ok",
         "_data",
         "_error",
         "_value",
@@ -59,24 +75,20 @@ class ClusterTask:
         "__weakref__",
     )
 
-    def __init__(self, task_id: str, client: Client) -> None:
+    def __init__(self, task_id: str, client: Client, acked: bool = False) -> None:
         self.id = task_id
         self._client = client
-        self._done = threading.Event()
-        self._acked = threading.Event()
-        self._state: TaskState | None = None
-        self._ok = False
+        self._acked = acked
+        self._state: TaskState | None = None  # set once, when the task ends
         self._data: bytes | None = None
         self._error: str | None = None
         self._value: Any = _MISSING
-        self._callbacks: list[Callable[[ClusterTask], None]] = []
+        self._callbacks: list[Callable[[ClusterTask], None]] | None = None
         self._lost = False
 
     def __repr__(self) -> str:
         state = (
-            self._state.name
-            if self._state is not None
-            else ("ACKED" if self._acked.is_set() else "SENT")
+            self._state.name if self._state is not None else ("ACKED" if self._acked else "SENT")
         )
         return f"<ClusterTask {self.id} {state}>"
 
@@ -87,11 +99,15 @@ class ClusterTask:
 
     def acknowledged(self, timeout: float | None = None) -> bool:
         """Wait until the coordinator has durably accepted the submit."""
-        return self._acked.wait(timeout)
+        return self._client._wait(lambda: self._acked, timeout)
 
     def done(self) -> bool:
         """True once the task has ended (any terminal state)."""
-        return self._done.is_set()
+        return self._state is not None
+
+    def _wait_done(self, timeout: float | None) -> None:
+        if self._state is None and not self._client._wait(lambda: self._state is not None, timeout):
+            raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's return value.
@@ -102,14 +118,25 @@ class ClusterTask:
             If it has not ended within ``timeout`` seconds.
         TaskDead, TaskCancelled
             If it was dead-lettered or cancelled.
+        PayloadTooLarge
+            If its argument or result was larger than the cluster's limit.
         Exception
             Whatever the task raised (with the remote traceback as a note).
         """
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
-        # Looked at: results() with no argument will not yield it again (and the
-        # client stops holding it, so fire-and-check loops do not leak).
+        self._wait_done(timeout)
+        # Looked at: results() with no argument will not yield it again.
         self._client._collected(self.id)
+        if self._value is _MISSING:
+            try:
+                self._value = ("ok", self._decode())
+            except BaseException as exc:
+                self._value = ("raise", exc)
+        kind, value = self._value
+        if kind == "raise":
+            raise value
+        return value
+
+    def _decode(self) -> Any:
         st = self._state
         if self._lost:
             raise TaskLost(f"task {self.id}: {self._error}")
@@ -117,15 +144,7 @@ class ClusterTask:
             raise TaskDead(f"task {self.id} was dead-lettered: {self._error}")
         if st is TaskState.CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
-        if self._value is _MISSING:
-            try:
-                self._value = ("ok", decode_result(self._ok, self._data, self._error))
-            except BaseException as exc:
-                self._value = ("raise", exc)
-        kind, value = self._value
-        if kind == "raise":
-            raise value
-        return value
+        return decode_result(st is TaskState.SUCCEEDED, self._data, self._error)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception :meth:`result` would raise, or None.
@@ -135,24 +154,39 @@ class ClusterTask:
         TimeoutError
             If the task has not ended within ``timeout`` seconds.
         """
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
+        self._wait_done(timeout)
         try:
             self.result(0)
         except BaseException as exc:
             return exc
         return None
 
-    def cancel(self, timeout: float | None = 10.0) -> bool:
-        """Cancel the task if it has not ended; True if the coordinator cancelled it."""
-        if self._done.is_set():
+    def cancel(self, timeout: float | None = 10.0, *, terminate: bool = False) -> bool:
+        """Cancel the task; True only once it is certain it will not run.
+
+        A task still waiting to run, or leased to a node that has not started
+        it, is cancelled (the node drops it).  A running task is left to
+        finish and ``False`` is returned, as :mod:`concurrent.futures` does,
+        unless ``terminate=True``: then
+        :class:`~pyqueue.errors.TaskCancelled` is raised inside the task, and
+        True is returned once the task has ended cancelled (False if it caught
+        the exception and finished anyway).  A finished task returns False.
+
+        Raises
+        ------
+        TimeoutError
+            If the coordinator has not answered within ``timeout`` seconds.
+        """
+        if self._state is not None:
             return False
-        return self._client._cancel([self.id], timeout)[0]
+        return self._client._cancel([self.id], timeout, terminate)[0]
 
     def add_done_callback(self, fn: Callable[[ClusterTask], None]) -> None:
         """Call ``fn(self)`` when the task ends (at once if it has)."""
         with self._client._lock:
-            if not self._done.is_set():
+            if self._state is None:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(fn)
                 return
         fn(self)
@@ -160,14 +194,13 @@ class ClusterTask:
     def _finish(
         self, state: TaskState, data: bytes | None, error: str | None
     ) -> list[Callable[[ClusterTask], None]]:
-        self._state = state
-        self._ok = state is TaskState.SUCCEEDED
+        """Record the outcome (the client's lock is held); return the callbacks to run."""
         self._data = data
         self._error = error
-        self._acked.set()
-        self._done.set()
-        cbs, self._callbacks = self._callbacks, []
-        return cbs
+        self._acked = True
+        self._state = state
+        cbs, self._callbacks = self._callbacks, None
+        return cbs or []
 
 
 class Client:
@@ -181,6 +214,10 @@ class Client:
         Shared secret; defaults to :func:`~pyqueue.cluster.config.load_key`.
     connect_timeout : float
         How long the constructor waits for the first connection.
+    max_payload : int
+        Largest encoded call accepted by :meth:`submit` (the coordinator's
+        own limit, if smaller, wins); larger ones raise
+        :class:`~pyqueue.errors.PayloadTooLarge` at once.
 
     Thread safety
     -------------
@@ -195,19 +232,18 @@ class Client:
         name: str | None = None,
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_payload: int = P.DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.address = address
         self._lock = threading.RLock()
-        self._tasks: dict[str, ClusterTask] = {}  # not yet ended
-        self._unacked: dict[str, list[Any]] = {}  # submit rows not yet acknowledged
-        self._outbox: list[list[Any]] = []
-        self._inflight: dict[int, list[str]] = {}
+        self._changed = threading.Condition(self._lock)  # a handle was acked or ended
+        # Handles of tasks not yet ended, held weakly: a dropped handle costs nothing.
+        self._tasks: weakref.WeakValueDictionary[str, ClusterTask] = weakref.WeakValueDictionary()
         self._waits: set[int] = set()
         self._replies: dict[int, queue.SimpleQueue[dict[str, Any]]] = {}
-        self._unyielded: dict[str, ClusterTask] = {}
+        self._unyielded: dict[str, None] = {}  # ids for results() with no argument
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{os.urandom(4).hex()}-"
-        self._wake = threading.Event()
         self._closed = threading.Event()
         self.duplicate_pushes = 0
         self.channel = Channel(
@@ -218,12 +254,19 @@ class Client:
             on_message=self._on_message,
             on_connect=self._on_connect,
             ssl_context=ssl_context,
+            max_payload=max_payload,
         )
-        self._sender = threading.Thread(
-            target=self._send_loop, name="pyqueue-client-sender", daemon=True
+        self.outbox: Outbox[str] = Outbox(
+            self.channel,
+            MsgType.SUBMIT,
+            "tasks",
+            key=_submit_key,
+            size=_submit_size,
+            on_rejected=self._on_rejected,
+            name="client-sender",
         )
         self.channel.start()
-        self._sender.start()
+        self.outbox.start()
         if not self.channel.wait_connected(connect_timeout):
             self.close()
             raise ConnectionError(
@@ -241,7 +284,7 @@ class Client:
     def close(self) -> None:
         """Disconnect.  Unacknowledged submits are abandoned."""
         self._closed.set()
-        self._wake.set()
+        self.outbox.close()
         self.channel.close()
 
     # -- submit ---------------------------------------------------------------
@@ -276,10 +319,36 @@ class Client:
             Delay before the first retry; doubles each time, with jitter.
         delay : float
             Seconds to wait before the task may run (it starts SCHEDULED).
+
+        Raises
+        ------
+        PayloadTooLarge
+            If the pickled call is larger than the cluster's ``max_payload``.
+        ValueError
+            If ``task_id`` is not a non-empty string of at most 512 characters.
         """
+        return self._submit(fn, args, kwargs, task_id, retries, backoff, delay, True)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        task_id: str | None,
+        retries: int,
+        backoff: float,
+        delay: float,
+        yield_later: bool,
+    ) -> ClusterTask:
         if self._closed.is_set():
             raise RuntimeError("client is closed")
         payload = encode_call(fn, args, kwargs or {})
+        limit = self.channel.max_payload
+        if len(payload) > limit:
+            raise PayloadTooLarge(
+                f"the call's arguments pickle to {len(payload)} bytes; the cluster's"
+                f" max_payload is {limit}"
+            )
         tid = task_id if task_id is not None else self._prefix + str(next(self._ids))
         if not isinstance(tid, str) or not tid or len(tid) > 512:
             raise ValueError("task_id must be a non-empty string of at most 512 characters")
@@ -295,10 +364,9 @@ class Client:
             if handle is None:
                 handle = ClusterTask(tid, self)
                 self._tasks[tid] = handle
-                self._unyielded[tid] = handle
-            self._unacked[tid] = row
-            self._outbox.append(row)
-        self._wake.set()
+            if yield_later:
+                self._unyielded[tid] = None
+        self.outbox.put(row)
         return handle
 
     def map(
@@ -311,11 +379,9 @@ class Client:
         """Like ``map(fn, *iterables)``: results in order, at most ``window`` tasks ahead."""
         pending: deque[ClusterTask] = deque()
         deadline = None if timeout is None else time.monotonic() + timeout
+        submit = self._submit
         for args in zip(*iterables):
-            t = self.submit_call(fn, args)
-            with self._lock:
-                self._unyielded.pop(t.id, None)  # map() consumes its own results
-            pending.append(t)
+            pending.append(submit(fn, args, None, None, 0, 1.0, 0.0, False))
             if len(pending) >= window:
                 yield pending.popleft().result(_left(deadline))
         while pending:
@@ -328,7 +394,9 @@ class Client:
 
         With no argument: every task submitted through this client that was
         not yet yielded by an earlier ``results()`` call nor collected with
-        ``result()``/``exception()``.
+        ``result()``/``exception()``.  For those the client keeps only the
+        ids; a result whose handle you dropped is fetched again from the
+        coordinator.
 
         Raises
         ------
@@ -336,9 +404,7 @@ class Client:
             If ``timeout`` seconds pass before all have ended.
         """
         if tasks is None:
-            with self._lock:
-                todo = list(self._unyielded.values())
-                self._unyielded.clear()
+            todo = self._take_unyielded()
         else:
             todo = list(tasks)
         done_q: queue.SimpleQueue[ClusterTask] = queue.SimpleQueue()
@@ -351,10 +417,30 @@ class Client:
             except queue.Empty:
                 raise TimeoutError(f"results() timed out after {timeout} s") from None
 
+    def _take_unyielded(self) -> list[ClusterTask]:
+        fetch = []
+        with self._lock:
+            ids, self._unyielded = list(self._unyielded), {}
+            todo = []
+            for tid in ids:
+                h = self._tasks.get(tid)
+                if h is None:  # dropped by the caller: ask the coordinator again
+                    h = ClusterTask(tid, self, acked=True)
+                    self._tasks[tid] = h
+                    if tid not in self.outbox:
+                        fetch.append(tid)
+                todo.append(h)
+        self._send_waits(fetch)
+        return todo
+
     def _collected(self, task_id: str) -> None:
         if task_id in self._unyielded:
             with self._lock:
                 self._unyielded.pop(task_id, None)
+
+    def _wait(self, pred: Callable[[], bool], timeout: float | None) -> bool:
+        with self._changed:
+            return self._changed.wait_for(pred, timeout)
 
     # -- admin -------------------------------------------------------------------------
     def _request(
@@ -381,8 +467,9 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no reply to {mtype.name} within {timeout} s")
 
-    def _cancel(self, ids: list[str], timeout: float | None) -> list[bool]:
-        return [bool(x) for x in self._request(MsgType.CANCEL, {"ids": ids}, timeout)["cancelled"]]
+    def _cancel(self, ids: list[str], timeout: float | None, terminate: bool) -> list[bool]:
+        reply = self._request(MsgType.CANCEL, {"ids": ids, "terminate": terminate}, timeout)
+        return [bool(x) for x in reply["cancelled"]]
 
     def status(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """The coordinator's status: nodes, queue depth, in flight, dead, counters."""
@@ -406,24 +493,26 @@ class Client:
         with self._lock:
             handle = self._tasks.get(task_id)
             if handle is None:
-                handle = ClusterTask(task_id, self)
-                handle._acked.set()
+                handle = ClusterTask(task_id, self, acked=True)
                 self._tasks[task_id] = handle
         self.channel.send(MsgType.WAIT, {"ids": [task_id]})
         return handle
 
     # -- channel callbacks ------------------------------------------------------------
-    def _on_connect(self) -> None:
-        with self._lock:
-            self._inflight.clear()
-            self._outbox = list(self._unacked.values())
-            waiting = [tid for tid in self._tasks if tid not in self._unacked]
-        for i in range(0, len(waiting), _SUBMIT_BATCH):
+    def _send_waits(self, ids: list[str]) -> None:
+        for batch in P.split_batches(ids, len):
             corr = self.channel.next_corr()
             with self._lock:
                 self._waits.add(corr)
-            self.channel.send(MsgType.WAIT, {"ids": waiting[i : i + _SUBMIT_BATCH]}, corr)
-        self._wake.set()
+            self.channel.send(MsgType.WAIT, {"ids": batch}, corr)
+
+    def _on_connect(self) -> None:
+        with self._lock:
+            waiting = [
+                tid for tid, h in self._tasks.items() if h._state is None and tid not in self.outbox
+            ]
+        self.outbox.on_connect()
+        self._send_waits(waiting)
 
     def _on_message(self, msg: P.Message) -> None:
         if msg.type == MsgType.RESULTS:
@@ -431,15 +520,16 @@ class Client:
         elif msg.type == MsgType.SUBMIT_ACK and msg.corr in self._waits:
             self._on_wait_reply(msg.corr, msg.body.get("unknown", []))
         elif msg.type == MsgType.SUBMIT_ACK:
+            acked = self.outbox.acked(msg.corr)
+            if acked is None:
+                return
             with self._lock:
-                ids = self._inflight.pop(msg.corr, None)
-                if ids is None:
-                    return
-                for tid in ids:
-                    self._unacked.pop(tid, None)
-                    h = self._tasks.get(tid)
+                get = self._tasks.get
+                for tid, _ in acked:
+                    h = get(tid)
                     if h is not None:
-                        h._acked.set()
+                        h._acked = True
+                self._changed.notify_all()
         else:
             with self._lock:
                 q = self._replies.get(msg.corr)
@@ -449,59 +539,61 @@ class Client:
     def _on_wait_reply(self, corr: int, unknown: list[str]) -> None:
         # Acknowledged tasks the coordinator no longer knows: it restarted
         # without a durable store.  Fail them loudly instead of waiting forever.
-        callbacks = []
+        msg = "the coordinator does not know this task (restarted without --store?)"
+        finished = []
         with self._lock:
             self._waits.discard(corr)
             for tid in unknown:
                 h = self._tasks.pop(tid, None)
                 if h is not None:
                     h._lost = True
-                    msg = "the coordinator does not know this task (restarted without --store?)"
-                    callbacks.append((h, h._finish(TaskState.DEAD, None, msg)))
+                    finished.append((h, h._finish(TaskState.DEAD, None, msg)))
+            self._changed.notify_all()
         if unknown:
             log.error(
-                "tasks lost by the coordinator",
+                "%d task(s) lost by the coordinator at %s",
+                len(unknown),
+                self.address,
                 extra={"event": "tasks_lost", "count": len(unknown)},
             )
-        for h, cbs in callbacks:
-            for cb in cbs:
-                cb(h)
+        _run_callbacks(finished)
 
     def _on_results(self, rows: list[list[Any]]) -> None:
-        callbacks = []
+        finished = []
         with self._lock:
+            pop = self._tasks.pop
             for tid, state, data, error in rows:
-                h = self._tasks.pop(tid, None)
-                if h is None:
-                    self.duplicate_pushes += 1  # e.g. pushed again after a resubmit
-                    continue
-                self._unacked.pop(tid, None)
+                self.outbox.discard(tid)  # ended: no need to resubmit it
                 st = TaskState(state)
                 if st not in TERMINAL:
                     continue
-                callbacks.append((h, h._finish(st, data, error)))
-        for h, cbs in callbacks:
-            for cb in cbs:
-                try:
-                    cb(h)
-                except Exception:
-                    log.exception("done callback failed")
+                h = pop(tid, None)
+                if h is None:
+                    self.duplicate_pushes += 1  # pushed again, or nobody holds the handle
+                    continue
+                finished.append((h, h._finish(st, data, error)))
+            self._changed.notify_all()
+        _run_callbacks(finished)
 
-    def _send_loop(self) -> None:
-        while not self._closed.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if not self.channel.connected:
-                continue  # _on_connect refills the outbox
-            with self._lock:
-                rows, self._outbox = self._outbox, []
-            for i in range(0, len(rows), _SUBMIT_BATCH):
-                chunk = rows[i : i + _SUBMIT_BATCH]
-                corr = self.channel.next_corr()
-                with self._lock:
-                    self._inflight[corr] = [r[0] for r in chunk]
-                if not self.channel.send(MsgType.SUBMIT, {"tasks": chunk}, corr):
-                    break  # still in _unacked: resent by _on_connect
+    def _on_rejected(self, tid: str, row: list[Any], exc: BaseException) -> None:
+        # A submit the coordinator could never take: its handle fails with the reason.
+        with self._lock:
+            h = self._tasks.pop(tid, None)
+            if h is None:
+                return
+            h._value = ("raise", exc)
+            cbs = h._finish(TaskState.FAILED, None, str(exc))
+            self._changed.notify_all()
+        _run_callbacks([(h, cbs)])
+
+
+def _run_callbacks(finished: list[tuple[ClusterTask, list[Callable[[ClusterTask], None]]]]) -> None:
+    for h, cbs in finished:
+        for cb in cbs:
+            try:
+                cb(h)
+            except Exception:
+                log.exception("done callback of task %s failed", h.id)
 
 
 def _left(deadline: float | None) -> float | None:

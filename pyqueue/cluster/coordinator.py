@@ -17,6 +17,17 @@ outstanding until its completion or release arrives, or the node is lost).
 
 Unauthenticated peers only ever reach the handshake code, with a 4 KiB frame
 limit and a deadline; they never reach the backend.
+
+Cancel: a task that is not leased is cancelled at once.  For a leased one the
+coordinator sends REVOKE to its node and answers the client only once the
+outcome is certain: the node dropped it before it started (CANCELLED, True),
+it is running (False), or, with ``terminate``, the task ended after
+TaskCancelled was raised in it (True if it ended CANCELLED).  A node that
+dies meanwhile has its tasks requeued, and those are then cancelled (True).
+
+Errors of our own (a failing flush or commit) are logged with their traceback
+and retried; they are never charged to a peer.  Batches are cut by encoded
+size as well as count, so no batch exceeds the frame limit.
 """
 
 from __future__ import annotations
@@ -34,15 +45,40 @@ from pyqueue.errors import MalformedFrame, ProtocolError, UnexpectedMessage
 from . import protocol as P
 from .config import DEFAULT_TIMINGS, Timings
 from .protocol import MsgType
-from .store import TERMINAL, Backend, SQLiteBackend, SubmitSpec, TaskState
+from .states import TERMINAL, TaskState
+from .store import Backend, SQLiteBackend, SubmitSpec
 
 __all__ = ["Coordinator"]
 
 log = logging.getLogger("pyqueue.cluster.coordinator")
 
-#: tasks per TASKS / RESULTS frame; bounded so one frame stays well under max_frame
-_BATCH = 2048
 _MAX_ID = 512
+#: consecutive failed flushes after which every connection is re-made
+_FLUSH_FAILURES_BEFORE_RESET = 3
+
+
+def _task_size(row: list[Any]) -> int:
+    return len(row[0]) + len(row[2]) + 16
+
+
+def _result_size(row: list[Any]) -> int:
+    return len(row[0]) + len(row[2] or b"") + len(row[3] or "") + 16
+
+
+def _last_line(text: str | None) -> str:
+    text = (text or "").rstrip()
+    return text.rsplit("\n", 1)[-1] if text else "no error text"
+
+
+class _CancelRequest:
+    """One CANCEL from a client, answered once every id's outcome is certain."""
+
+    __slots__ = ("peer", "corr", "answers")
+
+    def __init__(self, peer: _Peer, corr: int, n: int) -> None:
+        self.peer = peer
+        self.corr = corr
+        self.answers: list[bool | None] = [None] * n
 
 
 class _Peer(asyncio.Protocol):
@@ -50,7 +86,12 @@ class _Peer(asyncio.Protocol):
 
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
-        self.conn = P.Connection(coord.key, server=True, max_frame=coord.max_frame)
+        self.conn = P.Connection(
+            coord.key,
+            server=True,
+            max_frame=coord.max_frame,
+            max_message=coord.max_payload + P.ENVELOPE_BYTES,
+        )
         self.transport: asyncio.Transport | None = None
         self.addr = "?"
         self.role = ""
@@ -85,6 +126,9 @@ class _Peer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        # Any bytes are a sign of life: a node busy sending a large result
+        # cannot get a heartbeat frame in between.
+        self.last_heard = time.monotonic()
         try:
             events = self.conn.receive_data(data)
             out = self.conn.data_to_send()
@@ -98,7 +142,7 @@ class _Peer(asyncio.Protocol):
         except ProtocolError as exc:
             self.coord._reject(self, exc)
         except Exception:  # a bug must cost one connection, never the server
-            log.exception("internal error while serving %s", self.addr)
+            log.exception("internal error while serving %s", self.describe())
             self.coord._reject(self, ProtocolError("internal error in the coordinator"))
 
     def pause_writing(self) -> None:
@@ -116,9 +160,14 @@ class _Peer(asyncio.Protocol):
         self.coord._on_gone(self)
 
     # helpers --------------------------------------------------------------
+    def describe(self) -> str:
+        """Who this peer is, for log lines: node id or role and name, and address."""
+        who = self.node_id or " ".join(x for x in (self.role, self.name) if x) or "peer"
+        return f"{who} ({self.addr})"
+
     def queue(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> None:
-        """Queue a frame; written after the next commit."""
-        self.outbox.append(P.encode_frame(mtype, corr, body, self.coord.max_frame))
+        """Queue a message; written after the next commit."""
+        self.outbox.append(self.coord.encode(mtype, body, corr))
         self.coord._schedule_flush()
 
 
@@ -154,6 +203,7 @@ class Coordinator:
         port: int = 0,
         timings: Timings = DEFAULT_TIMINGS,
         max_frame: int = P.DEFAULT_MAX_FRAME,
+        max_payload: int = P.DEFAULT_MAX_PAYLOAD,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.key = key
@@ -162,6 +212,7 @@ class Coordinator:
         self.port = port
         self.timings = timings
         self.max_frame = max_frame
+        self.max_payload = max_payload
         self.ssl_context = ssl_context
         self._peers: set[_Peer] = set()
         self._nodes: dict[str, _Peer] = {}
@@ -174,8 +225,20 @@ class Coordinator:
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._corr = itertools.count(1)
+        self._cancel_waits: dict[str, list[tuple[_CancelRequest, int, bool]]] = {}
+        self._revokes: dict[int, tuple[str, list[tuple[str, int]]]] = {}  # REVOKE corr -> rows
+        self._flush_failures = 0
+        self._last_sweep = time.monotonic()
         self.rejected = 0
+        self.internal_errors = 0
         self.address: tuple[str, int] | None = None
+
+    def encode(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bytes:
+        """The frames of one message (several if it is larger than a frame)."""
+        return P.encode_message(
+            mtype, corr, body, self.max_frame, self.max_payload + P.ENVELOPE_BYTES
+        )
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -188,9 +251,14 @@ class Coordinator:
         sock = self._server.sockets[0]
         addr = sock.getsockname()
         self.address = (addr[0], addr[1])
+        self.backend.describe_owner(f"{addr[0]}:{addr[1]}")
+        self._last_sweep = time.monotonic()
         self._sweeper = self._loop.call_later(self.timings.sweep, self._sweep)
         log.info(
-            "coordinator listening", extra={"event": "listening", "address": f"{addr[0]}:{addr[1]}"}
+            "coordinator listening on %s:%s",
+            addr[0],
+            addr[1],
+            extra={"event": "listening", "address": f"{addr[0]}:{addr[1]}"},
         )
         return self.address
 
@@ -251,7 +319,8 @@ class Coordinator:
     def _reject(self, peer: _Peer, exc: ProtocolError) -> None:
         self.rejected += 1
         log.warning(
-            "dropping peer: %s",
+            "dropping %s: %s",
+            peer.describe(),
             exc,
             extra={
                 "event": "peer_rejected",
@@ -274,7 +343,8 @@ class Coordinator:
             peer._timer.cancel()
         peer.role, peer.name = ev.peer_role, ev.peer_name
         log.info(
-            "peer authenticated",
+            "%s authenticated",
+            peer.describe(),
             extra={
                 "event": "peer_auth",
                 "peer": peer.addr,
@@ -288,12 +358,26 @@ class Coordinator:
             return
         self._peers.discard(peer)
         if peer.node_id is not None:
-            self._nodes.pop(peer.node_id, None)
-            lost = self.backend.node_lost(peer.node_id)
+            node = peer.node_id
+            self._nodes.pop(node, None)
+            lost = self.backend.node_lost(node)
             log.info(
-                "node gone",
-                extra={"event": "node_gone", "node": peer.node_id, "requeued": len(lost)},
+                "node %s gone; %d lease(s) requeued",
+                peer.describe(),
+                len(lost),
+                extra={
+                    "event": "node_gone",
+                    "node": node,
+                    "peer": peer.addr,
+                    "requeued": len(lost),
+                },
             )
+            for corr in [c for c, (n, _) in self._revokes.items() if n == node]:
+                del self._revokes[corr]
+            # Tasks a client is cancelling are not run again: cancel them now.
+            waiting = [tid for tid in lost if tid in self._cancel_waits]
+            if waiting:
+                self.backend.cancel(waiting)
             peer.node_id = None
             self._schedule_flush()
         for tid in peer.subscribed:
@@ -370,7 +454,66 @@ class Coordinator:
 
     def _h_cancel(self, peer: _Peer, msg: P.Message) -> None:
         ids = [str(t) for t in msg.body["ids"]]
-        peer.queue(MsgType.CANCEL_ACK, {"cancelled": self.backend.cancel(ids)}, msg.corr)
+        terminate = bool(msg.body.get("terminate", False))
+        req = _CancelRequest(peer, msg.corr, len(ids))
+        revoke: dict[str, list[list[Any]]] = {}
+        backend = self.backend
+        for i, tid in enumerate(ids):
+            rec = backend.get(tid)
+            if rec is None or rec.state in TERMINAL:
+                req.answers[i] = False
+            elif rec.state is TaskState.LEASED and rec.node in self._nodes:
+                self._cancel_waits.setdefault(tid, []).append((req, i, terminate))
+                revoke.setdefault(rec.node, []).append([tid, rec.attempts, terminate])
+            else:
+                req.answers[i] = backend.cancel([tid])[0]
+        for node, rows in revoke.items():
+            corr = next(self._corr) & 0xFFFFFFFF or 1
+            self._revokes[corr] = (node, [(r[0], r[1]) for r in rows])
+            self._nodes[node].queue(MsgType.REVOKE, {"tasks": rows}, corr)
+        self._answer_if_certain(req)
+
+    def _h_revoke_ack(self, peer: _Peer, msg: P.Message) -> None:
+        node = self._need_node(peer, msg)
+        entry = self._revokes.pop(msg.corr, None)
+        if entry is None or entry[0] != node:
+            return  # from before a reconnect: the node-loss path settled those
+        backend = self.backend
+        for (tid, token), outcome in zip(entry[1], msg.body["outcomes"]):
+            if outcome == "revoked":
+                backend.revoked(node, tid, token)  # ends CANCELLED: settled in _push_results
+            elif outcome == "running":
+                self._settle_cancel(tid, False, only_plain=True)
+            # "terminating" and "unknown": the task's completion settles it
+            rec = backend.get(tid)
+            if (
+                tid in self._cancel_waits
+                and rec is not None
+                and rec.state not in TERMINAL
+                and rec.state is not TaskState.LEASED
+            ):
+                backend.cancel([tid])  # requeued or rescheduled meanwhile: it will not run
+
+    def _settle_cancel(self, tid: str, cancelled: bool, only_plain: bool = False) -> None:
+        waits = self._cancel_waits.get(tid)
+        if not waits:
+            return
+        keep: list[tuple[_CancelRequest, int, bool]] = []
+        for req, i, terminate in waits:
+            if only_plain and terminate:
+                keep.append((req, i, terminate))
+                continue
+            req.answers[i] = cancelled
+            self._answer_if_certain(req)
+        if keep:
+            self._cancel_waits[tid] = keep
+        else:
+            del self._cancel_waits[tid]
+
+    def _answer_if_certain(self, req: _CancelRequest) -> None:
+        if None in req.answers or req.peer.closed:
+            return
+        req.peer.queue(MsgType.CANCEL_ACK, {"cancelled": req.answers}, req.corr)
 
     def _h_status(self, peer: _Peer, msg: P.Message) -> None:
         peer.queue(MsgType.STATUS_REPLY, self.status(), msg.corr)
@@ -392,7 +535,9 @@ class Coordinator:
         peer.capacity = max(0, int(msg.body["capacity"]))
         peer.last_heard = time.monotonic()
         log.info(
-            "node ready",
+            "node %s ready with capacity %d",
+            peer.describe(),
+            peer.capacity,
             extra={
                 "event": "node_ready",
                 "node": peer.node_id,
@@ -412,24 +557,40 @@ class Coordinator:
         node = self._need_node(peer, msg)
         complete = self.backend.complete
         status = []
-        for tid, token, ok, value, error in msg.body["results"]:
+        for row in msg.body["results"]:
+            tid, token, ok, value, error = row[:5]
+            cancelled = bool(row[5]) if len(row) > 5 else False
             if value is not None and not isinstance(value, bytes):
                 raise MalformedFrame("result values must be bytes")
-            verdict = complete(
-                node, str(tid), int(token), bool(ok), value, None if error is None else str(error)
-            )
+            error = None if error is None else str(error)
+            verdict = complete(node, str(tid), int(token), bool(ok), value, error, cancelled)
             if verdict != "accepted":
                 log.info(
-                    "late completion",
+                    "late completion of task %s (attempt %s) from node %s: %s",
+                    tid,
+                    token,
+                    peer.describe(),
+                    verdict,
                     extra={"event": "completion_" + verdict, "task": tid, "node": node},
+                )
+            elif not ok:
+                log.info(
+                    "task %s (attempt %s) %s on node %s: %s",
+                    tid,
+                    token,
+                    "was cancelled" if cancelled else "failed",
+                    peer.describe(),
+                    _last_line(error),
+                    extra={"event": "task_failed", "task": tid, "node": node},
                 )
             status.append(verdict)
         peer.queue(MsgType.DONE_ACK, {"status": status}, msg.corr)
 
     def _h_release(self, peer: _Peer, msg: P.Message) -> None:
         node = self._need_node(peer, msg)
-        for tid, token in msg.body["tasks"]:
-            self.backend.release(node, str(tid), int(token))
+        for row in msg.body["tasks"]:
+            started = bool(row[2]) if len(row) > 2 else False
+            self.backend.release(node, str(row[0]), int(row[1]), started)
 
     _handlers = {
         MsgType.SUBMIT: _h_submit,
@@ -443,6 +604,7 @@ class Coordinator:
         MsgType.HEARTBEAT: _h_heartbeat,
         MsgType.DONE: _h_done,
         MsgType.RELEASE: _h_release,
+        MsgType.REVOKE_ACK: _h_revoke_ack,
     }
 
     # -- batching --------------------------------------------------------------
@@ -454,9 +616,14 @@ class Coordinator:
     def _flush(self) -> None:
         """Dispatch, commit once, then write everything that waited for the commit."""
         self._flush_scheduled = False
-        self._dispatch()
-        self.backend.commit()
-        self._push_results()
+        try:
+            self._dispatch()
+            self.backend.commit()
+            self._push_results()
+        except Exception:
+            self._flush_failed()
+            return
+        self._flush_failures = 0
         for peer in list(self._peers):
             if peer.outbox:
                 data = b"".join(peer.outbox)
@@ -464,28 +631,56 @@ class Coordinator:
                 if peer.transport is not None and not peer.closed:
                     peer.transport.write(data)
 
+    def _flush_failed(self) -> None:
+        # Ours, not a peer's: nothing that waited for this commit is written.
+        # Retry with backoff; if it keeps failing, re-make every connection so
+        # that clients and nodes resend what is unacknowledged.
+        self.internal_errors += 1
+        self._flush_failures += 1
+        n = self._flush_failures
+        log.exception(
+            "internal error in the coordinator's flush (%d in a row); retrying",
+            n,
+            extra={"event": "flush_failed", "failures": n},
+        )
+        if n >= _FLUSH_FAILURES_BEFORE_RESET:
+            log.error(
+                "flush failed %d times in a row: dropping every connection",
+                n,
+                extra={"event": "flush_reset"},
+            )
+            self._flush_failures = 0
+            for peer in list(self._peers):
+                peer.outbox.clear()
+                if peer.transport is not None:
+                    peer.transport.abort()
+        if self._loop is not None:
+            self._loop.call_later(min(1.0, 0.05 * 2**n), self._schedule_flush)
+
     def _dispatch(self) -> None:
         backend = self.backend
         for node_id, peer in list(self._nodes.items()):
-            free = peer.capacity - backend.leased_count(node_id)
+            held = backend.leased_count(node_id)
+            free = peer.capacity - held
             if free <= 0 or peer.closed or peer.paused:
                 continue
-            leases = backend.lease(node_id, min(free, _BATCH))
+            leases = backend.lease(node_id, min(free, P.BATCH_COUNT))
             if not leases:
                 continue
-            peer.outbox.append(
-                P.encode_frame(
-                    MsgType.TASKS, 0, {"tasks": [list(le) for le in leases]}, self.max_frame
-                )
-            )
-            out = backend.leased_count(node_id)
-            if out > peer.max_outstanding:
-                peer.max_outstanding = out
+            rows = [list(le) for le in leases]
+            for batch in P.split_batches(rows, _task_size):
+                peer.outbox.append(self.encode(MsgType.TASKS, {"tasks": batch}))
+            if held + len(leases) > peer.max_outstanding:
+                peer.max_outstanding = held + len(leases)
 
     def _push_results(self) -> None:
         backend = self.backend
         per_peer: dict[_Peer, list[str]] = {}
+        cancel_waits = self._cancel_waits
         for tid in backend.drain_finished():
+            if tid in cancel_waits:
+                rec = backend.get(tid)
+                self._settle_cancel(tid, rec is not None and rec.state is TaskState.CANCELLED)
             subs = self._subs.pop(tid, None)
             if not subs:
                 continue
@@ -506,26 +701,28 @@ class Coordinator:
                 st, value, error = out
                 rows.append([one, int(st), value, error])
                 backend.forget_result(one)
-                if len(rows) >= _BATCH:
-                    peer.outbox.append(
-                        P.encode_frame(MsgType.RESULTS, 0, {"results": rows}, self.max_frame)
-                    )
-                    rows = []
-            if rows:
-                peer.outbox.append(
-                    P.encode_frame(MsgType.RESULTS, 0, {"results": rows}, self.max_frame)
-                )
+            for batch in P.split_batches(rows, _result_size):
+                peer.outbox.append(self.encode(MsgType.RESULTS, {"results": batch}))
 
     # -- timers -----------------------------------------------------------------
     def _sweep(self) -> None:
         assert self._loop is not None
         try:
             now = time.monotonic()
+            # While this loop was blocked (a long commit, a huge message) nobody
+            # could be heard: do not hold that time against the nodes.
+            lag = now - self._last_sweep - self.timings.sweep
+            self._last_sweep = now
+            if lag > self.timings.sweep:
+                for peer in self._nodes.values():
+                    peer.last_heard += lag
             limit = min(self.timings.lease, self.timings.dead_after)
             for node_id, peer in list(self._nodes.items()):
                 if now - peer.last_heard > limit:
                     log.warning(
-                        "node missed its heartbeats; requeueing its leases",
+                        "node %s missed its heartbeats for %.1f s; requeueing its leases",
+                        peer.describe(),
+                        now - peer.last_heard,
                         extra={
                             "event": "node_dead",
                             "node": node_id,

@@ -3,9 +3,13 @@
 Threads
 -------
 * the channel's reader thread: (re)connects, receives TASKS and DONE_ACKs;
-* a sender thread: batches finished results into DONE frames and sends
-  capacity updates;
+* a sender thread (the :class:`~pyqueue.cluster._outbox.Outbox`): batches
+  finished results into DONE frames cut by size, sends capacity updates and
+  releases;
 * a heartbeat thread: sends HEARTBEAT every ``timings.heartbeat`` seconds.
+
+None of them dies silently: an error is logged with its traceback and the
+connection is re-made, which resends every unacknowledged result.
 
 Limitation: the heartbeat thread is a plain Python thread.  CPython hands the
 GIL to it within the switch interval (5 ms) while pure-Python tasks run, so
@@ -15,12 +19,21 @@ longer than ``missed_heartbeats * heartbeat`` without releasing it would.
 Results are kept until the coordinator acknowledges them and are resent after
 a reconnect, so a result is never lost to a broken connection.  On a graceful
 :meth:`Node.stop` the node asks for no more work, gives back every task that
-has not started, finishes the running ones and waits for their acks.
+has not started, finishes the running ones (up to a grace period) and waits
+for their acks.
+
+Cancel: the coordinator sends REVOKE for a leased task; the node drops it if
+it has not started ("revoked"), and otherwise lets it run ("running") unless
+asked to terminate it, in which case :class:`~pyqueue.errors.TaskCancelled`
+is raised inside the task's worker thread ("terminating").  A task blocked in
+C code (a long ``time.sleep``, a socket read) sees it only when it returns
+to Python code.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import functools
 import logging
 import os
@@ -29,17 +42,21 @@ import ssl
 import threading
 from typing import Any
 
+from pyqueue.errors import PayloadTooLarge, TaskCancelled
+
 from . import protocol as P
+from ._outbox import Outbox
 from .channel import Channel
 from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
-from .serialize import run_payload
+from .serialize import encode_exception, run_payload
 
 __all__ = ["Node", "_make_executor"]
 
 log = logging.getLogger("pyqueue.cluster.node")
 
-_DONE_BATCH = 1024
+#: longest error text (a traceback) sent with a failure; the rest is cut
+_MAX_ERROR_TEXT = 64 * 1024
 
 
 def _make_executor(workers: int, kind: str = "pyqueue") -> cf.Executor:
@@ -56,6 +73,22 @@ def _make_executor(workers: int, kind: str = "pyqueue") -> cf.Executor:
 
 
 Key = tuple[str, int]
+
+
+def _done_key(row: list[Any]) -> Key:
+    return (row[0], row[1])
+
+
+def _done_size(row: list[Any]) -> int:
+    return len(row[0]) + len(row[3] or b"") + len(row[4] or "") + 32
+
+
+def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
+    """Raise ``exc_type`` asynchronously in thread ``ident`` (CPython only)."""
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc_type)
+    )
+    return n == 1
 
 
 class Node:
@@ -78,6 +111,10 @@ class Node:
         :func:`_make_executor` (``"pyqueue"`` when omitted).
     timings : Timings
         Heartbeat interval comes from here.
+    max_payload : int
+        Largest result sent back; a larger one fails its task with
+        :class:`~pyqueue.errors.PayloadTooLarge`.  The coordinator's own
+        limit, if smaller, wins.
 
     Thread safety
     -------------
@@ -95,6 +132,7 @@ class Node:
         name: str | None = None,
         timings: Timings = DEFAULT_TIMINGS,
         ssl_context: ssl.SSLContext | None = None,
+        max_payload: int = P.DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
@@ -115,22 +153,23 @@ class Node:
         self._lock = threading.RLock()
         self._held: dict[Key, cf.Future[Any]] = {}
         self._old_gen: set[Key] = set()  # still running from a previous connection
-        self._unacked: dict[Key, list[Any]] = {}
-        self._outbox: list[list[Any]] = []
-        self._inflight: dict[int, list[Key]] = {}
-        self._release: list[Key] = []
+        self._running: dict[Key, int] = {}  # started tasks -> their worker thread
+        self._terminating: set[Key] = set()  # TaskCancelled asked for
+        self._release: list[tuple[Key, bool]] = []  # (key, started)
         self._credit_dirty = False
-        self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self.stats = {
             "received": 0,
             "completed": 0,
+            "failed": 0,
             "accepted": 0,
             "duplicate": 0,
             "stale": 0,
             "unknown": 0,
             "released": 0,
+            "revoked": 0,
+            "terminated": 0,
             "max_held": 0,
         }
         self.channel = Channel(
@@ -141,9 +180,17 @@ class Node:
             on_message=self._on_message,
             on_connect=self._on_connect,
             ssl_context=ssl_context,
+            max_payload=max_payload,
         )
-        self._sender = threading.Thread(
-            target=self._send_loop, name="pyqueue-node-sender", daemon=True
+        self.outbox: Outbox[Key] = Outbox(
+            self.channel,
+            MsgType.DONE,
+            "results",
+            key=_done_key,
+            size=_done_size,
+            on_rejected=self._on_rejected,
+            before_send=self._send_control,
+            name="node-sender",
         )
         self._heart = threading.Thread(
             target=self._heartbeat_loop, name="pyqueue-node-heartbeat", daemon=True
@@ -153,7 +200,7 @@ class Node:
     def start(self) -> Node:
         """Connect (in the background) and start serving."""
         self.channel.start()
-        self._sender.start()
+        self.outbox.start()
         self._heart.start()
         return self
 
@@ -162,7 +209,16 @@ class Node:
         return self._stopped.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Graceful shutdown: release unstarted tasks, finish running ones, flush results."""
+        """Graceful shutdown, bounded by ``timeout`` seconds.
+
+        Asks for no more work and gives back every task that has not started,
+        then waits up to ``timeout`` for the running ones to finish and their
+        results to be acknowledged.  Tasks still running after that are given
+        back too, as lost by shutdown (the coordinator requeues them and
+        charges them one loss), and the method returns: a task stuck in a loop
+        cannot keep a node from stopping.  Its worker thread keeps running, so
+        a process that must exit should do so with ``os._exit`` afterwards.
+        """
         if self._stopping.is_set():
             self._stopped.wait(timeout)
             return
@@ -172,8 +228,8 @@ class Node:
             for key, fut in list(self._held.items()):
                 if fut.cancel():  # not started: give it back
                     del self._held[key]
-                    self._release.append(key)
-            self._wake.set()
+                    self._release.append((key, False))
+        self.outbox.wake()
         deadline = threading.Event()
         timer = threading.Timer(timeout, deadline.set)
         timer.daemon = True
@@ -181,133 +237,218 @@ class Node:
         try:
             while not deadline.is_set():
                 with self._lock:
-                    idle = not self._held and not self._unacked and not self._release
+                    idle = not self._held and not len(self.outbox) and not self._release
                 if idle or not self.channel.connected and not self._held:
                     break
                 deadline.wait(0.02)  # bounded poll of a condition spread over three threads
         finally:
             timer.cancel()
         with self._lock:
-            left = len(self._unacked) + len(self._held)
+            stuck = list(self._held)
+            self._held.clear()
+            self._release.extend((key, True) for key in stuck)
+        if stuck:
+            log.warning(
+                "node %s: grace period over, giving back %d running task(s) as lost by shutdown",
+                self.name,
+                len(stuck),
+                extra={"event": "stop_release_running", "count": len(stuck), "node": self.name},
+            )
+        self._send_control()
+        left = len(self.outbox)
         if left:
             log.warning(
-                "stopping with unfinished work", extra={"event": "stop_unflushed", "left": left}
+                "node %s stopping with %d unacknowledged result(s)",
+                self.name,
+                left,
+                extra={"event": "stop_unflushed", "left": left, "node": self.name},
             )
         self.channel.close()
-        self._wake.set()
+        self.outbox.close()
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
-        log.info("node stopped", extra={"event": "node_stopped", **self.stats})
+        log.info("node %s stopped", self.name, extra={"event": "node_stopped", **self.stats})
 
     # -- channel callbacks (reader thread) ---------------------------------------
+    def _free_capacity(self) -> int:
+        return 0 if self._stopping.is_set() else max(0, self.capacity - len(self._old_gen))
+
     def _on_connect(self) -> None:
         with self._lock:
             self._old_gen = set(self._held)
-            self._inflight.clear()
-            resend = list(self._unacked.values())
-            self._outbox = []  # everything in it is in resend too
-            cap = 0 if self._stopping.is_set() else max(0, self.capacity - len(self._old_gen))
+            cap = self._free_capacity()
             # Anything we were going to release belonged to the dead connection.
             self._release.clear()
         self.channel.send(MsgType.READY, {"capacity": cap, "name": self.name})
-        if resend:
+        if len(self.outbox):
             log.info(
-                "resending unacknowledged results", extra={"event": "resend", "count": len(resend)}
+                "node %s resending %d unacknowledged result(s)",
+                self.name,
+                len(self.outbox),
+                extra={"event": "resend", "count": len(self.outbox)},
             )
-            self._send_done(resend)
+        self.outbox.on_connect()
 
     def _on_message(self, msg: P.Message) -> None:
         if msg.type == MsgType.TASKS:
             self._on_tasks(msg.body["tasks"])
         elif msg.type == MsgType.DONE_ACK:
-            with self._lock:
-                keys = self._inflight.pop(msg.corr, None)
-                if keys is None:
-                    return
-                for key, verdict in zip(keys, msg.body["status"]):
-                    self._unacked.pop(key, None)
-                    self.stats[verdict] = self.stats.get(verdict, 0) + 1
-                    if verdict != "accepted":
-                        log.info(
-                            "result answered %s",
-                            verdict,
-                            extra={"event": "late_result", "task": key[0], "verdict": verdict},
-                        )
+            acked = self.outbox.acked(msg.corr)
+            if acked is None:
+                return
+            for (key, _), verdict in zip(acked, msg.body["status"]):
+                self.stats[verdict] = self.stats.get(verdict, 0) + 1
+                if verdict != "accepted":
+                    log.info(
+                        "node %s: result of task %s (attempt %d) answered %s",
+                        self.name,
+                        key[0],
+                        key[1],
+                        verdict,
+                        extra={"event": "late_result", "task": key[0], "verdict": verdict},
+                    )
+        elif msg.type == MsgType.REVOKE:
+            self._on_revoke(msg.corr, msg.body["tasks"])
         else:
-            log.warning("unexpected message %s", msg.type.name)
+            log.warning("node %s: unexpected message %s", self.name, msg.type.name)
 
     def _on_tasks(self, rows: list[list[Any]]) -> None:
         if self._stopping.is_set():
             with self._lock:
-                self._release.extend((str(r[0]), int(r[1])) for r in rows)
-                self._wake.set()
+                self._release.extend(((str(r[0]), int(r[1])), False) for r in rows)
+            self.outbox.wake()
             return
         submit = self.executor.submit
         with self._lock:
             for tid, token, payload in rows:
                 key = (tid, token)
-                fut = submit(run_payload, tid, token, payload)
+                fut = submit(self._run_task, key, payload)
                 self._held[key] = fut
                 fut.add_done_callback(functools.partial(self._on_finished, key))
             self.stats["received"] += len(rows)
             if len(self._held) > self.stats["max_held"]:
                 self.stats["max_held"] = len(self._held)
 
+    def _on_revoke(self, corr: int, rows: list[list[Any]]) -> None:
+        outcomes = []
+        with self._lock:
+            for tid, token, terminate in rows:
+                key = (str(tid), int(token))
+                fut = self._held.get(key)
+                if fut is None:
+                    outcomes.append("unknown")  # finished: its result is on the way
+                elif fut.cancel():
+                    del self._held[key]
+                    if key in self._old_gen:
+                        self._old_gen.discard(key)
+                        self._credit_dirty = True
+                    self.stats["revoked"] += 1
+                    outcomes.append("revoked")
+                elif terminate:
+                    if key not in self._terminating:
+                        self._terminating.add(key)
+                        ident = self._running.get(key)
+                        # Not yet registered: _run_task sees _terminating first.
+                        if ident is not None:
+                            _raise_in_thread(ident, TaskCancelled)
+                        self.stats["terminated"] += 1
+                    outcomes.append("terminating")
+                else:
+                    outcomes.append("running")
+        self.channel.send(MsgType.REVOKE_ACK, {"outcomes": outcomes}, corr)
+
+    # -- worker threads ----------------------------------------------------------------
+    def _run_task(self, key: Key, payload: bytes) -> tuple[bool, bytes, str | None, str]:
+        with self._lock:
+            if key in self._terminating:
+                raise TaskCancelled(f"task {key[0]} was cancelled before it started")
+            self._running[key] = threading.get_ident()
+        try:
+            return run_payload(key[0], key[1], payload)
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+
     def _on_finished(self, key: Key, fut: cf.Future[Any]) -> None:
         if fut.cancelled():
             return
         try:
-            ok, value, error = fut.result()
-        except BaseException as exc:  # run_payload never raises; an executor might
-            ok, value, error = False, None, f"executor failure: {exc!r}"
-        row = [key[0], key[1], ok, value, error]
+            ok, value, error, fn_name = fut.result()
+        except BaseException as exc:  # run_payload never raises; a terminate or executor might
+            ok, fn_name = False, "?"
+            value, error = encode_exception(exc)
+        with self._lock:
+            self._running.pop(key, None)
+            cancelled = key in self._terminating and not ok
+            self._terminating.discard(key)
+        limit = self.channel.max_payload
+        if ok and value is not None and len(value) > limit:
+            ok = False
+            value, error = encode_exception(
+                PayloadTooLarge(
+                    f"task {key[0]} returned {len(value)} bytes; the cluster's max_payload"
+                    f" is {limit}"
+                )
+            )
+        if error is not None and len(error) > _MAX_ERROR_TEXT:
+            error = error[: _MAX_ERROR_TEXT // 2] + "\n[...]\n" + error[-_MAX_ERROR_TEXT // 2 :]
+        if not ok:
+            self._log_failure(key, fn_name, error, cancelled)
+        row = [key[0], key[1], ok, value, error, cancelled]
         with self._lock:
             self._held.pop(key, None)
             if key in self._old_gen:
                 self._old_gen.discard(key)
                 self._credit_dirty = True
-            self._unacked[key] = row
-            self._outbox.append(row)
             self.stats["completed"] += 1
-        self._wake.set()
+            if not ok:
+                self.stats["failed"] += 1
+        self.outbox.put(row)
+
+    def _log_failure(self, key: Key, fn_name: str, error: str | None, cancelled: bool) -> None:
+        text = (error or "").rstrip()
+        last = text.rsplit("\n", 1)[-1] if text else "unknown error"
+        what = "was cancelled" if cancelled else "failed"
+        log.warning(
+            "node %s: task %s (%s, attempt %d) %s: %s",
+            self.name,
+            key[0],
+            fn_name,
+            key[1],
+            what,
+            last,
+            extra={"event": "task_failed", "task": key[0], "function": fn_name, "attempt": key[1]},
+        )
+        if text and log.isEnabledFor(logging.DEBUG):
+            log.debug("traceback of task %s (attempt %d):\n%s", key[0], key[1], text)
 
     # -- sender thread ---------------------------------------------------------------
-    def _send_done(self, rows: list[list[Any]]) -> None:
-        for i in range(0, len(rows), _DONE_BATCH):
-            chunk = rows[i : i + _DONE_BATCH]
-            corr = self.channel.next_corr()
-            with self._lock:
-                self._inflight[corr] = [(r[0], r[1]) for r in chunk]
-            if not self.channel.send(MsgType.DONE, {"results": chunk}, corr):
-                with self._lock:
-                    self._inflight.pop(corr, None)
-                return  # kept in _unacked; resent on reconnect
+    def _on_rejected(self, key: Key, row: list[Any], exc: BaseException) -> None:
+        # A result that cannot be encoded at all: send the failure instead.
+        value, error = encode_exception(exc)
+        self.outbox.put([key[0], key[1], False, value, error, False])
 
-    def _send_loop(self) -> None:
-        while not self._stopped.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopped.is_set():
-                return
-            with self._lock:
-                rows, self._outbox = self._outbox, []
-                release, self._release = self._release, []
-                credit = None
-                if self._credit_dirty:
-                    self._credit_dirty = False
-                    credit = (
-                        0 if self._stopping.is_set() else max(0, self.capacity - len(self._old_gen))
-                    )
-            if credit is not None:
-                self.channel.send(MsgType.CREDIT, {"capacity": credit})
-            if rows:
-                self._send_done(rows)
-            if release:
-                if self.channel.send(MsgType.RELEASE, {"tasks": [list(k) for k in release]}):
-                    self.stats["released"] += len(release)
+    def _send_control(self) -> None:
+        """Send a changed capacity and pending releases (sender thread, or stop())."""
+        with self._lock:
+            release, self._release = self._release, []
+            credit = None
+            if self._credit_dirty:
+                self._credit_dirty = False
+                credit = self._free_capacity()
+        if credit is not None:
+            self.channel.send(MsgType.CREDIT, {"capacity": credit})
+        if release:
+            rows = [[k[0], k[1], started] for k, started in release]
+            for batch in P.split_batches(rows, lambda r: len(r[0]) + 16):
+                if self.channel.send(MsgType.RELEASE, {"tasks": batch}):
+                    self.stats["released"] += len(batch)
 
     def _heartbeat_loop(self) -> None:
         period = self.timings.heartbeat
         while not self._stopped.wait(period):
-            self.channel.send(MsgType.HEARTBEAT, {})
+            try:
+                self.channel.send(MsgType.HEARTBEAT, {})
+            except Exception:  # keep beating: a silent node would be declared dead
+                log.exception("node %s: heartbeat failed", self.name)

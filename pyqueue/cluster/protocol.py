@@ -21,6 +21,21 @@ any of the body is buffered, so a peer cannot make us allocate more than
 ``handshake_max_frame`` (4 KiB), so unauthenticated peers can make us hold
 almost nothing.
 
+Messages larger than a frame
+----------------------------
+A message whose packed body is larger than ``max_frame`` (one big argument
+or result: numpy arrays are normal in pipelines) travels as a run of
+``CONTINUED`` frames, each carrying the next slice of the packed body as raw
+bytes, closed by one frame of the message's own type carrying the last slice.
+The decoder joins the slices and checks the running total against
+``max_message`` from each header, before buffering that frame, so a peer
+cannot make us hold more than ``max_message`` either.  A sender writes the
+frames of one message back to back; nothing is interleaved with them.
+
+Batches (tasks, results, acknowledgements) are cut by encoded size as well
+as by count (:func:`split_batches`), so a batch of many valid items never
+needs more than one frame; only a single item larger than a frame does.
+
 Handshake (mutual HMAC-SHA256 challenge on a shared key)
 --------------------------------------------------------
 ::
@@ -30,7 +45,7 @@ Handshake (mutual HMAC-SHA256 challenge on a shared key)
                        proof_s = HMAC(key, "pyq1-server" | nonce_c | nonce_s)
     client -> server   AUTH {proof_c}
                        proof_c = HMAC(key, "pyq1-client" | nonce_s | nonce_c)
-    server -> client   WELCOME {}
+    server -> client   WELCOME {max_payload}
 
 The client checks the server's proof before it reveals its own, and distinct
 labels per direction stop a reflected proof from being accepted.  No
@@ -90,15 +105,24 @@ __all__ = [
     "Event",
     "Connection",
     "encode_frame",
+    "encode_message",
+    "split_batches",
     "FrameDecoder",
 ]
 
 MAGIC = b"PYQ"
-VERSION = 1
+VERSION = 2  # 2: CONTINUED frames, REVOKE, cancel and release flags in rows
 PREAMBLE = MAGIC + bytes([VERSION])
 #: body length, message type, correlation id
 HEADER = struct.Struct(">IBI")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: largest argument or result a cluster carries by default
+DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
+#: room around one payload for its row and the message envelope
+ENVELOPE_BYTES = 64 * 1024
+#: a batch is cut once its items add up to this many bytes (or BATCH_COUNT items)
+BATCH_BYTES = 1024 * 1024
+BATCH_COUNT = 2048
 HANDSHAKE_MAX_FRAME = 4096
 NONCE_BYTES = 32
 _SERVER_LABEL = b"pyq1-server"
@@ -114,6 +138,7 @@ class MsgType(enum.IntEnum):
     AUTH = 3
     WELCOME = 4
     ERROR = 5
+    CONTINUED = 6  # raw bytes: the next slice of a message larger than one frame
     # client <-> coordinator
     SUBMIT = 10  # {"tasks": [[id, payload, retries, backoff, not_before], ...]}
     SUBMIT_ACK = 11  # {"states": [state, ...]} in submit order
@@ -121,8 +146,8 @@ class MsgType(enum.IntEnum):
         12  # {"ids": [...]}: push RESULTS when they end; corr != 0 -> SUBMIT_ACK {"unknown": ids}
     )
     RESULTS = 13  # {"results": [[id, state, value_bytes|None, error|None], ...]}
-    CANCEL = 14  # {"ids": [...]}
-    CANCEL_ACK = 15  # {"cancelled": [bool, ...]}
+    CANCEL = 14  # {"ids": [...], "terminate": bool}
+    CANCEL_ACK = 15  # {"cancelled": [bool, ...]}: sent once each is certain
     STATUS = 16  # {}
     STATUS_REPLY = 17  # {...}
     DEAD_LIST = 18  # {"limit": n}
@@ -132,15 +157,18 @@ class MsgType(enum.IntEnum):
     # node <-> coordinator
     READY = 30  # {"capacity": n, "name": str}
     TASKS = 31  # {"tasks": [[id, token, payload], ...]}
-    DONE = 32  # {"results": [[id, token, ok, value_bytes|None, error|None], ...]}
+    DONE = 32  # {"results": [[id, token, ok, value_bytes|None, error|None, cancelled], ...]}
     DONE_ACK = 33  # {"status": ["accepted"|"duplicate"|"stale", ...]}
-    RELEASE = 34  # {"tasks": [[id, token], ...]}
+    RELEASE = 34  # {"tasks": [[id, token, started], ...]}: started = lost by shutdown
     HEARTBEAT = 35  # {}
     CREDIT = 36  # {"capacity": n}
+    REVOKE = 37  # {"tasks": [[id, token, terminate], ...]}
+    REVOKE_ACK = 38  # {"outcomes": ["revoked"|"running"|"terminating"|"unknown", ...]}
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
 _HANDSHAKE_TYPES = frozenset({MsgType.HELLO, MsgType.CHALLENGE, MsgType.AUTH, MsgType.WELCOME})
+_CONTINUED = int(MsgType.CONTINUED)
 
 
 @dataclass(frozen=True, **_SLOTS)
@@ -166,17 +194,86 @@ Event = Union[Message, Authenticated]
 def encode_frame(
     mtype: int, corr: int, body: dict[str, Any], max_frame: int = DEFAULT_MAX_FRAME
 ) -> bytes:
-    """Encode one frame.
+    """Encode one message as exactly one frame.
 
     Raises
     ------
     FrameTooLarge
         If the encoded body is larger than ``max_frame``.
     """
+    return encode_message(mtype, corr, body, max_frame, max_frame)
+
+
+def encode_message(
+    mtype: int,
+    corr: int,
+    body: dict[str, Any],
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_message: int | None = None,
+) -> bytes:
+    """Encode one message: one frame, or CONTINUED frames and a last one.
+
+    Parameters
+    ----------
+    max_message : int, optional
+        Largest packed body; defaults to
+        ``DEFAULT_MAX_PAYLOAD + ENVELOPE_BYTES``.
+
+    Raises
+    ------
+    FrameTooLarge
+        If the packed body is larger than ``max_message``.
+    """
     packed = msgpack.packb(body, use_bin_type=True)
-    if len(packed) > max_frame:
-        raise FrameTooLarge(f"frame body of {len(packed)} bytes exceeds the maximum of {max_frame}")
-    return HEADER.pack(len(packed), mtype, corr & 0xFFFFFFFF) + packed
+    size = len(packed)
+    limit = DEFAULT_MAX_PAYLOAD + ENVELOPE_BYTES if max_message is None else max_message
+    if size > limit:
+        raise FrameTooLarge(f"message body of {size} bytes exceeds the maximum of {limit}")
+    corr &= 0xFFFFFFFF
+    if size <= max_frame:
+        return HEADER.pack(size, mtype, corr) + packed
+    view = memoryview(packed)
+    parts: list[bytes | memoryview] = []
+    last = (size - 1) // max_frame * max_frame
+    for start in range(0, last, max_frame):
+        parts.append(HEADER.pack(max_frame, _CONTINUED, corr))
+        parts.append(view[start : start + max_frame])
+    parts.append(HEADER.pack(size - last, mtype, corr))
+    parts.append(view[last:])
+    return b"".join(parts)
+
+
+def split_batches(
+    rows: list[Any],
+    size_of: Callable[[Any], int],
+    max_bytes: int = BATCH_BYTES,
+    max_count: int = BATCH_COUNT,
+) -> list[list[Any]]:
+    """Cut ``rows`` into batches of at most ``max_count`` rows and about
+    ``max_bytes`` bytes (``size_of`` estimates one row); a row larger than
+    ``max_bytes`` goes alone.  Order is kept; no batch is empty."""
+    if len(rows) <= max_count and len(rows) * 64 <= max_bytes:
+        # the common case of small rows: check sizes only when they could matter
+        total = 0
+        for row in rows:
+            total += size_of(row)
+            if total > max_bytes:
+                break
+        else:
+            return [rows] if rows else []
+    out: list[list[Any]] = []
+    batch: list[Any] = []
+    total = 0
+    for row in rows:
+        n = size_of(row)
+        if batch and (total + n > max_bytes or len(batch) >= max_count):
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(row)
+        total += n
+    if batch:
+        out.append(batch)
+    return out
 
 
 class FrameDecoder:
@@ -188,16 +285,31 @@ class FrameDecoder:
     Parameters
     ----------
     max_frame : int
-        Largest body accepted; can be changed later through :attr:`max_frame`
-        (the handshake uses a small limit and raises it once authenticated).
+        Largest frame body accepted; can be changed later through
+        :attr:`max_frame` (the handshake uses a small limit and raises it once
+        authenticated).
+    max_message : int, optional
+        Largest message reassembled from CONTINUED frames; 0 (the default
+        before authentication) accepts none.
     """
 
-    __slots__ = ("_buf", "_preamble_done", "max_frame", "_failed")
+    __slots__ = (
+        "_buf",
+        "_preamble_done",
+        "max_frame",
+        "max_message",
+        "_parts",
+        "_parts_len",
+        "_failed",
+    )
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, max_message: int = 0) -> None:
         self._buf = bytearray()
         self._preamble_done = False
         self.max_frame = max_frame
+        self.max_message = max_message
+        self._parts: list[bytes] = []  # slices of a message larger than a frame
+        self._parts_len = 0
         self._failed: ProtocolError | None = None
 
     @property
@@ -220,6 +332,7 @@ class FrameDecoder:
         except ProtocolError as exc:
             self._failed = exc
             self._buf = bytearray()
+            self._parts.clear()
             raise
 
     def _feed(self, data: bytes) -> list[tuple[int, int, dict[str, Any]]]:
@@ -252,11 +365,26 @@ class FrameDecoder:
                 )
             if mtype not in _KNOWN_TYPES:
                 raise MalformedFrame(f"unknown frame type {mtype}")
+            if self._parts_len or mtype == _CONTINUED:
+                if self._parts_len + length > self.max_message:
+                    raise FrameTooLarge(
+                        f"message of at least {self._parts_len + length} bytes exceeds the"
+                        f" maximum of {self.max_message}"
+                    )
             if end - pos - hsize < length:
                 break
             start = pos + hsize
             raw = bytes(buf[start : start + length])
             pos = start + length
+            if mtype == _CONTINUED:
+                self._parts.append(raw)
+                self._parts_len += length
+                continue
+            if self._parts:
+                self._parts.append(raw)
+                raw = b"".join(self._parts)
+                self._parts.clear()
+                self._parts_len = 0
             try:
                 body = msgpack.unpackb(raw, raw=False, use_list=True)
             except Exception as exc:  # msgpack raises many types on bad input
@@ -295,6 +423,9 @@ class Connection:
         Sent in HELLO by the connecting side ("node", "client", "admin").
     max_frame : int
         Largest frame body accepted once authenticated.
+    max_message : int
+        Largest message, reassembled from several frames, accepted once
+        authenticated (and sent: :meth:`send` refuses larger ones).
     nonce : callable
         Source of random nonces (injectable for tests).
     """
@@ -307,6 +438,7 @@ class Connection:
         role: str = "client",
         name: str = "",
         max_frame: int = DEFAULT_MAX_FRAME,
+        max_message: int = DEFAULT_MAX_PAYLOAD + ENVELOPE_BYTES,
         nonce: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not key:
@@ -315,7 +447,8 @@ class Connection:
         self.server = server
         self.role = role
         self.name = name
-        self.max_frame = max_frame
+        self.max_message = max_message
+        self.max_frame = min(max_frame, max_message)  # no frame may carry more than a message
         self._nonce = nonce
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._out: list[bytes] = []
@@ -324,6 +457,8 @@ class Connection:
         self._peer_nonce = b""
         self.peer_role = ""
         self.peer_name = ""
+        #: the largest payload the peer accepts (the coordinator says in WELCOME)
+        self.peer_max_payload = self.max_message - ENVELOPE_BYTES
         self._state = _State.AWAIT_HELLO if server else _State.AWAIT_CHALLENGE
         if not server:
             self._my_nonce = nonce(NONCE_BYTES)
@@ -357,14 +492,14 @@ class Connection:
         UnexpectedMessage
             If the handshake has not completed.
         FrameTooLarge
-            If the body encodes to more than ``max_frame`` bytes.
+            If the body encodes to more than ``max_message`` bytes.
         """
         if self._state is not _State.OPEN:
             raise UnexpectedMessage(f"cannot send {MsgType(mtype).name} before authentication")
-        self._out.append(encode_frame(mtype, corr, body, self.max_frame))
+        self._out.append(encode_message(mtype, corr, body, self.max_frame, self.max_message))
 
     def send_raw(self, frame: bytes) -> None:
-        """Queue a frame already built with :func:`encode_frame` (authenticated only)."""
+        """Queue frames already built with :func:`encode_message` (authenticated only)."""
         if self._state is not _State.OPEN:
             raise UnexpectedMessage("cannot send before authentication")
         self._out.append(frame)
@@ -449,7 +584,7 @@ class Connection:
             expected = _mac(self._key, _CLIENT_LABEL, self._my_nonce, self._peer_nonce)
             if not hmac.compare_digest(got, expected):
                 raise AuthenticationError("peer failed the HMAC challenge: wrong shared key")
-            self._queue(MsgType.WELCOME, 0, {})
+            self._queue(MsgType.WELCOME, 0, {"max_payload": self.max_message - ENVELOPE_BYTES})
             return self._open()
         if st is _State.AWAIT_CHALLENGE and mtype == MsgType.CHALLENGE:
             nonce = body.get("nonce")
@@ -469,6 +604,9 @@ class Connection:
             self._state = _State.AWAIT_WELCOME
             return None
         if st is _State.AWAIT_WELCOME and mtype == MsgType.WELCOME:
+            limit = body.get("max_payload")
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                self.peer_max_payload = limit
             return self._open()
         raise UnexpectedMessage(
             f"{_type_name(mtype)} not allowed during the handshake ({st.value})"
@@ -477,6 +615,7 @@ class Connection:
     def _open(self) -> Authenticated:
         self._state = _State.OPEN
         self._decoder.max_frame = self.max_frame
+        self._decoder.max_message = self.max_message
         return Authenticated(self.peer_role, self.peer_name)
 
 

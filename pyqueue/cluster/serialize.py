@@ -144,27 +144,30 @@ def encode_exception(exc: BaseException) -> tuple[bytes, str]:
     return data, tb
 
 
-def run_payload(task_id: str, attempt: int, payload: bytes) -> tuple[bool, bytes, str | None]:
-    """Run one task; return ``(ok, pickled value or exception, traceback text)``.
+def run_payload(task_id: str, attempt: int, payload: bytes) -> tuple[bool, bytes, str | None, str]:
+    """Run one task; return ``(ok, pickled value or exception, traceback text,
+    function name)``.
 
     Never raises for a task's own errors (they become the result).
     """
     _local.ctx = TaskContext(task_id, attempt)
+    name = "?"
     try:
         try:
             fn, args, kwargs = decode_call(payload)
+            name = getattr(fn, "__qualname__", None) or repr(fn)
             value = fn(*args, **kwargs)
         except Exception as exc:
             data, tb = encode_exception(exc)
-            return False, data, tb
+            return False, data, tb, name
         try:
-            return True, pickle.dumps(value, _PROTO), None
+            return True, pickle.dumps(value, _PROTO), None, name
         except Exception:
             try:
-                return True, cloudpickle.dumps(value, protocol=_PROTO), None
+                return True, cloudpickle.dumps(value, protocol=_PROTO), None, name
             except Exception as exc:
                 data, tb = encode_exception(TypeError(f"task result cannot be pickled: {exc!r}"))
-                return False, data, tb
+                return False, data, tb, name
     finally:
         _local.ctx = None
 

@@ -42,9 +42,11 @@ Not thread-safe; the coordinator calls it from its event loop only.
 from __future__ import annotations
 
 import abc
-import enum
+import fcntl
 import heapq
+import json
 import logging
+import os
 import random
 import sqlite3
 import sys
@@ -52,6 +54,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from pyqueue.errors import StoreLocked
+
+from .states import TERMINAL, TaskState
 
 # dataclass(slots=True) needs Python 3.10; the package supports 3.9
 _SLOTS: dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
@@ -68,21 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pyqueue.cluster.store")
-
-
-class TaskState(enum.IntEnum):
-    """Where a task is in its life.  Values are stored on disk: never renumber."""
-
-    SCHEDULED = 0
-    PENDING = 1
-    LEASED = 2
-    SUCCEEDED = 3
-    FAILED = 4
-    DEAD = 5
-    CANCELLED = 6
-
-
-TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
 
 
 @dataclass(**_SLOTS)
@@ -175,9 +166,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def complete(
-        self, node: str, task_id: str, token: int, ok: bool, value: bytes | None, error: str | None
+        self,
+        node: str,
+        task_id: str,
+        token: int,
+        ok: bool,
+        value: bytes | None,
+        error: str | None,
+        cancelled: bool = False,
     ) -> str:
-        """Record a node's completion.
+        """Record a node's completion (``cancelled``: it was terminated on request).
 
         Returns ``"accepted"`` for the first completion of the current attempt,
         ``"duplicate"`` when the task had already ended, ``"stale"`` when the
@@ -186,8 +184,16 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def release(self, node: str, task_id: str, token: int) -> bool:
-        """Give back a leased, unstarted task at its old queue position."""
+    def release(self, node: str, task_id: str, token: int, started: bool = False) -> bool:
+        """Give back a leased task at its old queue position.
+
+        ``started``: it ran but its node stopped before it finished (lost by
+        shutdown), which counts as one loss toward dead-lettering.
+        """
+
+    @abc.abstractmethod
+    def revoked(self, node: str, task_id: str, token: int) -> bool:
+        """The node confirmed it dropped a leased task before starting it: CANCELLED."""
 
     @abc.abstractmethod
     def node_lost(self, node: str) -> list[str]:
@@ -199,7 +205,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, ids: Iterable[str]) -> list[bool]:
-        """Cancel tasks that have not ended; True for each one cancelled."""
+        """Cancel tasks that are neither leased nor ended; True for each one cancelled.
+
+        A leased task is cancelled only once its node confirms it had not
+        started (:meth:`revoked`) or that it was terminated (:meth:`complete`).
+        """
 
     @abc.abstractmethod
     def requeue_dead(self, ids: Iterable[str]) -> list[bool]:
@@ -245,6 +255,9 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Commit and release resources."""
 
+    def describe_owner(self, address: str) -> None:  # noqa: B027 - optional hook
+        """Record where the coordinator that owns this store listens (optional)."""
+
 
 _COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
@@ -286,6 +299,14 @@ class SQLiteBackend(Backend):
         ``"FULL"`` to also survive power loss, at a cost per commit.
     seed : int or None
         Seeds the backoff jitter.
+
+    Raises
+    ------
+    StoreLocked
+        If another coordinator has the same store open.  The lock is an
+        exclusive ``flock`` on ``PATH.lock`` (the database itself stays
+        readable); the operating system drops it when its holder exits, even
+        by kill -9, so a stale lock file never needs removing by hand.
     """
 
     def __init__(
@@ -306,17 +327,28 @@ class SQLiteBackend(Backend):
         self._new: dict[str, None] = {}
         self._dirty: dict[str, None] = {}
         self._finished: list[str] = []
+        self._counts = [0] * len(TaskState)  # tasks per state, kept as they change
         self._seq = 0
         self.counters = {"accepted": 0, "duplicate": 0, "stale": 0, "unknown": 0}
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         if path is not None:
             if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
                 raise ValueError(f"bad synchronous mode {synchronous!r}")
+            self._lock_fd = _lock_store(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
             self._load()
+
+    def describe_owner(self, address: str) -> None:
+        """Write who holds the store (pid, address) into its lock file, for
+        the error a second coordinator prints."""
+        if self._lock_fd is not None:
+            info = json.dumps({"pid": os.getpid(), "address": address}).encode()
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, info, 0)
 
     # -- restart ----------------------------------------------------------
     def _load(self) -> None:
@@ -354,6 +386,7 @@ class SQLiteBackend(Backend):
                 self._dirty[tid] = None
                 requeued += 1
             self._tasks[tid] = rec
+            self._counts[rec.state] += 1
             if rec.state is TaskState.PENDING:
                 self._pending.append((seq, tid))
             elif rec.state is TaskState.SCHEDULED:
@@ -379,10 +412,16 @@ class SQLiteBackend(Backend):
         if rec.id not in self._new:
             self._dirty[rec.id] = None
 
+    def _set_state(self, rec: TaskRecord, state: TaskState) -> None:
+        counts = self._counts
+        counts[rec.state] -= 1
+        counts[state] += 1
+        rec.state = state
+
     def _finish(
         self, rec: TaskRecord, state: TaskState, result: bytes | None, error: str | None
     ) -> None:
-        rec.state = state
+        self._set_state(rec, state)
         rec.result = result
         rec.error = error
         rec.node = None
@@ -392,7 +431,7 @@ class SQLiteBackend(Backend):
         self._finished.append(rec.id)
 
     def _requeue(self, rec: TaskRecord) -> None:
-        rec.state = TaskState.PENDING
+        self._set_state(rec, TaskState.PENDING)
         rec.node = None
         heapq.heappush(self._pending, (rec.seq, rec.id))
         self._touch(rec)
@@ -423,6 +462,7 @@ class SQLiteBackend(Backend):
                     not_before=float(spec.not_before),
                 )
                 tasks[spec.id] = rec
+                self._counts[rec.state] += 1
                 self._new[spec.id] = None
                 if scheduled:
                     heapq.heappush(self._scheduled, (rec.not_before, seq, spec.id))
@@ -455,7 +495,7 @@ class SQLiteBackend(Backend):
                 self._finish(rec, TaskState.DEAD, None, f"hard cap of {cap} attempts reached")
                 continue
             rec.attempts += 1
-            rec.state = TaskState.LEASED
+            self._set_state(rec, TaskState.LEASED)
             rec.node = node
             held[tid] = None
             if tid not in self._new:
@@ -466,7 +506,14 @@ class SQLiteBackend(Backend):
         return out
 
     def complete(
-        self, node: str, task_id: str, token: int, ok: bool, value: bytes | None, error: str | None
+        self,
+        node: str,
+        task_id: str,
+        token: int,
+        ok: bool,
+        value: bytes | None,
+        error: str | None,
+        cancelled: bool = False,
     ) -> str:
         self._unlease(node, task_id)
         rec = self._tasks.get(task_id)
@@ -480,14 +527,16 @@ class SQLiteBackend(Backend):
             # LEASED with this token, or PENDING after its node was declared
             # lost but before anyone leased it again: first completion wins.
             verdict = "accepted"
-            if ok:
+            if cancelled:  # terminated on request: TaskCancelled was raised in it
+                self._finish(rec, TaskState.CANCELLED, None, "cancelled while running")
+            elif ok:
                 self._finish(rec, TaskState.SUCCEEDED, value, None)
             else:
                 rec.failures += 1
                 if rec.failures <= rec.retries:
                     delay = min(self.policy.backoff_cap, rec.backoff * 2 ** (rec.failures - 1))
                     delay *= self._rng.uniform(0.5, 1.5)  # jitter spreads retry storms
-                    rec.state = TaskState.SCHEDULED
+                    self._set_state(rec, TaskState.SCHEDULED)
                     rec.node = None
                     rec.not_before = time.time() + delay
                     heapq.heappush(self._scheduled, (rec.not_before, rec.seq, rec.id))
@@ -497,8 +546,7 @@ class SQLiteBackend(Backend):
         self.counters[verdict] += 1
         return verdict
 
-    def release(self, node: str, task_id: str, token: int) -> bool:
-        self._unlease(node, task_id)
+    def _leased_to(self, node: str, task_id: str, token: int) -> TaskRecord | None:
         rec = self._tasks.get(task_id)
         if (
             rec is None
@@ -506,9 +554,42 @@ class SQLiteBackend(Backend):
             or rec.attempts != token
             or rec.node != node
         ):
+            return None
+        return rec
+
+    def release(self, node: str, task_id: str, token: int, started: bool = False) -> bool:
+        self._unlease(node, task_id)
+        rec = self._leased_to(node, task_id, token)
+        if rec is None:
             return False
-        self._requeue(rec)
+        if started:  # it ran and did not finish before its node stopped
+            self._charge_loss(rec, node, "its node stopped under it")
+        else:
+            self._requeue(rec)
         return True
+
+    def revoked(self, node: str, task_id: str, token: int) -> bool:
+        self._unlease(node, task_id)
+        rec = self._leased_to(node, task_id, token)
+        if rec is None:
+            return False
+        self._finish(rec, TaskState.CANCELLED, None, "cancelled before it started")
+        return True
+
+    def _charge_loss(self, rec: TaskRecord, node: str, why: str) -> None:
+        rec.lost += 1
+        if rec.lost >= self.policy.max_lost:
+            self._finish(rec, TaskState.DEAD, None, f"{why} {rec.lost} times")
+            log.warning(
+                "task %s dead-lettered: %s %d times (last on node %s)",
+                rec.id,
+                why,
+                rec.lost,
+                node,
+                extra={"event": "dead_letter", "task": rec.id, "lost": rec.lost, "node": node},
+            )
+        else:
+            self._requeue(rec)
 
     def node_lost(self, node: str) -> list[str]:
         held = self._by_node.pop(node, None)
@@ -519,16 +600,8 @@ class SQLiteBackend(Backend):
             rec = self._tasks[tid]
             if rec.state is not TaskState.LEASED or rec.node != node:
                 continue  # cancelled meanwhile
-            rec.lost += 1
             out.append(tid)
-            if rec.lost >= self.policy.max_lost:
-                self._finish(rec, TaskState.DEAD, None, f"its node died under it {rec.lost} times")
-                log.warning(
-                    "task dead-lettered",
-                    extra={"event": "dead_letter", "task": tid, "lost": rec.lost},
-                )
-            else:
-                self._requeue(rec)
+            self._charge_loss(rec, node, "its node died under it")
         return out
 
     def leased_count(self, node: str) -> int:
@@ -539,11 +612,9 @@ class SQLiteBackend(Backend):
         out = []
         for tid in ids:
             rec = self._tasks.get(tid)
-            if rec is None or rec.state in TERMINAL:
-                out.append(False)
+            if rec is None or rec.state in TERMINAL or rec.state is TaskState.LEASED:
+                out.append(False)  # a leased task is revoked through its node
                 continue
-            # A LEASED task stays counted against its node's credits until the
-            # node reports it; that completion will be answered "duplicate".
             self._finish(rec, TaskState.CANCELLED, None, "cancelled")
             out.append(True)
         return out
@@ -632,9 +703,7 @@ class SQLiteBackend(Backend):
         return out
 
     def stats(self) -> dict[str, Any]:
-        counts = {s.name.lower(): 0 for s in TaskState}
-        for rec in self._tasks.values():
-            counts[rec.state.name.lower()] += 1
+        counts = {st.name.lower(): self._counts[st] for st in TaskState}
         return {"tasks": counts, "completions": dict(self.counters)}
 
     def commit(self) -> None:
@@ -701,3 +770,34 @@ class SQLiteBackend(Backend):
             self.commit()
             self._db.close()
             self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def _lock_store(path: str) -> int:
+    """Take the store's exclusive lock, or raise StoreLocked naming the holder."""
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        who = f"pid {holder.get('pid', '?')}"
+        if holder.get("address"):
+            who += f", listening on {holder['address']}"
+        raise StoreLocked(
+            f"store {path} is in use by another coordinator ({who}); one store serves one"
+            " coordinator"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    info = json.dumps({"pid": os.getpid(), "address": None}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info, 0)
+    return fd

@@ -92,6 +92,37 @@ def wait_file(path: str, timeout: float = 30.0) -> str:
     return path
 
 
+def echo(data: bytes) -> bytes:
+    """Return the argument: large arguments and large results in one task."""
+    _record()
+    return data
+
+
+def make_bytes(n: int) -> bytes:
+    """A result of ``n`` bytes from a tiny argument."""
+    _record()
+    return bytes(n)
+
+
+def spin_until_cancelled(started_path: str, saw_path: str, timeout: float = 30.0) -> str:
+    """Mark that it started, then loop in Python code until TaskCancelled
+    arrives (recorded in ``saw_path`` and re-raised) or ``timeout``."""
+    from pyqueue.errors import TaskCancelled
+
+    _record()
+    with open(started_path, "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+    except TaskCancelled:
+        with open(saw_path, "w"):
+            pass
+        raise
+    return "not cancelled"
+
+
 def exit_now(code: int) -> None:
     """A poison task that ends its node process with ``os._exit(code)``."""
     _record()

@@ -123,7 +123,7 @@ def test_garbage_bytes_raise_preamble_error():
 
 def test_wrong_version_raises_version_error_naming_both_versions():
     s = P.Connection(KEY, server=True)
-    with pytest.raises(VersionError, match="version 9.*version 1"):
+    with pytest.raises(VersionError, match=f"version 9.*version {P.VERSION}"):
         s.receive_data(P.MAGIC + bytes([9]))
 
 
@@ -318,3 +318,77 @@ def test_parse_address():
     for bad in ("nohost", "h:x", "h:70000"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+# -- messages larger than a frame, and batches cut by size ------------------------------
+
+
+def _open_pair(max_frame: int, max_message: int) -> tuple[P.Connection, P.Connection]:
+    c = P.Connection(KEY, server=False, max_frame=max_frame, max_message=max_message)
+    s = P.Connection(KEY, server=True, max_frame=max_frame, max_message=max_message)
+    for _ in range(3):
+        s.receive_data(c.data_to_send())
+        c.receive_data(s.data_to_send())
+    assert c.authenticated and s.authenticated
+    return c, s
+
+
+def test_message_larger_than_a_frame_is_split_and_reassembled():
+    c, s = _open_pair(max_frame=1000, max_message=10_000)
+    blob = os.urandom(4500)
+    c.send(MsgType.SUBMIT, {"tasks": [["a", blob, 0, 1.0, 0.0]]}, corr=7)
+    wire = c.data_to_send()
+    assert wire.count(bytes([MsgType.CONTINUED])) >= 4  # really several frames
+    events = []
+    for i in range(0, len(wire), 333):  # arrives in arbitrary pieces
+        events += s.receive_data(wire[i : i + 333])
+    (msg,) = events
+    assert msg.type == MsgType.SUBMIT and msg.corr == 7
+    assert msg.body["tasks"][0][1] == blob
+
+
+def test_reassembly_limit_is_enforced_from_headers_before_buffering():
+    big = P.encode_message(MsgType.SUBMIT, 1, {"x": b"a" * 5000}, max_frame=1000, max_message=10**6)
+    d = P.FrameDecoder(max_frame=1000, max_message=3000)
+    header_and_a_bit = P.PREAMBLE + big[: 3 * (P.HEADER.size + 1000) + P.HEADER.size]
+    with pytest.raises(FrameTooLarge, match="exceeds the maximum of 3000"):
+        d.feed(header_and_a_bit)
+
+
+def test_continued_frames_are_refused_before_authentication():
+    s = P.Connection(KEY, server=True)
+    frame = P.HEADER.pack(10, MsgType.CONTINUED, 0) + b"0123456789"
+    with pytest.raises(FrameTooLarge):
+        s.receive_data(P.PREAMBLE + frame)
+
+
+def test_message_over_max_message_is_refused_by_the_sender():
+    with pytest.raises(FrameTooLarge, match="exceeds the maximum of 2000"):
+        P.encode_message(MsgType.SUBMIT, 0, {"x": b"a" * 3000}, max_frame=1000, max_message=2000)
+
+
+def test_peer_limit_is_announced_in_welcome():
+    c, _ = _open_pair(max_frame=1000, max_message=5000 + P.ENVELOPE_BYTES)
+    assert c.peer_max_payload == 5000
+
+
+def test_split_batches_edges():
+    size = len
+    assert P.split_batches([], size) == []
+    assert P.split_batches([b"a"], size) == [[b"a"]]
+    # many small rows: cut by count
+    rows = [b"x"] * 5000
+    batches = P.split_batches(rows, size, max_bytes=10**6, max_count=2048)
+    assert [len(b) for b in batches] == [2048, 2048, 904]
+    # rows adding up past the byte limit: cut by size, order kept, none empty
+    rows = [bytes([i]) * 400 for i in range(10)]
+    batches = P.split_batches(rows, size, max_bytes=1000, max_count=100)
+    assert [len(b) for b in batches] == [2, 2, 2, 2, 2]
+    assert [r for b in batches for r in b] == rows
+    # a row larger than the limit goes alone
+    rows = [b"s", b"h" * 5000, b"t"]
+    assert P.split_batches(rows, size, max_bytes=1000) == [[b"s"], [b"h" * 5000], [b"t"]]
+    # no batch of valid rows ever encodes past a frame
+    rows = [["id", os.urandom(30_000)] for _ in range(3000)]
+    for batch in P.split_batches(rows, lambda r: len(r[1]) + 16):
+        assert len(P.encode_frame(MsgType.SUBMIT, 0, {"tasks": batch})) <= P.DEFAULT_MAX_FRAME

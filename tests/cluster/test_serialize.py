@@ -54,10 +54,12 @@ def test_unpicklable_arguments_fall_back_to_cloudpickle():
 
 
 def test_run_payload_sets_context_and_captures_errors():
-    ok, data, tb = run_payload("t-1", 3, encode_call(T.context, (), {}))
+    ok, data, tb, name = run_payload("t-1", 3, encode_call(T.context, (), {}))
+    assert name == "context"
     assert ok and pickle.loads(data) == ("t-1", 3) and tb is None
     assert current_task() is None  # cleared after the task
-    ok, data, tb = run_payload("t-2", 1, encode_call(T.boom, ("bad",), {}))
+    ok, data, tb, name = run_payload("t-2", 1, encode_call(T.boom, ("bad",), {}))
+    assert name == "boom"
     assert not ok and "ValueError: bad" in tb
     with pytest.raises(ValueError, match="bad") as ei:
         decode_result(ok, data, tb)
@@ -74,7 +76,7 @@ def _raise_unpicklable():
 
 
 def test_exceptions_that_do_not_pickle_become_remote_task_errors():
-    ok, data, tb = run_payload("t", 1, encode_call(_raise_unpicklable, (), {}))
+    ok, data, tb, _ = run_payload("t", 1, encode_call(_raise_unpicklable, (), {}))
     with pytest.raises(RemoteTaskError) as ei:
         decode_result(ok, data, tb)
     assert ei.value.remote_type == "Unpicklable"

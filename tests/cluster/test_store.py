@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
 import pytest
 
 from pyqueue.cluster.store import Policy, SQLiteBackend, SubmitSpec, TaskState
+from pyqueue.errors import StoreLocked
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -140,16 +142,60 @@ def test_app_error_retry_uses_backoff_then_runs_again(store):
     assert store.get("a").state is TaskState.FAILED and store.get("a").failures == 3
 
 
-def test_cancel_pending_and_leased(store):
+def test_cancel_ends_unleased_tasks_and_leaves_leased_ones_to_their_node(store):
     sub(store, "a", "b")
     store.lease("n", 1)  # a leased
-    assert store.cancel(["a", "b", "zz"]) == [True, True, False]
+    # a leased task is not cancelled by the store alone: its node may have started it
+    assert store.cancel(["a", "b", "zz"]) == [False, True, False]
+    assert store.get("a").state is TaskState.LEASED
+    assert store.get("b").state is TaskState.CANCELLED
     assert store.lease("n", 5) == []
-    # the node still holds a until it reports it
-    assert store.leased_count("n") == 1
-    assert store.complete("n", "a", 1, True, b"r", None) == "duplicate"
-    assert store.leased_count("n") == 0
+
+
+def test_revoked_lease_ends_cancelled_and_frees_the_slot(store):
+    sub(store, "a")
+    (le,) = store.lease("n", 1)
+    assert not store.revoked("n", "a", le.token + 1)  # a stale token is refused
+    assert not store.revoked("other", "a", le.token)  # so is another node
+    assert store.revoked("n", "a", le.token)
     assert store.get("a").state is TaskState.CANCELLED
+    assert store.leased_count("n") == 0
+    assert store.complete("n", "a", le.token, True, b"r", None) == "duplicate"
+
+
+def test_terminated_completion_ends_cancelled_not_failed_nor_retried(store):
+    sub(store, "a", retries=3)
+    (le,) = store.lease("n", 1)
+    verdict = store.complete("n", "a", le.token, False, b"exc", "TaskCancelled", cancelled=True)
+    assert verdict == "accepted"
+    assert store.get("a").state is TaskState.CANCELLED
+
+
+def test_release_of_a_started_task_counts_a_loss_and_dead_letters_at_the_limit(store):
+    sub(store, "a")
+    for n in range(1, 5):
+        (le,) = store.lease("n", 1)
+        assert store.release("n", "a", le.token, started=True)
+        assert store.get("a").lost == n
+    assert store.get("a").state is TaskState.DEAD
+    sub(store, "b")
+    (le,) = store.lease("n", 1)
+    assert store.release("n", "b", le.token)  # not started: no loss
+    assert store.get("b").lost == 0 and store.get("b").state is TaskState.PENDING
+
+
+def test_stats_counts_follow_every_transition(store):
+    sub(store, "a", "b", "c", "d")
+    (la, lb) = store.lease("n", 2)
+    store.complete("n", "a", la.token, True, b"r", None)
+    store.cancel(["c"])
+    counts = store.stats()["tasks"]
+    assert counts["succeeded"] == 1 and counts["leased"] == 1
+    assert counts["cancelled"] == 1 and counts["pending"] == 1
+    store.node_lost("n")
+    counts = store.stats()["tasks"]
+    assert counts["leased"] == 0 and counts["pending"] == 2
+    assert sum(counts.values()) == 4
 
 
 def test_scheduled_submit_waits_for_its_time(store):
@@ -169,7 +215,8 @@ def test_restart_reloads_pending_and_leased(tmp_path):
     b.complete("n", "a", 1, True, b"ra", None)
     b.commit()
     sub(b, "uncommitted")  # never committed: must not survive
-    b._db.close()  # simulate a crash: no final commit
+    b._db.close()  # simulate a crash: no final commit, and the OS drops the lock
+    os.close(b._lock_fd)
     b2 = SQLiteBackend(path)
     assert b2.get("uncommitted") is None
     assert b2.get("a").state is TaskState.SUCCEEDED
@@ -179,6 +226,20 @@ def test_restart_reloads_pending_and_leased(tmp_path):
     assert [(le.id, le.token) for le in b2.lease("m", 5)] == [("b", 2), ("c", 1), ("d", 1)]
     assert sub(b2, "a") == [TaskState.SUCCEEDED]  # idempotent across restarts
     b2.close()
+
+
+def test_second_backend_on_one_store_is_refused_naming_the_holder(tmp_path):
+    path = str(tmp_path / "s.db")
+    first = SQLiteBackend(path)
+    first.describe_owner("127.0.0.1:7878")
+    with pytest.raises(StoreLocked, match=rf"pid {os.getpid()}, listening on 127.0.0.1:7878"):
+        SQLiteBackend(path)
+    sub(first, "a")  # the holder is unaffected
+    first.commit()
+    first.close()
+    again = SQLiteBackend(path)  # free once the holder closed it
+    assert again.get("a").state is TaskState.PENDING
+    again.close()
 
 
 def test_store_uses_wal_and_one_transaction_per_commit(tmp_path):
