@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from pyqueue.errors import KeyNotFound
+from pyqueue.errors import KeyNotFound, StoreLocked
 
 from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, load_key, parse_address
 
@@ -81,6 +81,8 @@ def _startup(context: str = "") -> Iterator[None]:
         yield
     except _StartupError:
         raise
+    except StoreLocked as exc:
+        raise _StartupError(" ".join(str(exc).split())) from exc  # it names the store itself
     except (KeyNotFound, ValueError, OSError, sqlite3.Error) as exc:
         if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
             reason = os.strerror(exc.errno)  # asyncio's bind error repeats the address

@@ -103,6 +103,19 @@ def test_startup_error_is_one_line_and_exit_2(harness, tmp_path, case):
     assert want in lines[0], lines[0]
 
 
+def test_second_coordinator_on_a_store_is_one_line(harness, tmp_path):
+    store = tmp_path / "q.db"
+    first = harness.coordinator(str(store))
+    out = _run(
+        ["coordinator", "--bind", "127.0.0.1:0", "--store", str(store)], harness.env, tmp_path
+    )
+    assert out.returncode == 2, out
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("pyqueue coordinator: store ") and f"pid {first.pid}" in lines[0]
+    assert first.poll() is None
+
+
 def _option_help(text: str, option: str) -> str:
     """The help entry of ``option`` (its lines under "options:", joined)."""
     entries: dict[str, list[str]] = {}

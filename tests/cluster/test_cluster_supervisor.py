@@ -3,6 +3,7 @@ no orphan after kill -9, and SIGTERM with a task that never returns."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -172,7 +173,10 @@ def test_kill9_of_a_worker_is_restarted_by_local_cluster(key_env):
         assert sup.poll() is None
 
 
-def test_sigterm_with_a_stuck_task_exits_within_grace_and_requeues_it(harness):
+@pytest.mark.parametrize("target", ["supervisor", "group"])
+def test_sigterm_with_a_stuck_task_exits_within_grace_and_requeues_it(harness, target):
+    """``group``: SIGTERM to the supervisor and the worker at once, as a service
+    manager does; the forwarded copy must not count as a second SIGTERM."""
     harness.coordinator(None, False)
     a = harness.node(1, 0, "a", False, "--grace", "1")
     c = harness.client()
@@ -181,7 +185,10 @@ def test_sigterm_with_a_stuck_task_exits_within_grace_and_requeues_it(harness):
     wait_until(lambda: harness.executions()["stuck"] == 1, 20, "the task to start")
     worker = _worker(a)
     t0 = time.monotonic()
-    harness.kill(a, signal.SIGTERM)
+    if target == "group":
+        os.killpg(a.pid, signal.SIGTERM)
+    else:
+        harness.kill(a, signal.SIGTERM)
     rc = a.wait(1 + 2)
     took = time.monotonic() - t0
     assert rc == 0, harness.log(a)
