@@ -2,6 +2,15 @@
 
 Wired into ``python -m pyqueue coordinator|node|status``; also runnable as
 ``python -m pyqueue.cluster.cli coordinator ...``.
+
+A startup error (no key, a bad address, a port in use, an unreadable key
+file, a missing store folder, a store held by another coordinator) is one
+line on stderr, ``pyqueue <command>: <message>``, and exit code 2.
+
+``pyqueue node`` is a :class:`~pyqueue.cluster.supervisor.Supervisor` whose
+child (the same command line plus ``--no-supervise``) is the node: it is
+restarted after a crash, and on SIGTERM it stops leasing, gives its running
+tasks ``--grace`` seconds and hands back the rest before it exits.
 """
 
 from __future__ import annotations
@@ -340,11 +349,16 @@ def main_node(argv: list[str] | None = None) -> int:
     _timing_args(p)
     _common(p)
     a = p.parse_args(argv)
+    supervisor = None
+    if a.no_supervise:
+        from .supervisor import die_with_supervisor
+
+        supervisor = die_with_supervisor()  # first: no orphan even if startup hangs
     _setup_logging(a.log_level, a.log_json)
     key, ctx, paths = _node_preflight(a)
     if not a.no_supervise:
         return _supervise(a, argv)
-    return _run_node(a, key, ctx, paths)
+    return _run_node(a, key, ctx, paths, supervisor)
 
 
 def _supervise(a: argparse.Namespace, argv: list[str]) -> int:
@@ -365,12 +379,15 @@ def _supervise(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _run_node(
-    a: argparse.Namespace, key: bytes, ctx: ssl.SSLContext | None, paths: list[str]
+    a: argparse.Namespace,
+    key: bytes,
+    ctx: ssl.SSLContext | None,
+    paths: list[str],
+    supervisor: int | None,
 ) -> int:
     from .node import Node
-    from .supervisor import block_child_signals, die_with_supervisor, serve_until_signalled
+    from .supervisor import block_child_signals, serve_until_signalled
 
-    supervisor = die_with_supervisor()
     block_child_signals()  # before any thread starts: they all inherit the mask
     # Like `python -m`, and like LocalCluster's nodes: the user's modules next to them.
     sys.path[:0] = [d for d in paths if d not in sys.path]

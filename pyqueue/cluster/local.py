@@ -60,6 +60,10 @@ def child_env(key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
 class LocalCluster:
     """Start a coordinator and ``nodes`` node processes; hand out a :class:`Client`.
 
+    Each node is ``pyqueue node``, so it is supervised: a node process that
+    crashes (a task called ``os._exit``, say) is restarted with backoff, and
+    :attr:`nodes` holds the supervisors' processes.
+
     Parameters
     ----------
     nodes : int
