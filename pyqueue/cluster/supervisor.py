@@ -8,16 +8,19 @@ child and is the only thing between the user and that child:
   ``os._exit``) is logged at WARNING and the child is restarted after an
   exponential backoff; more than ``max_restarts`` crashes within
   ``restart_window`` seconds is logged at ERROR and the supervisor exits 1;
-* a child that exits 0 stopped on purpose and is not restarted;
+* a child that exits 0 stopped on purpose and is not restarted; one that
+  exits 2 could not start (bad configuration) and is not restarted either;
 * SIGTERM or SIGINT is forwarded to the child as SIGTERM (the child then
-  stops gracefully, see :func:`serve_until_signalled`); a second one, or a
-  child still running ``grace + 5`` seconds later, gets the child SIGKILLed;
+  stops gracefully, see :func:`serve_until_signalled`), except one from the
+  terminal, which reached the child's process group already; a second one,
+  or a child still running ``grace + 5`` seconds later, gets the child
+  SIGKILLed and the supervisor exits 1;
 * the child dies with its supervisor (``PR_SET_PDEATHSIG``, see
   :func:`die_with_supervisor`), so ``kill -9`` of the supervisor leaves no
   orphan running tasks and the coordinator requeues what it held.
 
-Both sides wait for signals with ``sigtimedwait`` on a blocked set instead of
-handlers: there is no window in which a signal is lost, and the sender's pid
+Both sides wait for signals with ``sigtimedwait``/``sigwaitinfo`` on a blocked
+set instead of handlers: there is no window in which a signal is lost, and the sender's pid
 (``si_pid``) and origin (``si_code``) are known, which is how a forwarded
 SIGTERM is told apart from one the user sent.
 
@@ -40,7 +43,13 @@ import time
 from collections.abc import Sequence
 from typing import Callable
 
-__all__ = ["Supervisor", "die_with_supervisor", "serve_until_signalled", "describe_exit"]
+__all__ = [
+    "Supervisor",
+    "block_child_signals",
+    "describe_exit",
+    "die_with_supervisor",
+    "serve_until_signalled",
+]
 
 log = logging.getLogger("pyqueue.cluster.supervisor")
 
@@ -93,9 +102,15 @@ class Supervisor:
 
     Notes
     -----
-    :meth:`run` must be called from the main thread of a process with no other
-    threads: the blocked signal mask is per thread, and ``PR_SET_PDEATHSIG``
-    fires when the thread that started the child exits.
+    Call :meth:`run` from the main thread of a process with no other threads:
+    the blocked signal mask is per thread (another thread could take a
+    SIGTERM meant for the supervisor), and ``PR_SET_PDEATHSIG`` fires when the
+    thread that started the child exits, not the process.
+
+    The child starts with SIGCHLD, SIGTERM and SIGINT blocked, so a signal
+    that arrives while it starts up waits for it instead of killing it; a
+    pyqueue node sets its own mask (:func:`block_child_signals`), any other
+    child must unblock them itself.
     """
 
     def __init__(

@@ -92,6 +92,31 @@ def test_supervisor_reports_the_signal_that_killed_the_child(tmp_path):
     assert "(last: signal SIGKILL); giving up" in out.stderr
 
 
+def test_supervisor_kills_a_child_still_running_grace_plus_5_s_after_sigterm(tmp_path):
+    # The child never unblocks SIGTERM (inherited blocked): it ignores it.
+    child = "import time; open('ready', 'w').close(); time.sleep(120)"
+    package_parent = str(Path(pyqueue.__file__).resolve().parent.parent)
+    script = (
+        f"import logging, sys; sys.path.insert(0, {package_parent!r}); "
+        "from pyqueue.cluster.supervisor import Supervisor; "
+        "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s'); "
+        f"sys.exit(Supervisor([sys.executable, '-c', {child!r}], name='unit', grace=0.5).run())"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: (tmp_path / "ready").exists(), 20, "the child to start")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert 5.5 <= time.monotonic() - t0 < 9
+    assert "still running 5.5 s after SIGTERM; killing it" in err
+
+
 def test_poison_task_under_supervised_nodes(harness):
     harness.coordinator(None, False)  # deaths are seen as closed connections
     nodes = [
