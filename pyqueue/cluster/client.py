@@ -8,8 +8,9 @@ task).
 
 Memory: the client holds a task's handle only weakly, so a program that
 submits and forgets (fire-and-forget) stays flat in memory.  What it keeps
-per task is the submit itself until it is acknowledged, then only the task's
-id until :meth:`Client.results` yields it (about 100 bytes); a result that
+per task is the submit itself until it is acknowledged, then only a note
+that :meth:`Client.results` has not yielded it yet: one bit for an id the
+client made, the id itself for one you chose; a result that
 arrives for a handle nobody holds any more is dropped, and fetched again from
 the coordinator if ``results()`` asks for it later.
 """
@@ -43,6 +44,41 @@ __all__ = ["Client", "ClusterTask"]
 log = logging.getLogger("pyqueue.cluster.client")
 
 _MISSING = object()
+
+
+class _SerialSet:
+    """A set of small non-negative integers, one bit each (the serial numbers
+    of the ids a client makes)."""
+
+    __slots__ = ("_bits", "_len")
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._len = 0
+
+    def add(self, n: int) -> None:
+        byte, bit = n >> 3, 1 << (n & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits) // 2)))
+        if not self._bits[byte] & bit:
+            self._bits[byte] |= bit
+            self._len += 1
+
+    def discard(self, n: int) -> None:
+        byte, bit = n >> 3, 1 << (n & 7)
+        if byte < len(self._bits) and self._bits[byte] & bit:
+            self._bits[byte] &= ~bit & 0xFF
+            self._len -= 1
+
+    def __len__(self) -> int:
+        return self._len
+
+    def take(self) -> list[int]:
+        """Every member, in order; the set is left empty."""
+        out = [(i << 3) | b for i, v in enumerate(self._bits) if v for b in range(8) if v >> b & 1]
+        self._bits = bytearray()
+        self._len = 0
+        return out
 
 
 def _submit_key(row: list[Any]) -> str:
@@ -241,7 +277,10 @@ class Client:
         self._tasks: weakref.WeakValueDictionary[str, ClusterTask] = weakref.WeakValueDictionary()
         self._waits: set[int] = set()
         self._replies: dict[int, queue.SimpleQueue[dict[str, Any]]] = {}
-        self._unyielded: dict[str, None] = {}  # ids for results() with no argument
+        # what results() with no argument yields: the ids we made, as serial
+        # numbers, and the ids callers chose
+        self._unyielded_serials = _SerialSet()
+        self._unyielded: dict[str, None] = {}
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{os.urandom(4).hex()}-"
         self._closed = threading.Event()
@@ -349,9 +388,13 @@ class Client:
                 f"the call's arguments pickle to {len(payload)} bytes; the cluster's"
                 f" max_payload is {limit}"
             )
-        tid = task_id if task_id is not None else self._prefix + str(next(self._ids))
-        if not isinstance(tid, str) or not tid or len(tid) > 512:
+        if task_id is None:
+            serial = next(self._ids)
+            tid = self._prefix + str(serial)
+        elif not isinstance(task_id, str) or not task_id or len(task_id) > 512:
             raise ValueError("task_id must be a non-empty string of at most 512 characters")
+        else:
+            serial, tid = -1, task_id
         row = [
             tid,
             payload,
@@ -364,7 +407,11 @@ class Client:
             if handle is None:
                 handle = ClusterTask(tid, self)
                 self._tasks[tid] = handle
-            if yield_later:
+            if not yield_later:
+                pass
+            elif serial >= 0:
+                self._unyielded_serials.add(serial)
+            else:
                 self._unyielded[tid] = None
         self.outbox.put(row)
         return handle
@@ -420,7 +467,10 @@ class Client:
     def _take_unyielded(self) -> list[ClusterTask]:
         fetch = []
         with self._lock:
-            ids, self._unyielded = list(self._unyielded), {}
+            prefix = self._prefix
+            ids = [prefix + str(n) for n in self._unyielded_serials.take()]
+            ids += self._unyielded
+            self._unyielded = {}
             todo = []
             for tid in ids:
                 h = self._tasks.get(tid)
@@ -434,7 +484,11 @@ class Client:
         return todo
 
     def _collected(self, task_id: str) -> None:
-        if task_id in self._unyielded:
+        prefix = self._prefix
+        if task_id.startswith(prefix) and task_id[len(prefix) :].isdigit():
+            with self._lock:
+                self._unyielded_serials.discard(int(task_id[len(prefix) :]))
+        elif task_id in self._unyielded:
             with self._lock:
                 self._unyielded.pop(task_id, None)
 
