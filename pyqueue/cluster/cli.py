@@ -2,20 +2,35 @@
 
 Wired into ``python -m pyqueue coordinator|node|status``; also runnable as
 ``python -m pyqueue.cluster.cli coordinator ...``.
+
+A startup error (no key, a bad address, a port in use, an unreadable key
+file, a missing store folder, a store held by another coordinator) is one
+line on stderr, ``pyqueue <command>: <message>``, and exit code 2.
+
+``pyqueue node`` is a :class:`~pyqueue.cluster.supervisor.Supervisor` whose
+child (the same command line plus ``--no-supervise``) is the node: it is
+restarted after a crash, and on SIGTERM it stops leasing, gives its running
+tasks ``--grace`` seconds and hands back the rest before it exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
 import signal
+import socket
+import sqlite3
 import ssl
 import sys
-import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable
+
+from pyqueue.errors import KeyNotFound, StoreLocked
 
 from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, load_key, parse_address
 
@@ -56,11 +71,75 @@ def _setup_logging(level: str, as_json: bool) -> None:
     root.propagate = False
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+class _StartupError(Exception):
+    """A startup problem the user must fix; printed as one line, exit code 2."""
+
+
+_NO_KEY = (
+    "no cluster key: make one with"
+    ' `python -c "import secrets; print(secrets.token_hex(32))" > key; chmod 600 key`'
+    " and pass --key-file key, or set PYQUEUE_KEY_FILE=key (or PYQUEUE_KEY to the key itself)"
+)
+
+
+@contextlib.contextmanager
+def _startup(context: str = "") -> Iterator[None]:
+    """Turn the known startup exceptions into :class:`_StartupError` (one line,
+    prefixed with ``context``); anything else stays a traceback: it is a bug."""
+    try:
+        yield
+    except _StartupError:
+        raise
+    except StoreLocked as exc:
+        raise _StartupError(" ".join(str(exc).split())) from exc  # it names the store itself
+    except (KeyNotFound, ValueError, OSError, sqlite3.Error) as exc:
+        if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+            reason = os.strerror(exc.errno)  # asyncio's bind error repeats the address
+        else:
+            reason = str(exc) or type(exc).__name__
+        msg = f"{context}: {reason}" if context else reason
+        raise _StartupError(" ".join(msg.split())) from exc
+
+
+def _cli(command: str) -> Callable[[Callable[[list[str] | None], int]], Callable[..., int]]:
+    """Decorate a ``main_*``: a :class:`_StartupError` becomes
+    ``pyqueue <command>: <message>`` on stderr and exit code 2."""
+
+    def decorate(fn: Callable[[list[str] | None], int]) -> Callable[..., int]:
+        @functools.wraps(fn)
+        def wrapper(argv: list[str] | None = None) -> int:
+            try:
+                return fn(argv)
+            except _StartupError as exc:
+                print(f"pyqueue {command}: {exc}", file=sys.stderr, flush=True)
+                return 2
+
+        return wrapper
+
+    return decorate
+
+
+def _load_key(a: argparse.Namespace) -> bytes:
+    configured = a.key_file or os.environ.get("PYQUEUE_KEY") or os.environ.get("PYQUEUE_KEY_FILE")
+    if not configured:
+        raise _StartupError(_NO_KEY)
+    with _startup():
+        return load_key(key_file=a.key_file)
+
+
+def _address(option: str, value: str) -> tuple[str, int]:
+    with _startup(option):
+        return parse_address(value)
+
+
+def _common(p: argparse.ArgumentParser, log_level: str = "INFO") -> None:
     p.add_argument(
-        "--key-file", help="file holding the shared key (default: $PYQUEUE_KEY, $PYQUEUE_KEY_FILE)"
+        "--key-file",
+        help="file holding the shared key (default: $PYQUEUE_KEY, else $PYQUEUE_KEY_FILE)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level", default=log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)"
+    )
     p.add_argument("--log-json", action="store_true", help="structured JSON log lines on stderr")
 
 
@@ -73,16 +152,28 @@ def _timings(a: argparse.Namespace) -> Timings:
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
+    d, f = DEFAULT_TIMINGS, FAST_TIMINGS
     p.add_argument(
-        "--fast", action="store_true", help="fast timings for tests (node dead after 0.6 s)"
+        "--fast",
+        action="store_true",
+        help=f"fast timings for tests (a silent node is dead after {f.dead_after:g} s)",
     )
-    p.add_argument("--lease", type=float, help="lease seconds (default 30)")
-    p.add_argument("--heartbeat", type=float, help="heartbeat seconds (default 5)")
     p.add_argument(
-        "--missed-heartbeats", type=int, help="node dead after this many missed heartbeats (3)"
+        "--lease", type=float, help=f"lease seconds (default {d.lease:g}; {f.lease:g} with --fast)"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        help=f"heartbeat seconds (default {d.heartbeat:g}; {f.heartbeat:g} with --fast)",
+    )
+    p.add_argument(
+        "--missed-heartbeats",
+        type=int,
+        help=f"a node is dead after this many missed heartbeats (default {d.missed_heartbeats})",
     )
 
 
+@_cli("coordinator")
 def main_coordinator(argv: list[str] | None = None) -> int:
     """``pyqueue coordinator --bind HOST:PORT --store PATH``."""
     from .coordinator import Coordinator
@@ -94,43 +185,64 @@ def main_coordinator(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--bind",
         default=f"127.0.0.1:{DEFAULT_PORT}",
-        help="HOST:PORT (default 127.0.0.1:%(default)s)",
+        help="HOST:PORT to listen on (default %(default)s)",
     )
     p.add_argument("--store", help="SQLite file for durable state (default: memory only)")
     p.add_argument(
-        "--synchronous", default="NORMAL", help="SQLite synchronous pragma: NORMAL or FULL"
+        "--synchronous",
+        default="NORMAL",
+        help="SQLite synchronous pragma: NORMAL or FULL (default %(default)s)",
     )
     p.add_argument(
-        "--max-lost", type=int, default=4, help="dead-letter after the node died under it N times"
+        "--max-lost",
+        type=int,
+        default=4,
+        help="dead-letter a task once its node died under it N times (default %(default)s)",
     )
-    p.add_argument("--max-attempts", type=int, default=20)
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=20,
+        help="dead-letter a task after N leases in all (default %(default)s)",
+    )
     p.add_argument("--port-file", help="write the bound HOST:PORT to this file once listening")
-    p.add_argument("--tls-cert", help="PEM certificate chain for TLS")
-    p.add_argument("--tls-key", help="PEM private key for TLS")
-    p.add_argument("--seed", type=int, help="seed of the retry jitter")
+    p.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: no TLS)")
+    p.add_argument("--tls-key", help="PEM private key for TLS (default: in --tls-cert)")
+    p.add_argument("--seed", type=int, help="seed of the retry jitter (default: random)")
     _timing_args(p)
     _common(p)
     a = p.parse_args(argv)
     _setup_logging(a.log_level, a.log_json)
-    host, port = parse_address(a.bind)
-    key = load_key(key_file=a.key_file)
+    host, port = _address("--bind", a.bind)
+    key = _load_key(a)
     ctx = None
     if a.tls_cert:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(a.tls_cert, a.tls_key)
-    backend = SQLiteBackend(
-        a.store,
-        Policy(max_lost=a.max_lost, max_attempts=a.max_attempts),
-        synchronous=a.synchronous,
-        seed=a.seed,
-    )
+        with _startup("--tls-cert"):
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    if a.store:
+        folder = os.path.dirname(os.path.abspath(a.store))
+        if not os.path.isdir(folder):
+            raise _StartupError(f"--store {a.store}: directory {folder} does not exist")
+    with _startup(f"cannot open store {a.store}"):
+        backend = SQLiteBackend(
+            a.store,
+            Policy(max_lost=a.max_lost, max_attempts=a.max_attempts),
+            synchronous=a.synchronous,
+            seed=a.seed,
+        )
     coord = Coordinator(key, backend, host=host, port=port, timings=_timings(a), ssl_context=ctx)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, coord.stop)
-        h, prt = await coord.start()
+        try:
+            with _startup(f"cannot listen on {host}:{port}"):
+                h, prt = await coord.start()
+        except _StartupError:
+            backend.close()
+            raise
         if a.port_file:
             tmp = a.port_file + ".tmp"
             with open(tmp, "w") as fh:
@@ -145,16 +257,55 @@ def main_coordinator(argv: list[str] | None = None) -> int:
 def _client_ssl(a: argparse.Namespace) -> ssl.SSLContext | None:
     if not getattr(a, "tls_ca", None):
         return None
-    return ssl.create_default_context(cafile=a.tls_ca)
+    with _startup("--tls-ca"):
+        return ssl.create_default_context(cafile=a.tls_ca)
 
 
+def _import_paths(a: argparse.Namespace) -> list[str]:
+    """The working directory, then every ``--path``, as absolute paths."""
+    paths = [os.getcwd()]
+    for d in a.path:
+        if not os.path.isdir(d):
+            raise _StartupError(f"--path {d}: not a directory")
+        paths.append(os.path.abspath(d))
+    return list(dict.fromkeys(paths))
+
+
+def _node_preflight(a: argparse.Namespace) -> tuple[bytes, ssl.SSLContext | None, list[str]]:
+    """Every check a node makes before it starts, so that a supervisor fails
+    once, in one line, instead of restarting a child that cannot start."""
+    _address("--connect", a.connect)
+    if a.workers < 1:
+        raise _StartupError(f"--workers {a.workers}: must be at least 1")
+    if a.prefetch is not None and a.prefetch < 0:
+        raise _StartupError(f"--prefetch {a.prefetch}: must be >= 0")
+    if a.grace < 0:
+        raise _StartupError(f"--grace {a.grace:g}: must be >= 0")
+    if a.max_restarts < 0 or a.restart_window <= 0:
+        raise _StartupError("--max-restarts must be >= 0 and --restart-window > 0")
+    return _load_key(a), _client_ssl(a), _import_paths(a)
+
+
+@_cli("node")
 def main_node(argv: list[str] | None = None) -> int:
-    """``pyqueue node --connect HOST:PORT --workers N``."""
-    from .node import Node
+    """``pyqueue node --connect HOST:PORT --workers N``.
 
+    Runs a :class:`~pyqueue.cluster.supervisor.Supervisor` that runs the node
+    itself in a child process (``--no-supervise``) and restarts it after a crash.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="pyqueue node", description="Run a worker node.")
-    p.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help="coordinator HOST:PORT")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--connect",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help="coordinator HOST:PORT (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="task slots (default: the number of CPUs, %(default)s here)",
+    )
     p.add_argument(
         "--prefetch", type=int, default=None, help="tasks held beyond free slots (default 8)"
     )
@@ -162,57 +313,131 @@ def main_node(argv: list[str] | None = None) -> int:
         "--executor",
         choices=("pyqueue", "threads"),
         default=os.environ.get("PYQUEUE_NODE_EXECUTOR", "pyqueue"),
-        help="what runs tasks: pyqueue.Executor (default) or a stdlib thread pool",
+        help="what runs tasks: pyqueue.Executor or a stdlib thread pool"
+        " (default: $PYQUEUE_NODE_EXECUTOR, else pyqueue; %(default)s here)",
     )
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="node name (default HOST:PID)")
+    p.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also import task modules from DIR (repeatable; the working directory always is)",
+    )
     p.add_argument("--tls-ca", help="CA file to verify the coordinator's TLS certificate")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds running tasks get to finish before they are"
+        " handed back (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts after crashes allowed within --restart-window (default %(default)s)",
+    )
+    p.add_argument(
+        "--restart-window",
+        type=float,
+        default=60.0,
+        help="seconds over which crashes are counted (default %(default)g)",
+    )
+    # internal: the supervisor's child, the node itself
+    p.add_argument("--no-supervise", action="store_true", help=argparse.SUPPRESS)
     _timing_args(p)
     _common(p)
     a = p.parse_args(argv)
+    supervisor = None
+    if a.no_supervise:
+        from .supervisor import die_with_supervisor
+
+        supervisor = die_with_supervisor()  # first: no orphan even if startup hangs
     _setup_logging(a.log_level, a.log_json)
-    node = Node(
-        a.connect,
-        key=load_key(key_file=a.key_file),
-        workers=a.workers,
-        prefetch=a.prefetch,
-        name=a.name,
-        timings=_timings(a),
-        ssl_context=_client_ssl(a),
-        executor=a.executor,
+    key, ctx, paths = _node_preflight(a)
+    if not a.no_supervise:
+        return _supervise(a, argv)
+    return _run_node(a, key, ctx, paths, supervisor)
+
+
+def _supervise(a: argparse.Namespace, argv: list[str]) -> int:
+    from .local import cli_command
+    from .supervisor import Supervisor
+
+    # A stable name: the node keeps its name across restarts of its child.
+    name = a.name or f"{socket.gethostname()}:{os.getpid()}"
+    child_args = [*argv, "--name", name, "--no-supervise"]
+    supervisor = Supervisor(
+        cli_command("node", *child_args),
+        name=name,
+        max_restarts=a.max_restarts,
+        restart_window=a.restart_window,
+        grace=a.grace,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    return supervisor.run()
+
+
+def _run_node(
+    a: argparse.Namespace,
+    key: bytes,
+    ctx: ssl.SSLContext | None,
+    paths: list[str],
+    supervisor: int | None,
+) -> int:
+    from .node import Node
+    from .supervisor import block_child_signals, serve_until_signalled
+
+    block_child_signals()  # before any thread starts: they all inherit the mask
+    # Like `python -m`, and like LocalCluster's nodes: the user's modules next to them.
+    sys.path[:0] = [d for d in paths if d not in sys.path]
+    with _startup():
+        node = Node(
+            a.connect,
+            key=key,
+            workers=a.workers,
+            prefetch=a.prefetch,
+            name=a.name,
+            timings=_timings(a),
+            ssl_context=ctx,
+            executor=a.executor,
+        )
     node.start()
-    stop.wait()
-    node.stop()
-    return 0
+    return serve_until_signalled(node.stop, a.grace, supervisor, node.name)
 
 
+@_cli("status")
 def main_status(argv: list[str] | None = None) -> int:
     """``pyqueue status``: nodes, queue depth, in flight, dead."""
     from .client import Client
 
     p = argparse.ArgumentParser(prog="pyqueue status", description="Show the state of a cluster.")
-    p.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help="coordinator HOST:PORT")
+    p.add_argument(
+        "--connect",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help="coordinator HOST:PORT (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
     p.add_argument("--dead", action="store_true", help="also list dead-lettered tasks")
-    p.add_argument("--timeout", type=float, default=5.0)
-    p.add_argument("--tls-ca")
-    _common(p)
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait (default %(default)g)"
+    )
+    p.add_argument("--tls-ca", help="CA file to verify the coordinator's TLS certificate")
+    _common(p, log_level="WARNING")
     a = p.parse_args(argv)
-    _setup_logging("WARNING" if a.log_level == "INFO" else a.log_level, a.log_json)
+    _setup_logging(a.log_level, a.log_json)
+    _address("--connect", a.connect)
+    key = _load_key(a)
     try:
         client = Client(
             a.connect,
-            key=load_key(key_file=a.key_file),
+            key=key,
             name="status",
             connect_timeout=a.timeout,
             ssl_context=_client_ssl(a),
         )
     except ConnectionError as exc:
-        print(f"pyqueue status: {exc}", file=sys.stderr)
-        return 2
+        raise _StartupError(str(exc)) from exc
     with client:
         st = client.status(timeout=a.timeout)
         if a.dead:

@@ -19,11 +19,13 @@ import pyqueue
 from .client import Client
 from .config import generate_key
 
-# `python -m` would put the working directory first on the child's path, where
-# a source checkout's unbuilt `pyqueue` folder could shadow the installed one.
-# The child instead finds the very package this process runs, then the rest.
+# `python -m` (and `-c`'s "") would put the working directory first on the
+# child's path, where a source checkout's unbuilt `pyqueue` folder could shadow
+# the installed one.  The child instead finds the very package this process
+# runs, then the rest; a node adds its working directory itself, after
+# pyqueue is imported (see `pyqueue node --path`).
 _BOOT = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "import sys; cwd = int(sys.path[:1] == ['']); sys.path[:cwd] = [sys.argv.pop(1)]; "
     "from pyqueue.cluster.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
@@ -57,6 +59,10 @@ def child_env(key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 class LocalCluster:
     """Start a coordinator and ``nodes`` node processes; hand out a :class:`Client`.
+
+    Each node is ``pyqueue node``, so it is supervised: a node process that
+    crashes (a task called ``os._exit``, say) is restarted with backoff, and
+    :attr:`nodes` holds the supervisors' processes.
 
     Parameters
     ----------

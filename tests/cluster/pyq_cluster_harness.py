@@ -90,7 +90,14 @@ class Harness:
         self.coord: subprocess.Popen[bytes] | None = None
         self._n = 0
 
-    def _spawn(self, args: list[str], label: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self,
+        args: list[str],
+        label: str,
+        *,
+        cwd: Path | None = None,
+        new_group: bool = False,
+    ) -> subprocess.Popen[bytes]:
         self._n += 1
         logf = open(self.tmp / f"{self._n:02d}-{label}.log", "wb")
         proc = subprocess.Popen(
@@ -98,6 +105,9 @@ class Harness:
             env=self.env,
             stdout=logf,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
+            # a supervised node is a group: its supervisor and the worker child
+            start_new_session=new_group,
         )
         logf.close()
         proc.label = label  # type: ignore[attr-defined]
@@ -143,7 +153,10 @@ class Harness:
         name: str = "node",
         fast: bool = True,
         *extra: str,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start ``pyqueue node`` (a supervisor and its worker child, in a
+        process group of their own); ``cwd`` is its working directory."""
         args = [
             "node",
             "--connect",
@@ -160,7 +173,7 @@ class Harness:
             args += ["--prefetch", str(prefetch)]
         if fast:
             args.append("--fast")
-        return self._spawn(args, name)
+        return self._spawn(args, name, cwd=cwd, new_group=True)
 
     def client(self, **kw: Any) -> Client:
         c = Client(self.address, key=self.key.encode(), **kw)
@@ -188,6 +201,11 @@ class Harness:
         return Path(proc.logfile).read_text(errors="replace")[-4000:]  # type: ignore[attr-defined]
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to ``proc``; SIGSTOP and SIGCONT go to its whole process
+        group, as a supervisor cannot forward what it cannot catch."""
+        if sig in (signal.SIGSTOP, signal.SIGCONT) and _leads_group(proc):
+            os.killpg(proc.pid, sig)
+            return
         proc.send_signal(sig)
         if sig == signal.SIGKILL:
             proc.wait(10)
@@ -198,7 +216,7 @@ class Harness:
         for p in self.procs:
             if p.poll() is None:
                 try:
-                    p.send_signal(signal.SIGCONT)  # a stopped process cannot die of SIGTERM
+                    self.kill(p, signal.SIGCONT)  # a stopped process cannot die of SIGTERM
                     p.kill()
                 except ProcessLookupError:
                     pass
@@ -207,3 +225,36 @@ class Harness:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _leads_group(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the live (not zombie) children of ``pid``, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # the command name is in parentheses and may hold spaces: split after it
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie nobody reaped is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

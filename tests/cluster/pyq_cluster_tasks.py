@@ -121,3 +121,16 @@ def spin_until_cancelled(started_path: str, saw_path: str, timeout: float = 30.0
             pass
         raise
     return "not cancelled"
+
+
+def exit_now(code: int) -> None:
+    """A poison task that ends its node process with ``os._exit(code)``."""
+    _record()
+    os._exit(code)
+
+
+def loop_forever() -> None:
+    """A task that never returns (and never raises)."""
+    _record()
+    while True:
+        time.sleep(0.01)
