@@ -13,6 +13,7 @@ resend what the coordinator has not acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -297,7 +298,16 @@ class Channel:
                     raise ConnectionResetError(
                         "coordinator closed the connection during the handshake"
                     )
-                conn.receive_data(data)  # no Message can precede WELCOME
+                try:
+                    conn.receive_data(data)  # no Message can precede WELCOME
+                except PeerError:
+                    raise
+                except ProtocolError as exc:
+                    # Tell the coordinator why we leave (a wrong key shows
+                    # there, with our address, as well as here).
+                    with contextlib.suppress(OSError):
+                        sock.sendall(conn.error_bytes(exc))
+                    raise
                 out = conn.data_to_send()
                 if out:
                     sock.sendall(out)

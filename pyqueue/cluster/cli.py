@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from pyqueue.errors import KeyNotFound, StoreLocked
 
+from . import protocol as P
 from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, load_key, parse_address
 
 __all__ = ["main_coordinator", "main_node", "main_status", "main", "JsonFormatter"]
@@ -143,6 +144,31 @@ def _common(p: argparse.ArgumentParser, log_level: str = "INFO") -> None:
     p.add_argument("--log-json", action="store_true", help="structured JSON log lines on stderr")
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(text: str) -> int:
+    """``"256M"``, ``"1G"``, ``"65536"``: a byte count (K, M, G are powers of 1024)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        n = int(float(t[: len(t) - len(unit)]) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 256M or 1G") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return n
+
+
+def _max_payload_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--max-payload",
+        type=_size,
+        default=P.DEFAULT_MAX_PAYLOAD,
+        help=f"largest {what} in bytes, K/M/G suffixes allowed (default 256M)",
+    )
+
+
 def _timings(a: argparse.Namespace) -> Timings:
     t = FAST_TIMINGS if a.fast else DEFAULT_TIMINGS
     changes = {
@@ -209,6 +235,7 @@ def main_coordinator(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: no TLS)")
     p.add_argument("--tls-key", help="PEM private key for TLS (default: in --tls-cert)")
     p.add_argument("--seed", type=int, help="seed of the retry jitter (default: random)")
+    _max_payload_arg(p, "argument or result the cluster carries (nodes and clients adopt it)")
     _timing_args(p)
     _common(p)
     a = p.parse_args(argv)
@@ -231,7 +258,15 @@ def main_coordinator(argv: list[str] | None = None) -> int:
             synchronous=a.synchronous,
             seed=a.seed,
         )
-    coord = Coordinator(key, backend, host=host, port=port, timings=_timings(a), ssl_context=ctx)
+    coord = Coordinator(
+        key,
+        backend,
+        host=host,
+        port=port,
+        timings=_timings(a),
+        ssl_context=ctx,
+        max_payload=a.max_payload,
+    )
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -345,6 +380,7 @@ def main_node(argv: list[str] | None = None) -> int:
         help="seconds over which crashes are counted (default %(default)g)",
     )
     # internal: the supervisor's child, the node itself
+    _max_payload_arg(p, "result sent back (the coordinator's limit, if smaller, wins)")
     p.add_argument("--no-supervise", action="store_true", help=argparse.SUPPRESS)
     _timing_args(p)
     _common(p)
@@ -398,6 +434,7 @@ def _run_node(
             workers=a.workers,
             prefetch=a.prefetch,
             name=a.name,
+            max_payload=a.max_payload,
             timings=_timings(a),
             ssl_context=ctx,
             executor=a.executor,

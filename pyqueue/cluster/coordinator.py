@@ -167,7 +167,9 @@ class _Peer(asyncio.Protocol):
     # helpers --------------------------------------------------------------
     def describe(self) -> str:
         """Who this peer is, for log lines: node id or role and name, and address."""
-        who = self.node_id or " ".join(x for x in (self.role, self.name) if x) or "peer"
+        role = self.role or self.conn.peer_role  # from HELLO, before authentication too
+        name = self.name or self.conn.peer_name
+        who = self.node_id or " ".join(x for x in (role, name) if x) or "peer"
         return f"{who} ({self.addr})"
 
     def queue(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> None:

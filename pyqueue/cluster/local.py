@@ -78,6 +78,9 @@ class LocalCluster:
         Use the fast test timings (a silent node is dead after 0.6 s).
     start_timeout : float
         Seconds to wait for the coordinator to listen and the nodes to join.
+    max_payload : int, optional
+        Largest argument or result in bytes (default 256 MiB); the nodes and
+        the client adopt the coordinator's limit.
 
     Examples
     --------
@@ -96,6 +99,7 @@ class LocalCluster:
         fast: bool = False,
         start_timeout: float = 30.0,
         log_level: str = "WARNING",
+        max_payload: int | None = None,
     ) -> None:
         if nodes < 1 or workers < 1:
             raise ValueError("nodes and workers must be at least 1")
@@ -106,6 +110,7 @@ class LocalCluster:
         self.fast = fast
         self.start_timeout = start_timeout
         self.log_level = log_level
+        self.max_payload = max_payload
         self.key = generate_key()
         self.address = ""
         self.coordinator: subprocess.Popen[bytes] | None = None
@@ -139,6 +144,8 @@ class LocalCluster:
         cmd = self._cmd("coordinator", "--bind", "127.0.0.1:0", "--port-file", port_file, *fast)
         if self.store:
             cmd += ["--store", self.store]
+        if self.max_payload is not None:
+            cmd += ["--max-payload", str(self.max_payload)]
         try:
             self.coordinator = subprocess.Popen(cmd, env=env)
             deadline = time.monotonic() + self.start_timeout

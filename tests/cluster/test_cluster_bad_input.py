@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -161,10 +162,19 @@ def test_peer_without_the_key(served):
     still_serving(client, coord, before)
 
 
-def test_client_with_wrong_key_fails_clearly(served):
+def test_client_with_wrong_key_fails_clearly_and_the_coordinator_logs_who(served, caplog):
     coord, port, client = served
+    caplog.set_level(logging.WARNING, logger="pyqueue.cluster.coordinator")
     with pytest.raises(ConnectionError, match="HMAC|key"):
-        Client(f"127.0.0.1:{port}", key=b"wrong-key-0123456789abcdef", connect_timeout=1.0)
+        Client(
+            f"127.0.0.1:{port}",
+            key=b"wrong-key-0123456789abcdef",
+            name="intruder",
+            connect_timeout=1.0,
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    # the text line itself names the peer: role, name and address
+    assert any("client intruder (127.0.0.1:" in m and "wrong shared key" in m for m in lines), lines
 
 
 def test_malformed_frame_after_auth(served):

@@ -162,3 +162,17 @@ def test_mid_size_tasks_survive_cut_connections(harness):
         assert st
     finally:
         proxy.close()
+
+
+@pytest.mark.slow
+def test_local_cluster_max_payload_reaches_the_client_and_nodes():
+    from pyqueue.cluster import LocalCluster
+
+    with LocalCluster(nodes=1, workers=1, max_payload=2 * MiB) as cluster:
+        c = cluster.client
+        assert c.channel.max_payload == 2 * MiB
+        with pytest.raises(PayloadTooLarge):
+            c.submit(T.echo, bytes(2 * MiB + 1))
+        with pytest.raises(PayloadTooLarge):  # the node adopted the limit for results
+            c.submit(T.make_bytes, 2 * MiB).result(timeout=30)
+        assert c.submit(T.make_bytes, 10).result(timeout=30) == bytes(10)
