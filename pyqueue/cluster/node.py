@@ -40,6 +40,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 from pyqueue.errors import PayloadTooLarge, TaskCancelled
@@ -57,6 +58,11 @@ log = logging.getLogger("pyqueue.cluster.node")
 
 #: longest error text (a traceback) sent with a failure; the rest is cut
 _MAX_ERROR_TEXT = 64 * 1024
+#: automatic prefetch: hold about this much work ready (seconds), between the bounds
+_PREFETCH_BUDGET = 0.002
+_PREFETCH_START, _PREFETCH_MIN, _PREFETCH_MAX = 8, 1, 256
+#: completions between two looks at the prefetch
+_PREFETCH_TUNE_EVERY = 32
 
 
 def _make_executor(workers: int, kind: str = "pyqueue") -> cf.Executor:
@@ -103,9 +109,11 @@ class Node:
     workers : int
         Task slots (executor threads).
     prefetch : int, optional
-        Extra tasks held ready beyond the free slots (default 8; it hides
-        the round trip to the coordinator for short tasks).  The
-        coordinator never has more than ``workers + prefetch`` outstanding here.
+        Extra tasks held ready beyond the free slots; they hide the round
+        trip to the coordinator for short tasks.  The coordinator never has
+        more than ``workers + prefetch`` outstanding here.  By default it
+        adapts to the tasks' run time, so that the tasks held ready add up
+        to about 2 ms of work per node (between 1 and 256 tasks; 8 at first).
     executor : concurrent.futures.Executor or str, optional
         Where tasks run; an executor object, or a kind for
         :func:`_make_executor` (``"pyqueue"`` when omitted).
@@ -137,9 +145,12 @@ class Node:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
-        self.prefetch = 8 if prefetch is None else prefetch
+        self._auto_prefetch = prefetch is None
+        self.prefetch = _PREFETCH_START if prefetch is None else prefetch
         if self.prefetch < 0:
             raise ValueError("prefetch must be >= 0")
+        self._run_time = _PREFETCH_BUDGET / _PREFETCH_START  # EWMA of task run time, s
+        self._since_tune = 0
         self.capacity = self.workers + self.prefetch
         self.timings = timings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -359,27 +370,45 @@ class Node:
         self.channel.send(MsgType.REVOKE_ACK, {"outcomes": outcomes}, corr)
 
     # -- worker threads ----------------------------------------------------------------
-    def _run_task(self, key: Key, payload: bytes) -> tuple[bool, bytes, str | None, str]:
+    def _run_task(self, key: Key, payload: bytes) -> tuple[bool, bytes, str | None, str, float]:
         with self._lock:
             if key in self._terminating:
                 raise TaskCancelled(f"task {key[0]} was cancelled before it started")
             self._running[key] = threading.get_ident()
+        t0 = time.perf_counter()
         try:
-            return run_payload(key[0], key[1], payload)
+            return (*run_payload(key[0], key[1], payload), time.perf_counter() - t0)
         finally:
             with self._lock:
                 self._running.pop(key, None)
+
+    def _tune_prefetch(self, seconds: float) -> None:
+        """Hold about _PREFETCH_BUDGET of work ready (lock held)."""
+        self._run_time += (seconds - self._run_time) * 0.1
+        self._since_tune += 1
+        if self._since_tune < _PREFETCH_TUNE_EVERY:
+            return
+        self._since_tune = 0
+        want = int(_PREFETCH_BUDGET * self.workers / max(self._run_time, 1e-6))
+        want = min(_PREFETCH_MAX, max(_PREFETCH_MIN, want))
+        # move only on a real change, so that credits do not chatter
+        if abs(want - self.prefetch) * 4 >= self.prefetch + 1:
+            self.prefetch = want
+            self.capacity = self.workers + want
+            self._credit_dirty = True
 
     def _on_finished(self, key: Key, fut: cf.Future[Any]) -> None:
         if fut.cancelled():
             return
         try:
-            ok, value, error, fn_name = fut.result()
+            ok, value, error, fn_name, seconds = fut.result()
         except BaseException as exc:  # run_payload never raises; a terminate or executor might
-            ok, fn_name = False, "?"
+            ok, fn_name, seconds = False, "?", 0.0
             value, error = encode_exception(exc)
         with self._lock:
             self._running.pop(key, None)
+            if self._auto_prefetch:
+                self._tune_prefetch(seconds)
             cancelled = key in self._terminating and not ok
             self._terminating.discard(key)
         limit = self.channel.max_payload
