@@ -44,6 +44,7 @@ __all__ = ["Client", "ClusterTask"]
 log = logging.getLogger("pyqueue.cluster.client")
 
 _MISSING = object()
+_STATES = tuple(TaskState)  # by value: cheaper than calling the enum per row
 
 
 class _SerialSet:
@@ -274,7 +275,9 @@ class Client:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # a handle was acked or ended
         # Handles of tasks not yet ended, held weakly: a dropped handle costs nothing.
-        self._tasks: weakref.WeakValueDictionary[str, ClusterTask] = weakref.WeakValueDictionary()
+        # A plain dict of weak references (no callbacks: cheaper than a
+        # WeakValueDictionary); an entry goes when its task's outcome arrives.
+        self._tasks: dict[str, weakref.ref[ClusterTask]] = {}
         self._waits: set[int] = set()
         self._replies: dict[int, queue.SimpleQueue[dict[str, Any]]] = {}
         # what results() with no argument yields: the ids we made, as serial
@@ -403,10 +406,10 @@ class Client:
             time.time() + delay if delay > 0 else 0.0,
         ]
         with self._lock:
-            handle = self._tasks.get(tid)
+            handle = self._handle(tid)
             if handle is None:
                 handle = ClusterTask(tid, self)
-                self._tasks[tid] = handle
+                self._tasks[tid] = weakref.ref(handle)
             if not yield_later:
                 pass
             elif serial >= 0:
@@ -473,15 +476,19 @@ class Client:
             self._unyielded = {}
             todo = []
             for tid in ids:
-                h = self._tasks.get(tid)
+                h = self._handle(tid)
                 if h is None:  # dropped by the caller: ask the coordinator again
                     h = ClusterTask(tid, self, acked=True)
-                    self._tasks[tid] = h
+                    self._tasks[tid] = weakref.ref(h)
                     if tid not in self.outbox:
                         fetch.append(tid)
                 todo.append(h)
         self._send_waits(fetch)
         return todo
+
+    def _handle(self, task_id: str) -> ClusterTask | None:
+        ref = self._tasks.get(task_id)
+        return ref() if ref is not None else None
 
     def _collected(self, task_id: str) -> None:
         prefix = self._prefix
@@ -545,10 +552,10 @@ class Client:
     def wait_for(self, task_id: str) -> ClusterTask:
         """A handle for a task submitted elsewhere (or requeued) that ends later."""
         with self._lock:
-            handle = self._tasks.get(task_id)
+            handle = self._handle(task_id)
             if handle is None:
                 handle = ClusterTask(task_id, self, acked=True)
-                self._tasks[task_id] = handle
+                self._tasks[task_id] = weakref.ref(handle)
         self.channel.send(MsgType.WAIT, {"ids": [task_id]})
         return handle
 
@@ -563,7 +570,9 @@ class Client:
     def _on_connect(self) -> None:
         with self._lock:
             waiting = [
-                tid for tid, h in self._tasks.items() if h._state is None and tid not in self.outbox
+                tid
+                for tid, ref in self._tasks.items()
+                if (h := ref()) is not None and h._state is None and tid not in self.outbox
             ]
         self.outbox.on_connect()
         self._send_waits(waiting)
@@ -580,7 +589,8 @@ class Client:
             with self._lock:
                 get = self._tasks.get
                 for tid, _ in acked:
-                    h = get(tid)
+                    ref = get(tid)
+                    h = ref() if ref is not None else None
                     if h is not None:
                         h._acked = True
                 self._changed.notify_all()
@@ -598,7 +608,8 @@ class Client:
         with self._lock:
             self._waits.discard(corr)
             for tid in unknown:
-                h = self._tasks.pop(tid, None)
+                ref = self._tasks.pop(tid, None)
+                h = ref() if ref is not None else None
                 if h is not None:
                     h._lost = True
                     finished.append((h, h._finish(TaskState.DEAD, None, msg)))
@@ -618,10 +629,11 @@ class Client:
             pop = self._tasks.pop
             for tid, state, data, error in rows:
                 self.outbox.discard(tid)  # ended: no need to resubmit it
-                st = TaskState(state)
+                st = _STATES[state]
                 if st not in TERMINAL:
                     continue
-                h = pop(tid, None)
+                ref = pop(tid, None)
+                h = ref() if ref is not None else None
                 if h is None:
                     self.duplicate_pushes += 1  # pushed again, or nobody holds the handle
                     continue
@@ -632,7 +644,8 @@ class Client:
     def _on_rejected(self, tid: str, row: list[Any], exc: BaseException) -> None:
         # A submit the coordinator could never take: its handle fails with the reason.
         with self._lock:
-            h = self._tasks.pop(tid, None)
+            ref = self._tasks.pop(tid, None)
+            h = ref() if ref is not None else None
             if h is None:
                 return
             h._value = ("raise", exc)

@@ -324,7 +324,8 @@ class SQLiteBackend(Backend):
         self._tasks: dict[str, TaskRecord] = {}
         self._pending: list[tuple[int, str]] = []  # heap of (seq, id); stale entries skipped
         self._scheduled: list[tuple[float, int, str]] = []  # heap of (not_before, seq, id)
-        self._by_node: dict[str, dict[str, None]] = {}
+        self._by_node: dict[str, dict[str, bool]] = {}  # node -> {task id: suspect?}
+        self._suspects: dict[str, int] = {}  # node -> suspects it holds (at most 1)
         self._new: dict[str, None] = {}
         self._dirty: dict[str, None] = {}
         self._finished: list[str] = []
@@ -447,8 +448,8 @@ class SQLiteBackend(Backend):
 
     def _unlease(self, node: str, task_id: str) -> None:
         held = self._by_node.get(node)
-        if held is not None:
-            held.pop(task_id, None)
+        if held is not None and held.pop(task_id, False):
+            self._suspects[node] -= 1
 
     # -- Backend ----------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec]) -> list[TaskState]:
@@ -485,7 +486,7 @@ class SQLiteBackend(Backend):
             return []
         held = self._by_node.setdefault(node, {})
         tasks = self._tasks
-        suspects = sum(1 for tid in held if tasks[tid].lost > 0)
+        suspects = self._suspects.get(node, 0)
         out: list[Lease] = []
         deferred: list[tuple[int, str]] = []
         pending = self._pending
@@ -495,21 +496,22 @@ class SQLiteBackend(Backend):
             rec = tasks.get(tid)
             if rec is None or rec.state is not TaskState.PENDING or rec.seq != seq:
                 continue  # stale heap entry (cancelled, already leased, ...)
-            if rec.lost > 0:
-                if suspects:
-                    deferred.append((seq, tid))
-                    continue
-                suspects += 1
+            suspect = rec.lost > 0
+            if suspect and suspects:
+                deferred.append((seq, tid))
+                continue
             if rec.attempts - rec.base >= cap:
                 self._finish(rec, TaskState.DEAD, None, f"hard cap of {cap} attempts reached")
                 continue
+            suspects += suspect
             # Not written through: a restart requeues leases anyway, and the
             # attempt count reaches disk with the completion (one write per task).
             rec.attempts += 1
             self._set_state(rec, TaskState.LEASED)
             rec.node = node
-            held[tid] = None
+            held[tid] = suspect
             out.append(Lease(tid, rec.attempts, rec.payload))  # type: ignore[arg-type]
+        self._suspects[node] = suspects
         for item in deferred:
             heapq.heappush(pending, item)
         return out
@@ -602,6 +604,7 @@ class SQLiteBackend(Backend):
 
     def node_lost(self, node: str) -> list[str]:
         held = self._by_node.pop(node, None)
+        self._suspects.pop(node, None)
         if not held:
             return []
         out = []

@@ -289,3 +289,17 @@ def test_forgotten_results_are_read_back_from_disk(tmp_path):
     assert b.get("a").result is None
     assert b.outcome("a") == (TaskState.SUCCEEDED, b"value", None)
     b.close()
+
+
+def test_a_node_holds_at_most_one_suspect_task_at_a_time(store):
+    sub(store, "s1", "s2", "ok")
+    for le in store.lease("n", 3):  # all three lost once: s1, s2 and ok become suspects
+        pass
+    store.node_lost("n")
+    sub(store, "fresh")
+    first = [le.id for le in store.lease("m", 10)]
+    assert first == ["s1", "fresh"]  # one suspect, and the innocent work beside it
+    (le,) = [x for x in store.lease("other", 1)]
+    assert le.id == "s2"  # another node may take the next suspect
+    store.complete("m", "s1", 2, True, b"r", None)
+    assert [x.id for x in store.lease("m", 10)] == ["ok"]  # m's suspect slot is free again
