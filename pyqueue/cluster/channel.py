@@ -5,6 +5,12 @@ reader thread that (re)connects with exponential backoff and jitter, runs the
 handshake and hands every received message to ``on_message``.  Any thread may
 :meth:`Channel.send`; sends are serialized by a lock.
 
+Liveness works both ways: the coordinator answers every HEARTBEAT, and a
+channel that hears nothing from it for ``timings.dead_after`` seconds (a
+stopped or wedged coordinator) drops the connection and makes a new one.
+Clients send a HEARTBEAT after each silent ``timings.heartbeat``; nodes have
+a heartbeat thread of their own.
+
 The reader thread never dies of an error: a failed handshake, a protocol
 error or an exception in a handler is logged (with its traceback when it is
 ours) and the connection is re-made, which makes every :class:`Outbox`
@@ -17,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
@@ -26,7 +33,7 @@ from typing import Any, Callable
 from pyqueue.errors import AuthenticationError, PeerError, ProtocolError
 
 from . import protocol as P
-from .config import parse_address
+from .config import DEFAULT_TIMINGS, Timings, parse_address
 from .protocol import MsgType
 
 __all__ = ["Channel"]
@@ -34,6 +41,12 @@ __all__ = ["Channel"]
 log = logging.getLogger("pyqueue.cluster.channel")
 
 _RECV = 256 * 1024
+#: a large send goes out in pieces of this size, each one a sign of progress
+_SEND_PIECE = 1024 * 1024
+
+
+class CoordinatorSilent(ConnectionError):
+    """Nothing came from the coordinator for the dead interval: it is stopped or wedged."""
 
 
 class Channel:
@@ -58,6 +71,11 @@ class Channel:
         Client-side TLS.
     backoff : (float, float)
         First and largest delay between reconnection attempts, seconds.
+    timings : Timings
+        ``heartbeat`` and ``dead_after`` for the liveness check.
+    keepalive : bool
+        Send a HEARTBEAT when the connection has been quiet for a heartbeat
+        period (False for nodes, whose heartbeat thread does it).
 
     Thread safety
     -------------
@@ -79,6 +97,8 @@ class Channel:
         ssl_context: ssl.SSLContext | None = None,
         backoff: tuple[float, float] = (0.05, 2.0),
         handshake_timeout: float = 10.0,
+        timings: Timings = DEFAULT_TIMINGS,
+        keepalive: bool = True,
     ) -> None:
         self.host, self.port = parse_address(address)
         self.key = key
@@ -95,6 +115,11 @@ class Channel:
         self.ssl_context = ssl_context
         self.backoff = backoff
         self.handshake_timeout = handshake_timeout
+        self.timings = timings
+        self.keepalive = keepalive
+        self._heartbeat = P.encode_frame(MsgType.HEARTBEAT, 0, {})
+        self._heard = 0.0  # monotonic time of the last bytes from the coordinator
+        self._sent = 0.0  # ... and of the last piece of a large send the kernel took
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._conn: P.Connection | None = None
@@ -149,12 +174,32 @@ class Channel:
                 return False
             if generation is not None and generation != self.generation:
                 return False
+            data = b"".join(frames) if len(frames) > 1 else frames[0]
             try:
-                sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+                if len(data) <= _SEND_PIECE:
+                    sock.sendall(data)
+                else:  # record progress, so that a long upload is not taken for silence
+                    view = memoryview(data)
+                    for i in range(0, len(view), _SEND_PIECE):
+                        sock.sendall(view[i : i + _SEND_PIECE])
+                        self._sent = time.monotonic()
                 return True
             except OSError:
                 self._drop_locked()
                 return False
+
+    def _ping(self) -> None:
+        """A HEARTBEAT, unless a send is under way (that one proves more)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            sock = self._sock
+            if sock is not None and self._connected.is_set():
+                sock.sendall(self._heartbeat)
+        except OSError:
+            self._drop_locked()
+        finally:
+            self._lock.release()
 
     def reconnect(self) -> None:
         """Drop the current connection (if any); the reader thread makes a new one."""
@@ -324,10 +369,30 @@ class Channel:
 
     def _read(self, sock: socket.socket, conn: P.Connection) -> None:
         on_message = self.on_message
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        period_ms = max(1, int(self.timings.heartbeat * 1000))
+        dead_after = self.timings.dead_after
+        self._heard = self._sent = time.monotonic()
+        tls = isinstance(sock, ssl.SSLSocket)
         while True:
+            if not (tls and sock.pending()) and not poller.poll(period_ms):  # type: ignore[attr-defined]
+                silent = time.monotonic() - max(self._heard, self._sent)
+                if silent > dead_after:
+                    # shutdown() also wakes a send stuck on a full socket buffer
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    raise CoordinatorSilent(
+                        f"the coordinator has not answered for {silent:.1f} s"
+                        f" (dead after {dead_after:g} s)"
+                    )
+                if self.keepalive:
+                    self._ping()
+                continue
             data = sock.recv(_RECV)
             if not data:
                 raise ConnectionResetError("coordinator closed the connection")
+            self._heard = time.monotonic()
             for ev in conn.receive_data(data):
-                if isinstance(ev, P.Message):
+                if isinstance(ev, P.Message) and ev.type != MsgType.HEARTBEAT_ACK:
                     on_message(ev)

@@ -34,7 +34,7 @@ from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskDead, TaskLost
 from . import protocol as P
 from ._outbox import Outbox
 from .channel import Channel
-from .config import load_key
+from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
 from .serialize import decode_result, encode_call
 from .states import TERMINAL, TaskState
@@ -255,6 +255,9 @@ class Client:
         Largest encoded call accepted by :meth:`submit` (the coordinator's
         own limit, if smaller, wins); larger ones raise
         :class:`~pyqueue.errors.PayloadTooLarge` at once.
+    timings : Timings
+        A coordinator silent for ``timings.dead_after`` seconds is taken for
+        stopped: the client reconnects and resends what is unacknowledged.
 
     Thread safety
     -------------
@@ -270,6 +273,7 @@ class Client:
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         max_payload: int = P.DEFAULT_MAX_PAYLOAD,
+        timings: Timings = DEFAULT_TIMINGS,
     ) -> None:
         self.address = address
         self._lock = threading.RLock()
@@ -297,6 +301,7 @@ class Client:
             on_connect=self._on_connect,
             ssl_context=ssl_context,
             max_payload=max_payload,
+            timings=timings,
         )
         self.outbox: Outbox[str] = Outbox(
             self.channel,

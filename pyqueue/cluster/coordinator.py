@@ -236,6 +236,7 @@ class Coordinator:
         self._cancel_waits: dict[str, list[tuple[_CancelRequest, int, bool]]] = {}
         self._revokes: dict[int, tuple[str, list[tuple[str, int]]]] = {}  # REVOKE corr -> rows
         self._flush_failures = 0
+        self._heartbeat_ack = P.encode_frame(MsgType.HEARTBEAT_ACK, 0, {})
         self._rows = 0  # submits and completions since the last flush
         self._busy = False
         self._last_flush = 0.0
@@ -562,7 +563,11 @@ class Coordinator:
         peer.capacity = max(0, int(msg.body["capacity"]))
 
     def _h_heartbeat(self, peer: _Peer, msg: P.Message) -> None:
-        self._need_node(peer, msg)
+        # Answered at once, not after a commit: it only says "I am here".
+        if peer.node_id is not None:
+            peer.last_heard = time.monotonic()
+        if peer.transport is not None and not peer.closed:
+            peer.transport.write(self._heartbeat_ack)
 
     def _h_done(self, peer: _Peer, msg: P.Message) -> None:
         node = self._need_node(peer, msg)

@@ -17,7 +17,7 @@ from typing import Any
 import pyqueue
 
 from .client import Client
-from .config import generate_key
+from .config import DEFAULT_TIMINGS, FAST_TIMINGS, generate_key
 
 # `python -m` (and `-c`'s "") would put the working directory first on the
 # child's path, where a source checkout's unbuilt `pyqueue` folder could shadow
@@ -163,6 +163,7 @@ class LocalCluster:
                 self.address,
                 key=self.key.encode(),
                 name="local-client",
+                timings=FAST_TIMINGS if self.fast else DEFAULT_TIMINGS,
                 connect_timeout=max(1.0, deadline - time.monotonic()),
             )
             while len(self._client.status()["nodes"]) < self.n_nodes:

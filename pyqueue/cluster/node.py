@@ -192,6 +192,8 @@ class Node:
             on_connect=self._on_connect,
             ssl_context=ssl_context,
             max_payload=max_payload,
+            timings=timings,
+            keepalive=False,  # the heartbeat thread beats, also while tasks hold the GIL
         )
         self.outbox: Outbox[Key] = Outbox(
             self.channel,

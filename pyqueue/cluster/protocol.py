@@ -111,7 +111,7 @@ __all__ = [
 ]
 
 MAGIC = b"PYQ"
-VERSION = 2  # 2: CONTINUED frames, REVOKE, cancel and release flags in rows
+VERSION = 2  # 2: CONTINUED frames, REVOKE, cancel and release flags, HEARTBEAT_ACK
 PREAMBLE = MAGIC + bytes([VERSION])
 #: body length, message type, correlation id
 HEADER = struct.Struct(">IBI")
@@ -160,10 +160,11 @@ class MsgType(enum.IntEnum):
     DONE = 32  # {"results": [[id, token, ok, value_bytes|None, error|None, cancelled], ...]}
     DONE_ACK = 33  # {"status": ["accepted"|"duplicate"|"stale", ...]}
     RELEASE = 34  # {"tasks": [[id, token, started], ...]}: started = lost by shutdown
-    HEARTBEAT = 35  # {}
+    HEARTBEAT = 35  # {}: from nodes (renews their leases) and quiet clients
     CREDIT = 36  # {"capacity": n}
     REVOKE = 37  # {"tasks": [[id, token, terminate], ...]}
     REVOKE_ACK = 38  # {"outcomes": ["revoked"|"running"|"terminating"|"unknown", ...]}
+    HEARTBEAT_ACK = 39  # {}: the coordinator's answer to any peer's HEARTBEAT
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
