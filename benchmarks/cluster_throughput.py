@@ -3,7 +3,8 @@
 Usage::
 
     python -m benchmarks.cluster_throughput [--tasks 50000] [--reps 3]
-                                            [--store durable|memory] [--out DIR]
+                                            [--store durable|memory]
+                                            [--synchronous NORMAL|FULL] [--out DIR]
 
 One ``LocalCluster(nodes=2, workers=1)`` (durable: a SQLite store with the
 default ``synchronous=NORMAL``) runs no-op tasks four ways, each repetition
@@ -74,13 +75,13 @@ def cluster_runs(client: Any, n: int) -> dict[str, Callable[[], None]]:
     return dict(zip(PATTERNS, (run_map, run_loop, run_fan_in, run_forget)))
 
 
-def measure(n: int, reps: int, durable: bool) -> dict[str, list[float]]:
+def measure(n: int, reps: int, durable: bool, synchronous: str) -> dict[str, list[float]]:
     from pyqueue.cluster import LocalCluster
 
     samples: dict[str, list[float]] = {p: [] for p in ("threadpool", *PATTERNS)}
     with tempfile.TemporaryDirectory() as tmp:
         store = f"{tmp}/bench.db" if durable else None
-        with LocalCluster(nodes=2, workers=1, store=store) as cluster:
+        with LocalCluster(nodes=2, workers=1, store=store, synchronous=synchronous) as cluster:
             runs = cluster_runs(cluster.client, n)
             for _ in cluster.client.map(noop, range(2000)):  # warm up every process
                 pass
@@ -116,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--store", choices=("durable", "memory"), default="durable")
+    ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
     ap.add_argument("--out", type=Path, default=None, help="write cluster_throughput.json here")
     a = ap.parse_args(argv)
     print(
-        f"{a.tasks} no-op tasks, {a.reps} repetitions, {a.store} LocalCluster(nodes=2, workers=1)"
+        f"{a.tasks} no-op tasks, {a.reps} repetitions, {a.store} LocalCluster(nodes=2,"
+        f" workers=1), synchronous={a.synchronous}"
     )
-    samples = measure(a.tasks, a.reps, a.store == "durable")
+    samples = measure(a.tasks, a.reps, a.store == "durable", a.synchronous)
     print()
     print(table(samples))
     if a.out is not None:
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "tasks": a.tasks,
             "store": a.store,
+            "synchronous": a.synchronous,
             "samples": samples,
         }
         (a.out / "cluster_throughput.json").write_text(json.dumps(doc, indent=2))

@@ -81,6 +81,9 @@ class LocalCluster:
     max_payload : int, optional
         Largest argument or result in bytes (default 256 MiB); the nodes and
         the client adopt the coordinator's limit.
+    synchronous : str, optional
+        The store's SQLite ``synchronous`` mode, ``"NORMAL"`` (the default:
+        survives a crash of the coordinator) or ``"FULL"`` (also a power loss).
 
     Examples
     --------
@@ -100,6 +103,7 @@ class LocalCluster:
         start_timeout: float = 30.0,
         log_level: str = "WARNING",
         max_payload: int | None = None,
+        synchronous: str | None = None,
     ) -> None:
         if nodes < 1 or workers < 1:
             raise ValueError("nodes and workers must be at least 1")
@@ -111,6 +115,7 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.log_level = log_level
         self.max_payload = max_payload
+        self.synchronous = synchronous
         self.key = generate_key()
         self.address = ""
         self.coordinator: subprocess.Popen[bytes] | None = None
@@ -146,6 +151,8 @@ class LocalCluster:
             cmd += ["--store", self.store]
         if self.max_payload is not None:
             cmd += ["--max-payload", str(self.max_payload)]
+        if self.synchronous is not None:
+            cmd += ["--synchronous", self.synchronous]
         try:
             self.coordinator = subprocess.Popen(cmd, env=env)
             deadline = time.monotonic() + self.start_timeout
