@@ -231,6 +231,24 @@ def main_coordinator(argv: list[str] | None = None) -> int:
         default=20,
         help="dead-letter a task after N leases in all (default %(default)s)",
     )
+    p.add_argument(
+        "--result-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds a finished task and its result are kept (default %(default)g)",
+    )
+    p.add_argument(
+        "--dead-ttl",
+        type=float,
+        default=7 * 86400.0,
+        help="seconds a dead-lettered task is kept (default %(default)g, 7 days)",
+    )
+    p.add_argument(
+        "--max-dead",
+        type=int,
+        default=100_000,
+        help="most dead-lettered tasks kept; the oldest go first (default %(default)s)",
+    )
     p.add_argument("--port-file", help="write the bound HOST:PORT to this file once listening")
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: no TLS)")
     p.add_argument("--tls-key", help="PEM private key for TLS (default: in --tls-cert)")
@@ -254,7 +272,13 @@ def main_coordinator(argv: list[str] | None = None) -> int:
     with _startup(f"cannot open store {a.store}"):
         backend = SQLiteBackend(
             a.store,
-            Policy(max_lost=a.max_lost, max_attempts=a.max_attempts),
+            Policy(
+                max_lost=a.max_lost,
+                max_attempts=a.max_attempts,
+                result_ttl=a.result_ttl,
+                dead_ttl=a.dead_ttl,
+                max_dead=a.max_dead,
+            ),
             synchronous=a.synchronous,
             seed=a.seed,
         )

@@ -355,6 +355,7 @@ class Client:
         retries: int = 0,
         backoff: float = 1.0,
         delay: float = 0.0,
+        result_ttl: float | None = None,
     ) -> ClusterTask:
         """Submit with options.
 
@@ -366,6 +367,10 @@ class Client:
             Delay before the first retry; doubles each time, with jitter.
         delay : float
             Seconds to wait before the task may run (it starts SCHEDULED).
+        result_ttl : float, optional
+            Keep this task's result this long after it ends (default: the
+            coordinator's ``--result-ttl``, 1 hour); then it is purged, and
+            submitting its id again starts a new task.
 
         Raises
         ------
@@ -374,7 +379,7 @@ class Client:
         ValueError
             If ``task_id`` is not a non-empty string of at most 512 characters.
         """
-        return self._submit(fn, args, kwargs, task_id, retries, backoff, delay, True)
+        return self._submit(fn, args, kwargs, task_id, retries, backoff, delay, True, result_ttl)
 
     def _submit(
         self,
@@ -386,6 +391,7 @@ class Client:
         backoff: float,
         delay: float,
         yield_later: bool,
+        result_ttl: float | None = None,
     ) -> ClusterTask:
         if self._closed.is_set():
             raise RuntimeError("client is closed")
@@ -410,6 +416,8 @@ class Client:
             float(backoff),
             time.time() + delay if delay > 0 else 0.0,
         ]
+        if result_ttl is not None:
+            row.append(float(result_ttl))
         with self._lock:
             handle = self._handle(tid)
             if handle is None:

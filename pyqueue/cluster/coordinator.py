@@ -60,6 +60,8 @@ _BUSY_ROWS = 4
 #: ...and then the next one waits until this long after it, so that each commit
 #: and each write carries more (an idle round trip is never delayed)
 _BUSY_FLUSH_GAP = 0.001
+#: finished tasks purged per sweep at most
+_PURGE_BATCH = 10_000
 
 
 def _task_size(row: list[Any]) -> int:
@@ -432,7 +434,8 @@ class Coordinator:
     def _h_submit(self, peer: _Peer, msg: P.Message) -> None:
         specs = []
         for row in msg.body["tasks"]:
-            tid, payload, retries, backoff, not_before = row
+            tid, payload, retries, backoff, not_before = row[:5]
+            ttl = row[5] if len(row) > 5 else None
             if (
                 not isinstance(tid, str)
                 or not tid
@@ -440,7 +443,16 @@ class Coordinator:
                 or not isinstance(payload, bytes)
             ):
                 raise MalformedFrame("task rows need a non-empty string id and bytes payload")
-            specs.append(SubmitSpec(tid, payload, int(retries), float(backoff), float(not_before)))
+            specs.append(
+                SubmitSpec(
+                    tid,
+                    payload,
+                    int(retries),
+                    float(backoff),
+                    float(not_before),
+                    None if ttl is None else float(ttl),
+                )
+            )
         self._rows += len(specs)
         states = self.backend.submit(specs)
         for spec, st in zip(specs, states):
@@ -758,7 +770,11 @@ class Coordinator:
                         peer.transport.abort()
                     peer.closed = True
                     self._on_gone(peer)
-            if self.backend.promote_due(time.time()):
+            wall = time.time()
+            if self.backend.promote_due(wall):
+                self._schedule_flush()
+            # bounded batches: a large backlog of expired tasks never stalls dispatch
+            if self.backend.purge(wall, _PURGE_BATCH):
                 self._schedule_flush()
         except Exception:  # never let the sweeper die silently
             log.exception("sweep failed")
@@ -787,6 +803,7 @@ class Coordinator:
             "dead": tasks["dead"],
             "tasks": tasks,
             "completions": st["completions"],
+            "purged": st.get("purged", 0),
             "peers": len(self._peers),
             "rejected_peers": self.rejected,
         }

@@ -84,6 +84,10 @@ class LocalCluster:
     synchronous : str, optional
         The store's SQLite ``synchronous`` mode, ``"NORMAL"`` (the default:
         survives a crash of the coordinator) or ``"FULL"`` (also a power loss).
+    result_ttl, dead_ttl, max_dead : optional
+        Retention (see :class:`~pyqueue.cluster.store.Policy`): seconds a
+        finished task is kept (1 hour), seconds a dead one is kept (7 days),
+        and how many dead ones at most (100,000).
 
     Examples
     --------
@@ -104,6 +108,9 @@ class LocalCluster:
         log_level: str = "WARNING",
         max_payload: int | None = None,
         synchronous: str | None = None,
+        result_ttl: float | None = None,
+        dead_ttl: float | None = None,
+        max_dead: int | None = None,
     ) -> None:
         if nodes < 1 or workers < 1:
             raise ValueError("nodes and workers must be at least 1")
@@ -116,6 +123,11 @@ class LocalCluster:
         self.log_level = log_level
         self.max_payload = max_payload
         self.synchronous = synchronous
+        self.retention = {
+            "--result-ttl": result_ttl,
+            "--dead-ttl": dead_ttl,
+            "--max-dead": max_dead,
+        }
         self.key = generate_key()
         self.address = ""
         self.coordinator: subprocess.Popen[bytes] | None = None
@@ -153,6 +165,9 @@ class LocalCluster:
             cmd += ["--max-payload", str(self.max_payload)]
         if self.synchronous is not None:
             cmd += ["--synchronous", self.synchronous]
+        for flag, value in self.retention.items():
+            if value is not None:
+                cmd += [flag, str(value)]
         try:
             self.coordinator = subprocess.Popen(cmd, env=env)
             deadline = time.monotonic() + self.start_timeout

@@ -140,7 +140,7 @@ class MsgType(enum.IntEnum):
     ERROR = 5
     CONTINUED = 6  # raw bytes: the next slice of a message larger than one frame
     # client <-> coordinator
-    SUBMIT = 10  # {"tasks": [[id, payload, retries, backoff, not_before], ...]}
+    SUBMIT = 10  # {"tasks": [[id, payload, retries, backoff, not_before, result_ttl|None], ...]}
     SUBMIT_ACK = 11  # {"states": [state, ...]} in submit order
     WAIT = (
         12  # {"ids": [...]}: push RESULTS when they end; corr != 0 -> SUBMIT_ACK {"unknown": ids}

@@ -42,6 +42,7 @@ Not thread-safe; the coordinator calls it from its event loop only.
 from __future__ import annotations
 
 import abc
+import collections
 import fcntl
 import heapq
 import json
@@ -94,6 +95,8 @@ class TaskRecord:
     node: str | None = None
     result: bytes | None = None
     error: str | None = None
+    result_ttl: float | None = None  # this task's own retention, seconds (None: the policy's)
+    expires: float = 0.0  # wall-clock time its finished record may be purged (0: not finished)
 
     def summary(self) -> dict[str, Any]:
         """A msgpack-able description (for status and the dead-letter list)."""
@@ -115,6 +118,7 @@ class SubmitSpec(NamedTuple):
     retries: int = 0  # application-error retries wanted
     backoff: float = 1.0  # base delay of the first retry, seconds
     not_before: float = 0.0  # wall-clock time before which it must not run (SCHEDULED)
+    result_ttl: float | None = None  # keep its result this long after it ends (None: policy)
 
 
 class Lease(NamedTuple):
@@ -137,11 +141,21 @@ class Policy:
         Hard cap on leases of one task (counted since its last requeue).
     backoff_cap : float
         Longest delay between application-error retries, seconds.
+    result_ttl : float
+        A finished task (succeeded, failed, cancelled) is kept, with its
+        result, this long after it ended; then its record is purged.
+    dead_ttl : float
+        A dead-lettered task is kept this long (it can be requeued meanwhile).
+    max_dead : int
+        At most this many dead tasks are kept; the oldest are purged first.
     """
 
     max_lost: int = 4
     max_attempts: int = 20
     backoff_cap: float = 300.0
+    result_ttl: float = 3600.0
+    dead_ttl: float = 7 * 86400.0
+    max_dead: int = 100_000
 
 
 class Backend(abc.ABC):
@@ -224,6 +238,15 @@ class Backend(abc.ABC):
         """Move SCHEDULED tasks whose time has come to PENDING; return how many."""
 
     @abc.abstractmethod
+    def purge(self, now: float, limit: int) -> int:
+        """Forget at most ``limit`` finished tasks whose retention has run out
+        (and the oldest dead ones past ``max_dead``); return how many.
+
+        A purged id is unknown from then on: submitting it again starts a
+        new task.
+        """
+
+    @abc.abstractmethod
     def next_due(self) -> float | None:
         """Wall-clock time of the earliest SCHEDULED task, if any."""
 
@@ -261,6 +284,10 @@ class Backend(abc.ABC):
 
 _COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
+    " result, error, result_ttl, expires"
+)
+_V1_COLS = (
+    "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
     " result, error"
 )
 # seq is the rowid: updates and reads find a row by integer key, and no text
@@ -279,8 +306,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     not_before REAL NOT NULL,
     base INTEGER NOT NULL,
     result BLOB,
-    error TEXT
+    error TEXT,
+    result_ttl REAL,
+    expires REAL NOT NULL DEFAULT 0
 )"""
+# finished tasks by expiry: purging (and the purge at restart) never scans
+_EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires) WHERE expires > 0"
 _META_TABLE = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)"
 
 
@@ -330,8 +361,12 @@ class SQLiteBackend(Backend):
         self._dirty: dict[str, None] = {}
         self._finished: list[str] = []
         self._counts = [0] * len(TaskState)  # tasks per state, kept as they change
+        self._expiry: list[tuple[float, int, str]] = []  # heap of (expires, seq, id)
+        self._dead_order: collections.deque[tuple[int, str]] = collections.deque()
+        self._deleted: list[int] = []  # seqs purged since the last commit
         self._seq = 0
         self.counters = {"accepted": 0, "duplicate": 0, "stale": 0, "unknown": 0}
+        self.purged = 0
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         if path is not None:
@@ -341,8 +376,9 @@ class SQLiteBackend(Backend):
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            _migrate_v1(self._db)
+            _migrate_v1(self._db, self.policy)
             self._db.execute(_TASKS_TABLE)
+            self._db.execute(_EXPIRY_INDEX)
             self._db.execute(_META_TABLE)
             self._load()
 
@@ -359,14 +395,32 @@ class SQLiteBackend(Backend):
         assert self._db is not None
         terminal = ",".join(str(int(s)) for s in TERMINAL)
         # Results and payloads of ended tasks stay on disk; dead ones may be requeued.
+        purged = self._db.execute(
+            "DELETE FROM tasks WHERE expires > 0 AND expires <= ?", (time.time(),)
+        ).rowcount
         rows = self._db.execute(
             f"SELECT id, seq, state, CASE WHEN state IN ({terminal})"
             f" AND state != {int(TaskState.DEAD)} THEN NULL ELSE payload END,"
             " attempts, failures, lost, retries, backoff, not_before,"
-            " base, error FROM tasks ORDER BY seq"
+            " base, error, result_ttl, expires FROM tasks ORDER BY seq"
         )
         requeued = 0
-        for tid, seq, state, payload, att, fail, lost, retries, backoff, nb, base, error in rows:
+        for (
+            tid,
+            seq,
+            state,
+            payload,
+            att,
+            fail,
+            lost,
+            retries,
+            backoff,
+            nb,
+            base,
+            error,
+            ttl,
+            expires,
+        ) in rows:
             st = TaskState(state)
             rec = TaskRecord(
                 tid,
@@ -383,7 +437,13 @@ class SQLiteBackend(Backend):
                 None,
                 None,
                 error,
+                ttl,
+                expires,
             )
+            if expires:
+                self._expiry.append((expires, seq, tid))
+                if st is TaskState.DEAD:
+                    self._dead_order.append((seq, tid))
             if st is TaskState.LEASED:
                 # The coordinator died, not the node: back to its old position, no counter charged.
                 rec.state = TaskState.PENDING
@@ -404,6 +464,13 @@ class SQLiteBackend(Backend):
             self._seq = max(self._seq, seq + 1)
         heapq.heapify(self._pending)
         heapq.heapify(self._scheduled)
+        heapq.heapify(self._expiry)
+        if purged:
+            log.info(
+                "purged %d finished task(s) whose retention ran out while stopped",
+                purged,
+                extra={"event": "purged", "count": purged},
+            )
         if self._tasks:
             log.info(
                 "store reloaded",
@@ -435,8 +502,14 @@ class SQLiteBackend(Backend):
         rec.result = result
         rec.error = error
         rec.node = None
-        if state is not TaskState.DEAD:
+        if state is TaskState.DEAD:
+            ttl = self.policy.dead_ttl
+            self._dead_order.append((rec.seq, rec.id))
+        else:
             rec.payload = None  # only dead tasks may run again (it is on disk anyway)
+            ttl = rec.result_ttl if rec.result_ttl is not None else self.policy.result_ttl
+        rec.expires = time.time() + ttl
+        heapq.heappush(self._expiry, (rec.expires, rec.seq, rec.id))
         self._touch(rec)
         self._finished.append(rec.id)
 
@@ -470,6 +543,7 @@ class SQLiteBackend(Backend):
                     retries=max(0, int(spec.retries)),
                     backoff=max(0.0, float(spec.backoff)),
                     not_before=float(spec.not_before),
+                    result_ttl=None if spec.result_ttl is None else max(0.0, spec.result_ttl),
                 )
                 tasks[spec.id] = rec
                 self._counts[rec.state] += 1
@@ -651,6 +725,7 @@ class SQLiteBackend(Backend):
             rec.base = rec.attempts
             rec.error = None
             rec.result = None
+            rec.expires = 0.0  # its entries in the expiry heap and dead order go stale
             self._requeue(rec)
             out.append(True)
         return out
@@ -675,6 +750,39 @@ class SQLiteBackend(Backend):
             self._requeue(rec)
             n += 1
         return n
+
+    def purge(self, now: float, limit: int) -> int:
+        tasks = self._tasks
+        gone: list[TaskRecord] = []
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now and len(gone) < limit:
+            expires, seq, tid = heapq.heappop(expiry)
+            rec = tasks.get(tid)
+            if rec is not None and rec.seq == seq and rec.expires == expires:
+                gone.append(rec)
+                del tasks[tid]
+        dead_over = self._counts[TaskState.DEAD] - self.policy.max_dead
+        order = self._dead_order
+        while dead_over > 0 and order and len(gone) < limit:
+            seq, tid = order.popleft()
+            rec = tasks.get(tid)
+            if rec is not None and rec.seq == seq and rec.state is TaskState.DEAD:
+                gone.append(rec)
+                del tasks[tid]
+                dead_over -= 1
+        for rec in gone:
+            self._counts[rec.state] -= 1
+            self._new.pop(rec.id, None)
+            self._dirty.pop(rec.id, None)
+            self._deleted.append(rec.seq)
+        if gone:
+            self.purged += len(gone)
+            log.info(
+                "purged %d finished task(s)",
+                len(gone),
+                extra={"event": "purged", "count": len(gone)},
+            )
+        return len(gone)
 
     def next_due(self) -> float | None:
         while self._scheduled:
@@ -718,14 +826,15 @@ class SQLiteBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         counts = {st.name.lower(): self._counts[st] for st in TaskState}
-        return {"tasks": counts, "completions": dict(self.counters)}
+        return {"tasks": counts, "completions": dict(self.counters), "purged": self.purged}
 
     def commit(self) -> None:
         if self._db is None:
             self._new.clear()
             self._dirty.clear()
+            self._deleted.clear()
             return
-        if not self._new and not self._dirty:
+        if not self._new and not self._dirty and not self._deleted:
             return
         tasks = self._tasks
         db = self._db
@@ -733,7 +842,7 @@ class SQLiteBackend(Backend):
         try:
             if self._new:
                 db.executemany(
-                    f"INSERT INTO tasks ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO tasks ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.id,
@@ -749,6 +858,8 @@ class SQLiteBackend(Backend):
                             r.base,
                             r.result,
                             r.error,
+                            r.result_ttl,
+                            r.expires,
                         )
                         for r in map(tasks.__getitem__, self._new)
                     ],
@@ -756,7 +867,7 @@ class SQLiteBackend(Backend):
             if self._dirty:
                 db.executemany(
                     "UPDATE tasks SET state=?, attempts=?, failures=?, lost=?, not_before=?,"
-                    " base=?, result=?, error=? WHERE seq=?",
+                    " base=?, result=?, error=?, expires=? WHERE seq=?",
                     [
                         (
                             int(r.state),
@@ -767,17 +878,21 @@ class SQLiteBackend(Backend):
                             r.base,
                             r.result,
                             r.error,
+                            r.expires,
                             r.seq,
                         )
                         for r in map(tasks.__getitem__, self._dirty)
                     ],
                 )
+            if self._deleted:
+                db.executemany("DELETE FROM tasks WHERE seq=?", [(q,) for q in self._deleted])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self._new.clear()
         self._dirty.clear()
+        self._deleted.clear()
 
     def close(self) -> None:
         if self._db is not None:
@@ -789,7 +904,7 @@ class SQLiteBackend(Backend):
             self._lock_fd = None
 
 
-def _migrate_v1(db: sqlite3.Connection) -> None:
+def _migrate_v1(db: sqlite3.Connection, policy: Policy) -> None:
     """Move a round-1 store (``id`` as the primary key) to the current schema."""
     cols = db.execute("PRAGMA table_info(tasks)").fetchall()
     if not any(name == "id" and pk for _, name, _, _, _, pk in cols):
@@ -797,7 +912,13 @@ def _migrate_v1(db: sqlite3.Connection) -> None:
     db.execute("BEGIN")
     db.execute("ALTER TABLE tasks RENAME TO tasks_v1")
     db.execute(_TASKS_TABLE)
-    db.execute(f"INSERT INTO tasks ({_COLS}) SELECT {_COLS} FROM tasks_v1")
+    db.execute(f"INSERT INTO tasks ({_V1_COLS}) SELECT {_V1_COLS} FROM tasks_v1")
+    # round 1 kept everything forever: retention starts counting now
+    now = time.time()
+    dead = int(TaskState.DEAD)
+    ended = ",".join(str(int(st)) for st in TERMINAL if st is not TaskState.DEAD)
+    db.execute(f"UPDATE tasks SET expires=? WHERE state IN ({ended})", (now + policy.result_ttl,))
+    db.execute(f"UPDATE tasks SET expires=? WHERE state={dead}", (now + policy.dead_ttl,))
     db.execute("DROP TABLE tasks_v1")
     db.execute("COMMIT")
     log.info("store migrated to the current schema", extra={"event": "store_migrated"})

@@ -302,3 +302,70 @@ def test_a_node_holds_at_most_one_suspect_task_at_a_time(store):
     assert le.id == "s2"  # another node may take the next suspect
     store.complete("m", "s1", 2, True, b"r", None)
     assert [x.id for x in store.lease("m", 10)] == ["ok"]  # m's suspect slot is free again
+
+
+# -- retention -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def short(request, tmp_path):
+    policy = Policy(result_ttl=10.0, dead_ttl=100.0, max_dead=2, max_lost=1)
+    b = SQLiteBackend(None if request.param == "memory" else str(tmp_path / "r.db"), policy, seed=1)
+    yield b
+    b.close()
+
+
+def finish_all(b, node="n"):
+    for le in b.lease(node, 100):
+        b.complete(node, le.id, le.token, True, b"r-" + le.id.encode(), None)
+
+
+def test_finished_tasks_are_purged_after_their_ttl_and_their_ids_start_anew(short):
+    sub(short, "a", "b")
+    short.submit([SubmitSpec("keep", b"p", result_ttl=50.0)])
+    finish_all(short)
+    short.commit()
+    now = time.time()
+    assert short.purge(now + 5, 100) == 0  # within the TTL: kept, result readable
+    assert short.outcome("a")[1] == b"r-a"
+    assert short.purge(now + 11, 100) == 2
+    short.commit()
+    assert short.get("a") is None and short.get("keep") is not None
+    assert short.stats()["tasks"]["succeeded"] == 1 and short.stats()["purged"] == 2
+    assert sub(short, "a") == [TaskState.PENDING]  # a purged id is a new task
+    assert short.purge(now + 51, 100) == 1  # the per-task TTL is honoured
+    assert short.get("keep") is None
+
+
+def test_purge_works_in_bounded_batches(short):
+    sub(short, *[f"t{i}" for i in range(25)])
+    finish_all(short)
+    later = time.time() + 11
+    assert [short.purge(later, 10) for _ in range(4)] == [10, 10, 5, 0]
+
+
+def test_dead_tasks_are_capped_oldest_first_and_expire(short):
+    for tid in ("d1", "d2", "d3"):
+        sub(short, tid)
+        short.lease("n", 1)
+        short.node_lost("n")  # max_lost=1: dead at once
+    assert short.stats()["tasks"]["dead"] == 3
+    assert short.purge(time.time(), 100) == 1  # over max_dead=2: the oldest goes
+    assert short.get("d1") is None and short.get("d2") is not None
+    assert short.requeue_dead(["d2"]) == [True]  # requeued: no longer dead, not purged
+    assert short.purge(time.time() + 101, 100) == 1  # d3 expired; d2 is pending again
+    assert short.get("d2").state is TaskState.PENDING and short.get("d3") is None
+
+
+def test_restart_drops_expired_tasks_and_keeps_the_rest(tmp_path):
+    path = str(tmp_path / "r.db")
+    b = SQLiteBackend(path, Policy(result_ttl=0.2))
+    sub(b, "old", "todo")
+    (le,) = b.lease("n", 1)
+    b.complete("n", "old", le.token, True, b"x", None)
+    b.close()
+    time.sleep(0.3)  # let the retention run out while no coordinator is up
+    b2 = SQLiteBackend(path, Policy(result_ttl=0.2))
+    assert b2.get("old") is None and b2.get("todo").state is TaskState.PENDING
+    assert b2._db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+    b2.close()
