@@ -100,10 +100,14 @@ class TaskQueue(_native.Engine):
         self._engine_start(maxsize, native_workers, budget, put_timeout)
         _live_queues.add(self)
         _all_queues.add(self)
+        # The threads get the lane and a weak reference to the queue, never the
+        # queue itself: a queue nobody refers to is freed, which closes the
+        # lane, and its threads exit (as concurrent.futures workers do).
+        args = (weakref.ref(self), self.lane, initializer, self._initargs)
         try:
             for i in range(workers):
                 thread = threading.Thread(
-                    target=self._lane_main, name=f"{thread_name_prefix}-{i}", daemon=False
+                    target=_lane_main, args=args, name=f"{thread_name_prefix}-{i}", daemon=False
                 )
                 thread.start()
                 self._threads.append(thread)
@@ -115,15 +119,6 @@ class TaskQueue(_native.Engine):
     def workers(self) -> int:
         """Number of Python-lane threads."""
         return self._workers
-
-    def _lane_main(self) -> None:
-        if self._initializer is not None:
-            try:
-                self._initializer(*self._initargs)
-            except BaseException as exc:
-                self._break(exc)
-                return
-        self._lane_run()
 
     def _break(self, cause: BaseException) -> None:
         err = BrokenQueue("a worker initializer failed; the queue is not usable anymore")
@@ -305,6 +300,26 @@ class TaskQueue(_native.Engine):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<pyqueue.TaskQueue {state} workers={self._workers} queued={self.qsize()}>"
+
+
+def _lane_main(
+    queue_ref: weakref.ReferenceType[TaskQueue],
+    lane: _native.Lane,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    # Body of a lane thread.  It must not keep the queue alive: the queue is
+    # looked up through its weak reference only to report a failed initializer.
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            q = queue_ref()
+            if q is not None:
+                q._break(exc)
+            del q
+            return
+    lane.run()
 
 
 def _shutdown_all_at_exit() -> None:

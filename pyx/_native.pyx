@@ -293,18 +293,87 @@ cdef int _run_task(Task t, bint inline) except -1:
     return 0
 
 
+@cython.final
+cdef class Lane:
+    """The Python lane's ring, shared by a queue and its lane threads.
+
+    The threads hold the lane, never the queue (they hold that only weakly,
+    as concurrent.futures workers do): a queue that is dropped without
+    ``shutdown()`` closes the lane as it is freed, the threads drain what is
+    queued and exit, and the last of them frees the ring.
+    """
+    cdef pq_lane *c_lane          # heap: it needs 128-byte alignment
+    cdef int64_t c_budget_ns
+    cdef bint c_forked            # made before os.fork(): leak, never free
+
+    def __cinit__(self):
+        self.c_lane = NULL
+
+    def __dealloc__(self):
+        cdef pq_item item
+        cdef Task t
+        if self.c_lane == NULL or self.c_forked:
+            return
+        # Nobody can run what is left (no queue, no thread): cancel it, so that
+        # a waiter elsewhere does not wait forever.
+        while pq_lane_pop(self.c_lane, &item, 0) == PQ_OK:
+            t = <Task>item.ctx
+            Py_DECREF(t)
+            try:
+                t.cancel()
+            except BaseException:
+                pass
+        pq_lane_free(self.c_lane)
+        self.c_lane = NULL
+
+    def run(self):
+        """Body of a Python-lane thread: park with the GIL released, then run
+        tasks with the GIL held for up to one budget before parking again.
+        Returns once the lane is closed and empty."""
+        cdef pq_item item
+        cdef int rc
+        cdef int64_t deadline
+        cdef unsigned n
+        while True:
+            with nogil:
+                rc = pq_lane_pop(self.c_lane, &item, -1)
+            if rc != PQ_OK:
+                return
+            deadline = pq_now_ns() + self.c_budget_ns
+            n = 0
+            while True:
+                _run_popped(&item)
+                n += 1
+                if (n & 15) == 0 and pq_now_ns() >= deadline:
+                    break
+                if pq_lane_pop(self.c_lane, &item, 0) != PQ_OK:
+                    break
+
+
+cdef void _run_popped(pq_item *item) noexcept:
+    cdef Task t = <Task>item.ctx
+    Py_DECREF(t)   # the ring's reference; `t` holds its own
+    try:
+        _run_task(t, False)
+    except BaseException:
+        _log.exception("pyqueue lane thread: unexpected error")
+
+
+# no_gc_clear: __dealloc__ closes the lane, so the cyclic GC must not drop the
+# reference to it first (a queue in a cycle is freed by the collector).
+@cython.no_gc_clear
 cdef class Engine:
     """The native half of a TaskQueue: the Python lane and the native pool.
 
     Not for direct use: ``pyqueue.TaskQueue`` subclasses it and adds policy.
     """
-    cdef pq_lane *c_lane          # heap: it needs 128-byte alignment
+    cdef pq_lane *c_lane          # borrowed from `lane`, which owns it
+    cdef readonly Lane lane
     cdef pq_pool *c_pool
     cdef int c_native_workers
     cdef bint c_closed
     cdef bint c_forked
     cdef object c_broken         # exception raised at submit once broken
-    cdef int64_t c_budget_ns
     cdef int64_t c_put_timeout_ns
     cdef readonly size_t capacity
 
@@ -321,24 +390,27 @@ cdef class Engine:
             raise ValueError("maxsize must be >= 1")
         while cap < capacity:
             cap <<= 1
+        cdef Lane lane = Lane.__new__(Lane)
         # Python-lane consumers never spin: they need the GIL anyway.
-        _raise_status(pq_lane_new(&self.c_lane, cap, 0, 0), "TaskQueue")
+        _raise_status(pq_lane_new(&lane.c_lane, cap, 0, 0), "TaskQueue")
+        lane.c_budget_ns = <int64_t>(budget_s * 1e9)
+        self.lane = lane
+        self.c_lane = lane.c_lane
         self.capacity = cap
         self.c_native_workers = native_workers
-        self.c_budget_ns = <int64_t>(budget_s * 1e9)
         self.c_put_timeout_ns = _timeout_ns(put_timeout)
         self.c_closed = False
 
     def __dealloc__(self):
-        cdef pq_item item
+        # A queue dropped without shutdown(): its lane threads drain what is
+        # queued and exit (they hold the lane, not us); the native pool runs
+        # what it holds and is joined here.
         if self.c_pool != NULL and not self.c_forked:
             with nogil:
                 pq_pool_destroy(self.c_pool)
         self.c_pool = NULL
         if self.c_lane != NULL and not self.c_forked:
-            while pq_lane_pop(self.c_lane, &item, 0) == PQ_OK:
-                Py_DECREF(<object>item.ctx)
-            pq_lane_free(self.c_lane)
+            pq_lane_close(self.c_lane)
         self.c_lane = NULL
 
     @property
@@ -453,36 +525,6 @@ cdef class Engine:
 
     # -- the Python lane ---------------------------------------------------------
 
-    def _lane_run(self):
-        """Body of a Python-lane thread: park with the GIL released, then run
-        tasks with the GIL held for up to one budget before parking again."""
-        cdef pq_item item
-        cdef int rc
-        cdef int64_t deadline
-        cdef unsigned n
-        while True:
-            with nogil:
-                rc = pq_lane_pop(self.c_lane, &item, -1)
-            if rc != PQ_OK:
-                return
-            deadline = pq_now_ns() + self.c_budget_ns
-            n = 0
-            while True:
-                self._run_popped(&item)
-                n += 1
-                if (n & 15) == 0 and pq_now_ns() >= deadline:
-                    break
-                if pq_lane_pop(self.c_lane, &item, 0) != PQ_OK:
-                    break
-
-    cdef void _run_popped(self, pq_item *item) noexcept:
-        cdef Task t = <Task>item.ctx
-        Py_DECREF(t)   # the ring's reference; `t` holds its own
-        try:
-            _run_task(t, False)
-        except BaseException:
-            _log.exception("pyqueue lane thread: unexpected error")
-
     def _quiesce_lane(self):
         """After close: wait until no submit is mid-push, so that what is left
         in the lane stays there (see pq_lane_quiesce)."""
@@ -541,6 +583,8 @@ cdef class Engine:
         self.c_forked = True
         self.c_closed = True
         self.c_pool = NULL
+        if self.lane is not None:
+            self.lane.c_forked = True
 
     # -- map -----------------------------------------------------------------
 
