@@ -8,19 +8,20 @@ CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Werror -pthread
 SAN_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SAN_TSAN := -fsanitize=thread
 
-.PHONY: help build test test-c test-py test-py-asan bench bench-c bench-c-bin bench-micro profile callgrind lint clean
+.PHONY: help build test test-c test-py test-py-asan bench bench-c bench-c-bin bench-micro profile callgrind lint format clean
 
 help:
 	@echo "build      build the extension in place (pyqueue._native)"
 	@echo "test       C tests under sanitizers, then the Python tests"
 	@echo "test-c     C core tests under ASan+UBSan and under TSan"
-	@echo "test-py    the Python test suite (pytest)"
+	@echo "test-py    the Python test suite (pytest); ARGS=\"tests/unit -k name\" narrows it"
 	@echo "test-py-asan  unit and stress tests against an ASan+UBSan build of the extension"
 	@echo "bench      C microbenchmark, then the peer comparison (quick)"
 	@echo "bench-micro  pytest-benchmark microbenchmarks of the Python API"
 	@echo "profile    py-spy flame graphs (profiling/out/)"
 	@echo "callgrind  instruction counts of the C microbenchmark"
-	@echo "lint       ruff and mypy"
+	@echo "lint       ruff check, ruff format --check, mypy (what CI runs)"
+	@echo "format     ruff format and ruff check --fix (rewrites files)"
 	@echo "clean      remove build products"
 
 build:
@@ -28,8 +29,10 @@ build:
 
 test: test-c test-py
 
+# ARGS go to pytest: make test-py ARGS="tests/unit/test_task.py -k cancel -x"
+ARGS ?= tests
 test-py: build
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest $(ARGS)
 
 # The extension built with ASan+UBSan into build/asan (next to a copy of the
 # Python files), and the tests run from outside the tree so that they import
@@ -85,9 +88,15 @@ profile: build
 callgrind: build/pq_bench
 	profiling/callgrind.sh
 
+LINT_PATHS := pyqueue tests benchmarks profiling setup.py
 lint:
-	$(PYTHON) -m ruff check pyqueue tests benchmarks profiling
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
 	$(PYTHON) -m mypy pyqueue
+
+format:
+	$(PYTHON) -m ruff format $(LINT_PATHS)
+	$(PYTHON) -m ruff check --fix $(LINT_PATHS)
 
 clean:
 	rm -rf build dist *.egg-info pyqueue/*.so pyx/*.c pyqueue/_native.c .pytest_cache

@@ -52,11 +52,9 @@ def test_run_in_executor(ex):
     assert asyncio.run(main()) == [i**3 for i in range(5)]
 
 
-def test_shutdown_cancel_futures_and_submit_after_shutdown():
+def test_shutdown_cancel_futures_and_submit_after_shutdown(occupy):
     ex = pyqueue.Executor(max_workers=1)
-    gate = threading.Event()
-    running = ex.submit(gate.wait, 10)
-    time.sleep(0.05)
+    running, gate = occupy(ex)
     queued = [ex.submit(abs, -i) for i in range(20)]
     threading.Timer(0.1, gate.set).start()
     ex.shutdown(wait=True, cancel_futures=True)

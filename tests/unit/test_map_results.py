@@ -56,8 +56,8 @@ def test_map_is_lazy_over_infinite_iterator(q):
 
     it = q.map(lambda x: x + 1, source(), chunksize=10, ahead=3)
     assert [next(it) for _ in range(25)] == list(range(1, 26))
-    time.sleep(0.05)
-    # At most the chunks in flight were pulled: bounded look-ahead.
+    # Only the consuming thread pulls from the source, so the count is exact
+    # here: at most the chunks in flight were pulled (bounded look-ahead).
     assert next(consumed) <= 25 + 10 * 4 + 1
     it.close()
 
@@ -77,11 +77,14 @@ def test_map_bad_arguments(q):
         q.map(abs, [1], ahead=0)
 
 
-def test_results_yields_in_completion_order(q):
-    slow = q.submit(time.sleep, 0.3)
-    fast = q.submit(time.sleep, 0.01)
-    order = list(q.results([slow, fast]))
-    assert order == [fast, slow]
+def test_results_yields_in_completion_order(q, occupy):
+    slow, gate = occupy(q)
+    fast = q.submit(abs, -1)
+    it = q.results([slow, fast])
+    assert next(it) is fast
+    gate.set()
+    assert next(it) is slow
+    assert list(it) == []
 
 
 def test_results_yields_each_task_once_including_duplicates_and_failures(q):
@@ -128,14 +131,12 @@ def test_map_length_hint_tracks_what_is_left_for_sized_inputs(q):
     assert operator.length_hint(q.map(abs, iter([1, 2]))) == 0  # unknown for iterators
 
 
-def test_map_keeps_every_item_when_a_look_ahead_push_fails():
+def test_map_keeps_every_item_when_a_look_ahead_push_fails(occupy):
     # Found in review: a QueueFull from refilling the look-ahead dropped the
     # chunk being waited for and the chunk taken from the source.
-    gate = threading.Event()
     q = pyqueue.TaskQueue(workers=1, maxsize=4, put_timeout=0.05)
     try:
-        q.submit(gate.wait, 10)
-        time.sleep(0.05)
+        _, gate = occupy(q)
         it = q.map(lambda x: x, list(range(20)), chunksize=1, ahead=2)
         for _ in range(2):
             q.submit(abs, 1)  # the lane is now full
