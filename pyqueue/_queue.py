@@ -11,10 +11,10 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from pyqueue import _native
+from pyqueue import _aio, _native
 from pyqueue.errors import BrokenQueue
 
 __all__ = ["TaskQueue", "Abandonable"]
@@ -214,6 +214,33 @@ class TaskQueue(_native.Engine):
                 except queue.Empty:
                     continue
             yield task
+
+    # -- asyncio -------------------------------------------------------------------
+
+    def as_completed(
+        self, tasks: Iterable[_native.Task], timeout: float | None = None
+    ) -> AsyncIterator[_native.Task]:
+        """``async for task in q.as_completed(tasks)``: tasks in completion order.
+
+        Each task is yielded once; each completion wakes the event loop once
+        (no thread, no polling).  Unlike :meth:`results`, nothing runs on the
+        loop's thread.  ``timeout`` (seconds, from the first iteration) raises
+        :class:`TimeoutError` if tasks remain.  Leaving the loop early, or
+        cancelling the coroutine, cancels no task.
+        """
+        return _aio.as_completed(tasks, timeout)
+
+    async def gather(
+        self, tasks: Iterable[_native.Task], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """``await q.gather(tasks)``: the results in input order.
+
+        The loop is woken once, when the last task completes (or when one
+        fails: its exception is raised, and the other tasks keep running).
+        With ``return_exceptions`` exceptions take their places in the list.
+        Cancelling the awaiting coroutine cancels no task (shield semantics).
+        """
+        return await _aio.gather(tasks, return_exceptions=return_exceptions)
 
     # -- native --------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ written for :mod:`concurrent.futures` or :mod:`queue` keeps working.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import queue
 
 __all__ = [
+    "AsyncCancelledError",
     "AuthenticationError",
     "BrokenQueue",
     "CancelledError",
@@ -50,6 +52,17 @@ class QueueFull(PyqueueError, queue.Full):
 class BrokenQueue(PyqueueError, concurrent.futures.BrokenExecutor):
     """A worker initializer failed: the queue accepts no more work and pending
     tasks fail with this error."""
+
+
+class AsyncCancelledError(concurrent.futures.CancelledError, asyncio.CancelledError):
+    """Raised by ``await handle`` when the task itself was cancelled.
+
+    It is an :class:`asyncio.CancelledError`, so an awaiting asyncio task ends
+    as cancelled just as when it awaits a cancelled asyncio future, and also a
+    :class:`concurrent.futures.CancelledError` (``pyqueue.CancelledError``),
+    which is what ``handle.result()`` raises.  Cancelling the awaiting
+    coroutine does not cancel the task (see :mod:`pyqueue._aio`).
+    """
 
 
 class NativeTaskError(PyqueueError, RuntimeError):

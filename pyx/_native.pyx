@@ -23,7 +23,9 @@ import collections
 import ctypes
 import itertools
 import logging
+import types
 
+from pyqueue._aio import await_handle as _await_handle
 from pyqueue.errors import CancelledError, NativeTaskError, QueueClosed, QueueFull
 
 _log = logging.getLogger("pyqueue")
@@ -206,6 +208,18 @@ cdef class Task:
             raise CancelledError()
         return self.value if self.failed else None
 
+    def __await__(self):
+        """``await task`` on any running event loop: the task's value, or its
+        exception raised.  No thread waits: completion wakes the loop once
+        (``call_soon_threadsafe``).  Cancelling the awaiting coroutine does
+        not cancel the task (``asyncio.shield`` semantics); a cancelled task
+        raises :class:`pyqueue.errors.AsyncCancelledError`, an
+        ``asyncio.CancelledError``.  Never runs the task on the loop's thread.
+        """
+        return _await_handle(self)
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
     def add_done_callback(self, fn):
         """Call ``fn(task)`` once the task is done (at once if it already is).
 
@@ -225,7 +239,7 @@ cdef class Task:
             self.callbacks.append(fn)
 
 
-cdef void _call_callback(object fn, Task t) noexcept:
+cdef void _call_callback(object fn, object t) noexcept:
     try:
         fn(t)
     except Exception:
@@ -1018,10 +1032,13 @@ cdef class NativeTask:
     early waits for the batch (the workers are writing into ``out``).
     """
     cdef pq_batch c_batch
+    cdef pq_batch_hook c_hook    # registered by the first add_done_callback
     cdef readonly int64_t n
     cdef bint submitted
+    cdef bint hooked
     cdef int generation        # _fork_generation when the batch was made
     cdef object args, out, status_array, kernel_obj
+    cdef list callbacks        # while hooked and not yet fired
 
     def __dealloc__(self):
         # Nobody can read the results any more: skip the chunks not started,
@@ -1088,6 +1105,40 @@ cdef class NativeTask:
         still waits for those."""
         pq_batch_cancel(&self.c_batch)
 
+    def add_done_callback(self, fn):
+        """Call ``fn(handle)`` once the batch is done (at once if it already is).
+
+        Callbacks run in the native worker that completes the batch, which
+        takes the GIL for them; an exception they raise is logged to the
+        ``pyqueue`` logger.  Registering costs nothing on the batch's path:
+        the C core calls one hook when its last chunk completes.
+        """
+        cdef int rc
+        if self.generation != _fork_generation and not pq_batch_is_done(&self.c_batch):
+            raise QueueClosed("this native batch was started before os.fork(); "
+                              "it cannot complete in the child process")
+        if self.callbacks is not None:   # hooked, not fired yet (we hold the GIL)
+            self.callbacks.append(fn)
+            return
+        if self.hooked or not self.submitted or pq_batch_is_done(&self.c_batch):
+            _call_callback(fn, self)
+            return
+        self.callbacks = [fn]
+        self.hooked = True
+        self.c_hook.fn = _native_done_hook
+        self.c_hook.ctx = <void *>self
+        Py_INCREF(self)   # the hook's reference, dropped once it has run
+        rc = pq_batch_set_hook(&self.c_batch, &self.c_hook)
+        if rc != PQ_OK:   # completed meanwhile: the hook will never run
+            Py_DECREF(self)
+            _fire_native_callbacks(self)
+
+    def __await__(self):
+        """``await handle``: the status array, or :class:`NativeTaskError`
+        raised; completion wakes the loop once, and cancelling the awaiting
+        coroutine does not cancel the batch (see ``Task.__await__``)."""
+        return _await_handle(self)
+
     def result(self, timeout=None, *, bint raise_on_error=True):
         """Wait for the batch; return the int32 status array (0 = ok).
 
@@ -1110,6 +1161,22 @@ cdef class NativeTask:
             index = int(numpy.flatnonzero(status)[0])
             raise NativeTaskError(index, int(status[index]), int(failed), status)
         return self.status_array
+
+
+cdef void _native_done_hook(void *ctx) noexcept nogil:
+    # Called once by the C core, in the thread that completed the batch
+    # (a native worker, or the submitter), after done is set.
+    with gil:
+        _fire_native_callbacks(<NativeTask>ctx)
+        Py_DECREF(<NativeTask>ctx)   # the reference taken when the hook was set
+
+
+cdef void _fire_native_callbacks(NativeTask t) noexcept:
+    cdef list callbacks = t.callbacks
+    t.callbacks = None
+    if callbacks is not None:
+        for fn in callbacks:
+            _call_callback(fn, t)
 
 
 def run_serial(fn, args, out, *, abi=None, status=None):

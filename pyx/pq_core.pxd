@@ -70,6 +70,9 @@ cdef extern from "pq_pool.h" nogil:
     ctypedef int (*pq_item_fn)(const void *arg, void *out) noexcept nogil
     ctypedef int (*pq_range_fn)(const void *args, int64_t begin, int64_t end,
                                 void *out) noexcept nogil
+    ctypedef struct pq_batch_hook:
+        void (*fn)(void *ctx) noexcept nogil
+        void *ctx
     ctypedef struct pq_batch:
         pq_event done       # the only member the adapter touches: waits on it
     ctypedef struct pq_pool:
@@ -80,6 +83,7 @@ cdef extern from "pq_pool.h" nogil:
     int pq_batch_wait(pq_batch *batch, int64_t timeout_ns) noexcept
     void pq_batch_cancel(pq_batch *batch) noexcept
     int pq_batch_is_done(pq_batch *batch) noexcept
+    int pq_batch_set_hook(pq_batch *batch, pq_batch_hook *hook) noexcept
     int64_t pq_batch_failed(pq_batch *batch) noexcept
     int64_t pq_batch_run_range(pq_batch *batch, int64_t begin, int64_t end) noexcept
     int pq_pool_create(pq_pool **out, int workers, size_t capacity) noexcept
