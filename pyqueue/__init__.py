@@ -18,9 +18,11 @@ except ImportError as exc:  # an unbuilt source tree
     ) from exc
 
 from pyqueue import kernels
+from pyqueue._aio import Handle
 from pyqueue._executor import Executor
 from pyqueue._queue import TaskQueue
 from pyqueue.errors import (
+    AsyncCancelledError,
     BrokenQueue,
     CancelledError,
     NativeTaskError,
@@ -32,9 +34,11 @@ from pyqueue.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCancelledError",
     "BrokenQueue",
     "CancelledError",
     "Executor",
+    "Handle",
     "Kernel",
     "NativeTask",
     "NativeTaskError",

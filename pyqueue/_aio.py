@@ -24,7 +24,7 @@ import concurrent.futures
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pyqueue.errors import AsyncCancelledError
 
@@ -35,12 +35,14 @@ T_co = TypeVar("T_co", covariant=True)
 H = TypeVar("H", bound="Handle[Any]")
 
 
+@runtime_checkable
 class Handle(Protocol[T_co]):
     """The contract every pyqueue task handle follows.
 
     ``Task`` (local) and the cluster's ``ClusterTask`` both satisfy it, and
     ``tests/unit/test_handle_protocol.py`` checks each against the same
-    behaviour.  The first six methods mean what they mean on
+    behaviour.  ``isinstance(h, pyqueue.Handle)`` checks that the methods
+    exist (not their behaviour).  The first six methods mean what they mean on
     :class:`concurrent.futures.Future`:
 
     ``result(timeout=None)``

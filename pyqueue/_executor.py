@@ -83,7 +83,8 @@ class Executor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.submit(_WorkItem(future, fn, args, kwargs))
+        # Detached: the Future is the handle; the queue must not hold the Task.
+        self._queue._submit_detached(_WorkItem(future, fn, args, kwargs))
         return future
 
     def map(

@@ -170,18 +170,37 @@ class TaskQueue(_native.Engine):
         return self._map_iter(fn, source, star, chunksize, look_ahead, timeout, ahead is None)
 
     def results(
-        self, tasks: Iterable[_native.Task], timeout: float | None = None
+        self, tasks: Iterable[_native.Task] | None = None, timeout: float | None = None
     ) -> Iterator[_native.Task]:
-        """Yield ``tasks`` as they complete (fan-in), each exactly once.
+        """Yield tasks as they complete (fan-in), each exactly once.
 
+        Parameters
+        ----------
+        tasks : iterable of Task, optional
+            The tasks to wait for.  None (the default): every task submitted
+            through this queue (``submit``, ``submit_nowait``,
+            ``submit_many``) that no earlier ``results()`` has yielded and
+            whose ``result()``/``exception()`` nobody has read (awaiting a
+            task reads it), the same rule as ``Client.results()``.  The queue
+            holds those tasks until then: a program that submits without ever
+            reading results should call ``results()`` now and then (or read
+            each task), or it keeps every finished task.
+        timeout : float, optional
+            Seconds from this call; then :class:`TimeoutError` if tasks remain.
+
+        Notes
+        -----
         While nothing has completed, the caller runs a task that no worker has
-        started yet (only when ``timeout`` is None).  ``timeout`` (seconds,
-        from this call) raises :class:`TimeoutError` if tasks remain.
+        started yet (only when ``timeout`` is None).  A yielded task is no
+        longer held for a later ``results()``.
         """
-        pending = list(dict.fromkeys(tasks))
-        for t in pending:
-            if not isinstance(t, _native.Task):
-                raise TypeError(f"results() takes pyqueue.Task objects, not {type(t).__name__}")
+        if tasks is None:
+            pending = self._unyielded.take()
+        else:
+            pending = list(dict.fromkeys(tasks))
+            for t in pending:
+                if not isinstance(t, _native.Task):
+                    raise TypeError(f"results() takes pyqueue.Task objects, not {type(t).__name__}")
         return self._fan_in(pending, timeout)
 
     @staticmethod
@@ -213,6 +232,7 @@ class TaskQueue(_native.Engine):
                     break
                 except queue.Empty:
                     continue
+            task._mark_yielded()
             yield task
 
     # -- asyncio -------------------------------------------------------------------

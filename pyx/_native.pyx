@@ -14,7 +14,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_GET_ITEM
 from cpython.pycapsule cimport (PyCapsule_CheckExact, PyCapsule_GetName,
                                 PyCapsule_GetPointer, PyCapsule_New)
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t, uintptr_t
 
 from pq_core cimport *
@@ -122,6 +122,9 @@ cdef class Task:
     cdef bint failed
     cdef list callbacks
     cdef int generation        # _fork_generation when the task was created
+    cdef PyObject *tracker     # borrowed: the _Unyielded list holding us, or NULL
+    cdef PyObject *u_prev      # that list's links (see _Unyielded)
+    cdef PyObject *u_next
     cdef pq_event c_done
 
     def __cinit__(self):
@@ -194,6 +197,8 @@ cdef class Task:
         """
         if self.state < FINISHED:
             self._wait(timeout)
+        if self.tracker != NULL:
+            _collected(self)
         if self.state == CANCELLED:
             raise CancelledError()
         if self.failed:
@@ -204,9 +209,16 @@ cdef class Task:
         """Return the exception the task raised, or None if it succeeded."""
         if self.state < FINISHED:
             self._wait(timeout)
+        if self.tracker != NULL:
+            _collected(self)
         if self.state == CANCELLED:
             raise CancelledError()
         return self.value if self.failed else None
+
+    def _mark_yielded(self):
+        """``results()`` yielded this task: its queue stops holding it."""
+        if self.tracker != NULL:
+            _collected(self)
 
     def __await__(self):
         """``await task`` on any running event loop: the task's value, or its
@@ -237,6 +249,81 @@ cdef class Task:
             self.callbacks = fresh if fresh is not None else [fn]
         else:
             self.callbacks.append(fn)
+
+
+@cython.final
+cdef class _Unyielded:
+    """The tasks submitted through one queue that ``results()`` has not yet
+    yielded and whose ``result()``/``exception()`` nobody has read: what
+    ``TaskQueue.results()`` with no argument yields.
+
+    An intrusive doubly linked list through the tasks (``u_prev``/``u_next``),
+    holding one reference to each: linking and unlinking cost a few pointer
+    writes, no hashing (a dict keyed by tasks cost about 250 ns a submit).
+    The references are invisible to the cyclic GC, so a task whose value
+    refers back to its queue is only freed once read or yielded.
+    """
+    cdef PyObject *head
+    cdef PyObject *tail
+    cdef readonly Py_ssize_t count
+
+    def __dealloc__(self):
+        cdef PyObject *p = self.head
+        cdef Task t
+        self.head = self.tail = NULL
+        while p != NULL:
+            t = <Task>p
+            p = t.u_next
+            t.u_prev = t.u_next = t.tracker = NULL
+            Py_DECREF(t)
+
+    cdef inline int add(self, Task t) except -1:
+        Py_INCREF(t)
+        t.tracker = <PyObject *>self
+        t.u_prev = self.tail
+        t.u_next = NULL
+        if self.tail != NULL:
+            (<Task>self.tail).u_next = <PyObject *>t
+        else:
+            self.head = <PyObject *>t
+        self.tail = <PyObject *>t
+        self.count += 1
+        return 0
+
+    cdef inline void remove(self, Task t) noexcept:
+        if t.u_prev != NULL:
+            (<Task>t.u_prev).u_next = t.u_next
+        else:
+            self.head = t.u_next
+        if t.u_next != NULL:
+            (<Task>t.u_next).u_prev = t.u_prev
+        else:
+            self.tail = t.u_prev
+        t.u_prev = t.u_next = t.tracker = NULL
+        self.count -= 1
+        Py_DECREF(t)   # the caller holds its own reference
+
+    def take(self):
+        """Every task held, in submission order; holds none afterwards."""
+        cdef list out = []
+        cdef PyObject *p = self.head
+        cdef Task t
+        self.head = self.tail = NULL
+        self.count = 0
+        while p != NULL:
+            t = <Task>p
+            p = t.u_next
+            t.u_prev = t.u_next = t.tracker = NULL
+            out.append(t)
+            Py_DECREF(t)   # the list holds it now
+        return out
+
+    def __len__(self):
+        return self.count
+
+
+cdef inline void _collected(Task t) noexcept:
+    (<_Unyielded>t.tracker).remove(t)
 
 
 cdef void _call_callback(object fn, object t) noexcept:
@@ -383,6 +470,7 @@ cdef class Engine:
     """
     cdef pq_lane *c_lane          # borrowed from `lane`, which owns it
     cdef readonly Lane lane
+    cdef readonly _Unyielded _unyielded   # for results() with no argument
     cdef pq_pool *c_pool
     cdef int c_native_workers
     cdef bint c_closed
@@ -395,6 +483,7 @@ cdef class Engine:
         self.c_pool = NULL
         self.c_lane = NULL
         self.c_closed = True
+        self._unyielded = _Unyielded.__new__(_Unyielded)
 
     def _engine_start(self, size_t capacity, int native_workers, double budget_s,
                       object put_timeout):
@@ -505,6 +594,7 @@ cdef class Engine:
         self._check_open()
         cdef Task t = self._new_task(fn, args, kwargs)
         self._push(t, self.c_put_timeout_ns)
+        self._unyielded.add(t)
         return t
 
     def submit_nowait(self, fn, /, *args, **kwargs):
@@ -512,6 +602,15 @@ cdef class Engine:
         self._check_open()
         cdef Task t = self._new_task(fn, args, kwargs)
         self._push(t, 0)
+        self._unyielded.add(t)
+        return t
+
+    def _submit_detached(self, fn):
+        """``submit(fn)`` for an owner that never reads the task (the
+        Executor settles its own futures): not held for ``results()``."""
+        self._check_open()
+        cdef Task t = self._new_task(fn, (), None)
+        self._push(t, self.c_put_timeout_ns)
         return t
 
     def submit_many(self, fn, iterable, *, bint star=False, timeout=None):
@@ -534,6 +633,7 @@ cdef class Engine:
             t.fn = fn
             t.args = tuple(item) if star else (item,)
             self._push(t, timeout_ns)
+            self._unyielded.add(t)
             tasks.append(t)
         return tasks
 

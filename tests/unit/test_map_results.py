@@ -159,3 +159,26 @@ def test_map_function_raising_stop_iteration_is_an_error_not_the_end(q):
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="StopIteration"):
         next(it)
+
+
+def test_results_without_argument_yields_every_unread_task_once(q):
+    tasks = [q.submit(pow, i, 2) for i in range(20)]
+    tasks += q.submit_many(abs, [-1, -2])
+    read = tasks.pop()  # its result is read: it is not yielded
+    assert read.result() == 2
+    nowait = q.submit_nowait(abs, -5)
+    del tasks[5]  # a handle the caller dropped is still held and yielded
+    got = list(q.results(timeout=10))
+    assert len(got) == 22 and len(set(got)) == 22
+    assert nowait in got and read not in got
+    assert sorted(t.result() for t in got) == sorted([i * i for i in range(20)] + [1, 5])
+    assert list(q.results()) == []  # each is yielded once
+
+
+def test_results_without_argument_skips_map_executor_and_yielded_tasks(q):
+    assert list(q.map(abs, range(-50, 0))) == list(range(50, 0, -1))
+    with pyqueue.Executor(2) as ex:
+        assert ex.submit(pow, 2, 2).result() == 4
+    t = q.submit(abs, -3)
+    assert list(q.results([t])) == [t]  # yielded with an explicit list
+    assert list(q.results()) == []
