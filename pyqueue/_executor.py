@@ -5,13 +5,17 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyqueue._queue import Abandonable, TaskQueue
 
 __all__ = ["Executor"]
 
 T = TypeVar("T")
+if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; annotations only, never evaluated
+    from typing import ParamSpec
+
+    P = ParamSpec("P")
 
 
 class _WorkItem(Abandonable):
@@ -78,7 +82,7 @@ class Executor(concurrent.futures.Executor):
         return self._queue
 
     def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[T]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")

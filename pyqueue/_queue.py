@@ -12,12 +12,21 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from pyqueue import _aio, _native
 from pyqueue.errors import BrokenQueue
 
+if TYPE_CHECKING:  # numpy is imported only when native arrays are used
+    import numpy as np
+    import numpy.typing as npt
+
 __all__ = ["TaskQueue", "Abandonable"]
+
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
 
 # Queues not shut down yet, for the exit hook; every queue, for the fork hook.
 _live_queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
@@ -134,14 +143,65 @@ class TaskQueue(_native.Engine):
 
     # -- fan-out / fan-in ----------------------------------------------------------
 
+    @overload
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B], T],
+        iterable: Iterable[A],
+        iterable2: Iterable[B],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B, C], T],
+        iterable: Iterable[A],
+        iterable2: Iterable[B],
+        iterable3: Iterable[C],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        iterable4: Iterable[Any],
+        /,
         *iterables: Iterable[Any],
         chunksize: int | None = None,
         timeout: float | None = None,
         ahead: int | None = None,
-    ) -> Iterator[Any]:
+    ) -> Iterator[T]: ...
+    def map(
+        self,
+        fn: Callable[..., T],
+        /,
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]:
         """Yield ``fn(*items)`` for the items of ``iterables``, in input order.
 
         Lazy: at most ``ahead`` chunks are in flight, so a huge or infinite
@@ -169,9 +229,17 @@ class TaskQueue(_native.Engine):
             raise ValueError("ahead must be >= 1")
         return self._map_iter(fn, source, star, chunksize, look_ahead, timeout, ahead is None)
 
+    @overload
     def results(
-        self, tasks: Iterable[_native.Task] | None = None, timeout: float | None = None
-    ) -> Iterator[_native.Task]:
+        self, tasks: None = None, timeout: float | None = None
+    ) -> Iterator[_native.Task[Any]]: ...
+    @overload
+    def results(
+        self, tasks: Iterable[_native.Task[T]], timeout: float | None = None
+    ) -> Iterator[_native.Task[T]]: ...
+    def results(
+        self, tasks: Iterable[_native.Task[T]] | None = None, timeout: float | None = None
+    ) -> Iterator[_native.Task[Any]]:
         """Yield tasks as they complete (fan-in), each exactly once.
 
         Parameters
@@ -194,6 +262,7 @@ class TaskQueue(_native.Engine):
         started yet (only when ``timeout`` is None).  A yielded task is no
         longer held for a later ``results()``.
         """
+        pending: list[_native.Task[Any]]
         if tasks is None:
             pending = self._unyielded.take()
         else:
@@ -204,8 +273,8 @@ class TaskQueue(_native.Engine):
         return self._fan_in(pending, timeout)
 
     @staticmethod
-    def _fan_in(pending: list[_native.Task], timeout: float | None) -> Iterator[_native.Task]:
-        completed: queue.SimpleQueue[_native.Task] = queue.SimpleQueue()
+    def _fan_in(pending: list[_native.Task[T]], timeout: float | None) -> Iterator[_native.Task[T]]:
+        completed: queue.SimpleQueue[_native.Task[T]] = queue.SimpleQueue()
         for t in pending:
             t.add_done_callback(completed.put)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -238,8 +307,8 @@ class TaskQueue(_native.Engine):
     # -- asyncio -------------------------------------------------------------------
 
     def as_completed(
-        self, tasks: Iterable[_native.Task], timeout: float | None = None
-    ) -> AsyncIterator[_native.Task]:
+        self, tasks: Iterable[_native.Task[T]], timeout: float | None = None
+    ) -> AsyncIterator[_native.Task[T]]:
         """``async for task in q.as_completed(tasks)``: tasks in completion order.
 
         Each task is yielded once; each completion wakes the event loop once
@@ -250,8 +319,16 @@ class TaskQueue(_native.Engine):
         """
         return _aio.as_completed(tasks, timeout)
 
+    @overload
     async def gather(
-        self, tasks: Iterable[_native.Task], *, return_exceptions: bool = False
+        self, tasks: Iterable[_native.Task[T]], *, return_exceptions: Literal[False] = False
+    ) -> list[T]: ...
+    @overload
+    async def gather(
+        self, tasks: Iterable[_native.Task[T]], *, return_exceptions: bool
+    ) -> list[T | BaseException]: ...
+    async def gather(
+        self, tasks: Iterable[_native.Task[T]], *, return_exceptions: bool = False
     ) -> list[Any]:
         """``await q.gather(tasks)``: the results in input order.
 
@@ -267,15 +344,15 @@ class TaskQueue(_native.Engine):
     def map_native(
         self,
         fn: Any,
-        args: Any,
-        out: Any,
+        args: npt.NDArray[Any],
+        out: npt.NDArray[Any],
         *,
         abi: str | None = None,
         chunksize: int | None = None,
-        status: Any = None,
+        status: npt.NDArray[np.int32] | None = None,
         timeout: float | None = None,
         raise_on_error: bool = True,
-    ) -> Any:
+    ) -> npt.NDArray[np.int32]:
         """Run the C function ``fn`` over every row of ``args`` into ``out``,
         on the native lane with no GIL, and wait for it.
 

@@ -91,7 +91,8 @@ class NativeTaskError(PyqueueError, RuntimeError):
         what = "was not run" if code == self.NOT_RUN else f"returned {code}"
         super().__init__(f"native task at index {index} {what} ({failed} item(s) failed in total)")
 
-    def __reduce__(self):  # keep pickling (e.g. across processes) working
+    def __reduce__(self) -> tuple[type[NativeTaskError], tuple[int, int, int, object]]:
+        # keep pickling (e.g. across processes) working
         return (type(self), (self.index, self.code, self.failed, self.status))
 
 

@@ -253,3 +253,9 @@ def test_cycles_through_finished_tasks_are_collected():
     gc.collect()
     assert probe() is None, "a result that refers to its task leaked"
     assert err_probe() is None, "an exception that refers to its task leaked"
+
+
+def test_task_is_generic_at_runtime(q):
+    alias = pyqueue.Task[int]  # what annotations like Task[int] evaluate to
+    assert alias.__origin__ is pyqueue.Task and alias.__args__ == (int,)
+    assert isinstance(q.submit(abs, -1), pyqueue.Task)
