@@ -1,9 +1,9 @@
 # The developer's entry point.  `make help` lists the targets.
 PYTHON ?= python3
 CC ?= gcc
-CORE_SRC := csrc/pq_ring.c csrc/pq_park.c csrc/pq_lane.c csrc/pq_pool.c
+CORE_SRC := csrc/pq_ring.c csrc/pq_park.c csrc/pq_lane.c csrc/pq_pool.c csrc/pq_kernels.c
 CORE_HDR := $(wildcard csrc/*.h)
-C_TESTS := test_ring test_fuzz test_wakeup test_pool
+C_TESTS := test_ring test_fuzz test_wakeup test_pool test_kernels
 CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Werror -pthread
 SAN_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SAN_TSAN := -fsanitize=thread

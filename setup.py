@@ -12,7 +12,7 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CORE = ["csrc/pq_ring.c", "csrc/pq_park.c", "csrc/pq_lane.c", "csrc/pq_pool.c"]
+CORE = ["csrc/pq_ring.c", "csrc/pq_park.c", "csrc/pq_lane.c", "csrc/pq_pool.c", "csrc/pq_kernels.c"]
 
 debug = os.environ.get("PYQUEUE_DEBUG") == "1"
 sanitize = os.environ.get("PYQUEUE_SANITIZE", "")

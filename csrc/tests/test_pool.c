@@ -6,13 +6,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "../pq_kernels.h"
 #include "../pq_pool.h"
 #include "pq_test.h"
 
-static int add_one(const void *arg, void *out) {
-    *(double *)out = *(const double *)arg + 1.0;
-    return 0;
-}
+/* The package's own kernel (pyqueue.kernels.add_one_f64). */
+#define add_one pq_kernel_add_one_f64
 
 /* Fails on multiples of 7 with the value as the error code. */
 static int fail_on_seven(const void *arg, void *out) {
