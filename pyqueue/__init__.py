@@ -19,7 +19,7 @@ except ImportError as exc:  # an unbuilt source tree
 
 from pyqueue import kernels
 from pyqueue._aio import Handle
-from pyqueue._executor import Executor
+from pyqueue._executor import Executor, ThreadPoolExecutor
 from pyqueue._queue import TaskQueue
 from pyqueue.errors import (
     AsyncCancelledError,
@@ -47,6 +47,7 @@ __all__ = [
     "QueueFull",
     "Task",
     "TaskQueue",
+    "ThreadPoolExecutor",
     "__version__",
     "cpu_count",
     "kernel",
