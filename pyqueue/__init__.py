@@ -21,6 +21,7 @@ from pyqueue import kernels
 from pyqueue._aio import Handle
 from pyqueue._executor import Executor, ThreadPoolExecutor
 from pyqueue._queue import TaskQueue
+from pyqueue._tunables import Tunables
 from pyqueue.errors import (
     AsyncCancelledError,
     BrokenQueue,
@@ -48,6 +49,7 @@ __all__ = [
     "Task",
     "TaskQueue",
     "ThreadPoolExecutor",
+    "Tunables",
     "__version__",
     "cpu_count",
     "kernel",

@@ -6,6 +6,8 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
+from pyqueue._tunables import Tunables
+
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 X = TypeVar("X")
@@ -92,7 +94,12 @@ class Engine:
         status: npt.NDArray[np.int32] | None = None,
     ) -> NativeTask: ...
     def _engine_start(
-        self, capacity: int, native_workers: int, budget_s: float, put_timeout: float | None
+        self,
+        capacity: int,
+        native_workers: int,
+        budget_s: float,
+        put_timeout: float | None,
+        tunables: Tunables,
     ) -> None: ...
     def _close_lane(self) -> None: ...
     def _quiesce_lane(self) -> None: ...

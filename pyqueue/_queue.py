@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from pyqueue import _aio, _native
+from pyqueue._tunables import DEFAULT as _DEFAULT_TUNABLES
+from pyqueue._tunables import Tunables
 from pyqueue.errors import BrokenQueue
 
 if TYPE_CHECKING:  # numpy is imported only when native arrays are used
@@ -67,6 +69,9 @@ class TaskQueue(_native.Engine):
     budget : float
         Seconds a lane thread may keep the GIL running queued tasks before it
         parks again and lets other threads in.
+    tunables : pyqueue.Tunables, optional
+        The constants of the adaptive map and of native chunking (see
+        ``pyqueue/_tunables.py``); the defaults suit most work.
 
     Thread safety: every method may be called from any thread.
     """
@@ -82,6 +87,7 @@ class TaskQueue(_native.Engine):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         budget: float = 0.002,
+        tunables: Tunables | None = None,
     ) -> None:
         cpus = _native.cpu_count()
         workers = cpus if workers is None else workers
@@ -106,7 +112,11 @@ class TaskQueue(_native.Engine):
         self._initargs = tuple(initargs)
         self._shutdown_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._engine_start(maxsize, native_workers, budget, put_timeout)
+        if tunables is None:
+            tunables = _DEFAULT_TUNABLES
+        elif not isinstance(tunables, Tunables):
+            raise TypeError(f"tunables must be a pyqueue.Tunables, not {type(tunables).__name__}")
+        self._engine_start(maxsize, native_workers, budget, put_timeout, tunables)
         _live_queues.add(self)
         _all_queues.add(self)
         # The threads get the lane and a weak reference to the queue, never the

@@ -266,18 +266,19 @@ def run_serial(fn, args, out, *, abi=None, status=None):
     return task.status_array
 
 
-cdef int64_t _chunk_for(int64_t n, int workers, object chunksize) except -1:
+cdef int64_t _chunk_for(int64_t n, int workers, object chunksize,
+                        const _NativeTunables *t) except -1:
     if chunksize is not None:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         return chunksize
     # A few hundred to a few thousand items per ring cell; enough chunks that
     # every worker gets several, so an uneven kernel still balances.
-    cdef int64_t c = n // (workers * 8 if workers > 0 else 8)
-    if c < 256:
-        c = 256
-    if c > 4096:
-        c = 4096
+    cdef int64_t c = n // (workers * t.chunks_per_worker if workers > 0 else t.chunks_per_worker)
+    if c < t.chunk_min:
+        c = t.chunk_min
+    if c > t.chunk_max:
+        c = t.chunk_max
     return c
 
 

@@ -86,6 +86,8 @@ cdef class Engine:
     cdef object c_broken         # exception raised at submit once broken
     cdef int64_t c_put_timeout_ns
     cdef readonly size_t capacity
+    cdef _MapTunables c_map
+    cdef _NativeTunables c_native
 
     def __cinit__(self, *args, **kwargs):
         self.c_pool = NULL
@@ -94,11 +96,13 @@ cdef class Engine:
         self._unyielded = _Unyielded.__new__(_Unyielded)
 
     def _engine_start(self, size_t capacity, int native_workers, double budget_s,
-                      object put_timeout):
-        """Allocate the Python lane; the native pool starts on first use."""
+                      object put_timeout, object tunables):
+        """Allocate the Python lane; the native pool starts on first use.
+        ``tunables`` is a pyqueue._tunables.Tunables."""
         cdef size_t cap = 2
         if capacity < 1:
             raise ValueError("maxsize must be >= 1")
+        _read_tunables(tunables, &self.c_map, &self.c_native)
         while cap < capacity:
             cap <<= 1
         cdef Lane lane = Lane.__new__(Lane)
@@ -323,7 +327,8 @@ cdef class Engine:
     cdef pq_pool *_native_pool(self) except NULL:
         self._check_open()
         if self.c_pool == NULL:
-            _raise_status(pq_pool_create(&self.c_pool, self.c_native_workers, 1024),
+            _raise_status(pq_pool_create(&self.c_pool, self.c_native_workers,
+                                         self.c_native.ring_capacity),
                           "native pool")
         return self.c_pool
 
@@ -337,7 +342,7 @@ cdef class Engine:
         cdef Kernel k = as_kernel(fn, abi)
         cdef pq_pool *pool = self._native_pool()
         cdef NativeTask task = NativeTask._prepare(k, args, out, status)
-        cdef int64_t chunk = _chunk_for(task.n, self.c_native_workers, chunksize)
+        cdef int64_t chunk = _chunk_for(task.n, self.c_native_workers, chunksize, &self.c_native)
         cdef int rc
         task.submitted = True
         with nogil:

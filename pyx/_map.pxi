@@ -2,17 +2,7 @@
 
 # -- map ------------------------------------------------------------------------
 
-# Adaptive chunking aims each chunk at about this much work: long enough to
-# amortise a task hand-off, short enough to keep every worker busy.
-cdef double MAP_TARGET_S = 0.002
-cdef Py_ssize_t MAP_MAX_CHUNK = 8192
-# How many chunks an adaptive map runs inline before it tries overlap again
-# (doubling, up to the maximum, while none is found).
-cdef int MAP_PROBE_EVERY = 64
-# A window in which no worker took a chunk says nothing about overlap; it is
-# extended up to this long before the map concludes there is none.
-cdef double MAP_WINDOW_MAX_S = 0.02
-cdef int MAP_PROBE_MAX = 4096
+# The map's constants (self.t) come from pyqueue/_tunables.py; see _tunables.pxi.
 
 
 def _run_chunk(fn, items, bint star):
@@ -46,6 +36,7 @@ cdef class _MapIterator:
     A list, tuple or range is cut by slicing (no copy through an iterator);
     anything else is pulled lazily, one chunk at a time."""
     cdef Engine engine
+    cdef _MapTunables t        # a copy of engine.c_map
     cdef object fn, source, inflight, error
     cdef object unpushed       # a chunk taken from the source whose push failed
     cdef object seq            # the input when it is a list, tuple or range
@@ -68,6 +59,7 @@ cdef class _MapIterator:
     def __cinit__(self, Engine engine, fn, source, bint star, chunksize, int ahead,
                   timeout, bint adaptive_ahead=False):
         self.engine = engine
+        self.t = engine.c_map
         self.fn = fn
         self.total = -1
         if type(source) is list or type(source) is tuple or type(source) is range:
@@ -130,15 +122,15 @@ cdef class _MapIterator:
         cdef double per_item = seconds / size if size > 0 else 0.0
         cdef Py_ssize_t want
         if per_item <= 0:
-            want = self.chunksize * 4
+            want = self.chunksize * self.t.chunk_growth
         else:
-            want = <Py_ssize_t>(MAP_TARGET_S / per_item)
-        if want > self.chunksize * 4:
-            want = self.chunksize * 4
+            want = <Py_ssize_t>(self.t.target_s / per_item)
+        if want > self.chunksize * self.t.chunk_growth:
+            want = self.chunksize * self.t.chunk_growth
         if want < 1:
             want = 1
-        if want > MAP_MAX_CHUNK:
-            want = MAP_MAX_CHUNK
+        if want > self.t.max_chunk:
+            want = self.t.max_chunk
         self.chunksize = want
 
     cdef _adapt_ahead(self, double seconds):
@@ -151,14 +143,15 @@ cdef class _MapIterator:
         self.window_busy += seconds
         self.window_chunks += 1
         cdef double elapsed = (now - self.window_start) / 1e9
-        if self.window_chunks < 2 or elapsed < 0.002:
+        if self.window_chunks < 2 or elapsed < self.t.window_min_s:
             return
         cdef double overlap = self.window_busy / elapsed
-        if overlap < 1.2 and self.window_helped == 0 and elapsed < MAP_WINDOW_MAX_S:
+        if (overlap < self.t.no_overlap and self.window_helped == 0
+                and elapsed < self.t.window_max_s):
             return   # no worker has taken a chunk yet (still waking): wait and see
-        if overlap > 0.6 * (self.ahead + 1):
-            self.ahead = min(self.ahead * 4, self.ahead_max)
-        elif overlap < 1.2:
+        if overlap > self.t.grow_overlap * (self.ahead + 1):
+            self.ahead = min(self.ahead * self.t.ahead_growth, self.ahead_max)
+        elif overlap < self.t.no_overlap:
             if self.ahead == 1 and self.deadline < 0:
                 self._go_inline()
             else:
@@ -176,8 +169,8 @@ cdef class _MapIterator:
         no hand-off, then look for overlap again, less often each time it
         is still absent (probing costs a cross-core hand-off or two)."""
         self.ahead = 0
-        self.probe_every = MAP_PROBE_EVERY if self.probe_every == 0 else min(
-            self.probe_every * 2, MAP_PROBE_MAX)
+        self.probe_every = self.t.probe_every if self.probe_every == 0 else min(
+            self.probe_every * 2, self.t.probe_max)
         self.inline_chunks = self.probe_every
 
     def __iter__(self):

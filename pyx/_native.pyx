@@ -11,6 +11,7 @@ lives in pyqueue/_queue.py, which subclasses ``Engine``.
 One extension module, one file per concern (included below, in this order):
 
   _status.pxi   status codes -> exceptions, timeouts, waits, fork generations
+  _tunables.pxi C copies of the map and chunking tunables (pyqueue/_tunables.py)
   _task.pxi     Task, the unyielded list behind results(), completion
   _engine.pxi   Lane (the Python lane and its thread loop) and Engine
   _map.pxi      the ordered adaptive map
@@ -40,6 +41,7 @@ from pyqueue.errors import CancelledError, NativeTaskError, QueueClosed, QueueFu
 _log = logging.getLogger("pyqueue")
 
 include "_status.pxi"
+include "_tunables.pxi"
 include "_task.pxi"
 include "_engine.pxi"
 include "_map.pxi"

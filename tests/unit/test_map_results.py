@@ -182,3 +182,25 @@ def test_results_without_argument_skips_map_executor_and_yielded_tasks(q):
     t = q.submit(abs, -3)
     assert list(q.results([t])) == [t]  # yielded with an explicit list
     assert list(q.results()) == []
+
+
+def test_tunables_are_validated_and_passed_to_the_engine():
+    import numpy as np
+
+    from pyqueue import kernels
+
+    with pytest.raises(ValueError):
+        pyqueue.Tunables(map_max_chunk=0)
+    with pytest.raises(ValueError):
+        pyqueue.Tunables(native_ring_capacity=1000)  # not a power of two
+    with pytest.raises(ValueError):
+        pyqueue.Tunables(native_chunk_min=10, native_chunk_max=5)
+    with pytest.raises(TypeError):
+        pyqueue.TaskQueue(1, tunables={"map_max_chunk": 2})
+    tiny = pyqueue.Tunables(map_max_chunk=2, map_probe_every=1, native_chunk_max=256)
+    with pyqueue.TaskQueue(2, native_workers=2, tunables=tiny) as q:
+        assert list(q.map(abs, range(-500, 0))) == list(range(500, 0, -1))
+        a = np.arange(10_000.0)
+        out = np.zeros_like(a)
+        assert not q.map_native(kernels.add_one_f64, a, out).any()
+        assert (out == a + 1).all()
