@@ -114,6 +114,8 @@ cdef class NativeTask:
         # Nobody can read the results any more: skip the chunks not started,
         # then wait for the running ones, which still write into our arrays.
         # In a forked child the workers stayed in the parent: leak instead.
+        if self.submitted:
+            PQ_DBG(DBG_LIVE_BATCHES, -1)
         if self.submitted and self.generation == _fork_generation:
             with nogil:
                 pq_batch_cancel(&self.c_batch)

@@ -28,6 +28,7 @@ cdef class Lane:
         while pq_lane_pop(self.c_lane, &item, 0) == PQ_OK:
             t = <Task>item.ctx
             Py_DECREF(t)
+            PQ_DBG(DBG_RING_REFS, -1)
             try:
                 t.cancel()
             except BaseException:
@@ -62,6 +63,7 @@ cdef class Lane:
 cdef void _run_popped(pq_item *item) noexcept:
     cdef Task t = <Task>item.ctx
     Py_DECREF(t)   # the ring's reference; `t` holds its own
+    PQ_DBG(DBG_RING_REFS, -1)
     try:
         _run_task(t, False)
     except BaseException:
@@ -157,6 +159,7 @@ cdef class Engine:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         cdef Task t = Task.__new__(Task)
+        PQ_DBG(DBG_UNFINISHED_TASKS, 1)
         _untrack(t)
         t.fn = fn
         t.args = args
@@ -172,6 +175,7 @@ cdef class Engine:
         item.end = 0
         item.tag = 0
         Py_INCREF(t)   # the ring's reference, dropped by whoever pops the item
+        PQ_DBG(DBG_RING_REFS, 1)
         rc = pq_lane_push(self.c_lane, &item, 0)
         if rc == PQ_FULL and timeout_ns != 0:
             deadline = pq_now_ns() + timeout_ns if timeout_ns > 0 else -1
@@ -190,9 +194,13 @@ cdef class Engine:
                     if rc == PQ_TIMEOUT:
                         PyErr_CheckSignals()
             except BaseException:
+                PQ_DBG(DBG_RING_REFS, -1)
+                PQ_DBG(DBG_UNFINISHED_TASKS, -1)   # the task is discarded
                 Py_DECREF(t)
                 raise
         if rc != PQ_OK:
+            PQ_DBG(DBG_RING_REFS, -1)
+            PQ_DBG(DBG_UNFINISHED_TASKS, -1)
             Py_DECREF(t)
             _raise_status(rc, "submit")
         return 0
@@ -241,6 +249,7 @@ cdef class Engine:
         cdef Task t
         for item in iterable:
             t = Task.__new__(Task)
+            PQ_DBG(DBG_UNFINISHED_TASKS, 1)
             _untrack(t)
             t.fn = fn
             t.args = tuple(item) if star else (item,)
@@ -281,6 +290,7 @@ cdef class Engine:
         while pq_lane_pop(self.c_lane, &item, 0) == PQ_OK:
             t = <Task>item.ctx
             Py_DECREF(t)
+            PQ_DBG(DBG_RING_REFS, -1)
             if t.state != PENDING:
                 continue
             dropped.append(t.fn)
@@ -345,6 +355,7 @@ cdef class Engine:
         cdef int64_t chunk = _chunk_for(task.n, self.c_native_workers, chunksize, &self.c_native)
         cdef int rc
         task.submitted = True
+        PQ_DBG(DBG_LIVE_BATCHES, 1)
         with nogil:
             rc = pq_pool_submit(pool, &task.c_batch, task.n, chunk, -1)
         _raise_status(rc, "submit_native")

@@ -1,6 +1,43 @@
 # Included by _native.pyx: fork generations, status codes -> exceptions, timeouts, and
 # the signal-checking wait every blocking call uses.
 
+# Debug counters (a PYQUEUE_DEBUG=1 build): what the engine holds, which the
+# test suite asserts is back to zero at each test's teardown.  In a release
+# build every PQ_DBG is an empty macro.
+cdef extern from *:
+    """
+    #ifdef PYQUEUE_DEBUG_COUNTERS
+    #define PQ_DEBUG_BUILD 1
+    static long long pq_dbg_counters[3];
+    #define PQ_DBG(i, n) ((void)__atomic_fetch_add(&pq_dbg_counters[i], (n), __ATOMIC_RELAXED))
+    #define PQ_DBG_GET(i) __atomic_load_n(&pq_dbg_counters[i], __ATOMIC_RELAXED)
+    #else
+    #define PQ_DEBUG_BUILD 0
+    #define PQ_DBG(i, n) ((void)0)
+    #define PQ_DBG_GET(i) 0LL
+    #endif
+    """
+    const int PQ_DEBUG_BUILD
+    void PQ_DBG(int counter, long long n) noexcept nogil
+    long long PQ_DBG_GET(int counter) noexcept nogil
+
+cdef enum:
+    DBG_UNFINISHED_TASKS = 0   # created, not yet completed, cancelled or discarded
+    DBG_RING_REFS = 1          # references held by Python-lane ring cells
+    DBG_LIVE_BATCHES = 2       # submitted NativeTasks not yet freed
+
+
+def _debug_counters():
+    """The debug counters of a PYQUEUE_DEBUG=1 build (a dict), else None."""
+    if not PQ_DEBUG_BUILD:
+        return None
+    return {
+        "unfinished_tasks": PQ_DBG_GET(DBG_UNFINISHED_TASKS),
+        "ring_refs": PQ_DBG_GET(DBG_RING_REFS),
+        "live_batches": PQ_DBG_GET(DBG_LIVE_BATCHES),
+    }
+
+
 # Bumped in a forked child: a task of an older generation can never complete
 # there, because the threads that would run it stayed in the parent.
 cdef int _fork_generation = 0

@@ -267,6 +267,7 @@ cdef inline void _retrack_if_needed(Task t) noexcept:
 
 
 cdef int _complete(Task t) except -1:
+    PQ_DBG(DBG_UNFINISHED_TASKS, -1)
     _retrack_if_needed(t)
     pq_event_set(&t.c_done)
     cdef list callbacks = t.callbacks
