@@ -209,6 +209,9 @@ cdef class NativeTask:
         """``await handle``: the status array, or :class:`NativeTaskError`
         raised; completion wakes the loop once, and cancelling the awaiting
         coroutine does not cancel the batch (see ``Task.__await__``)."""
+        if self.generation != _fork_generation and not pq_batch_is_done(&self.c_batch):
+            raise QueueClosed("this native batch was started before os.fork(); "
+                              "it cannot complete in the child process")
         return _await_handle(self)
 
     def result(self, timeout=None, *, bint raise_on_error=True):

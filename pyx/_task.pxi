@@ -138,6 +138,9 @@ cdef class Task:
         raises :class:`pyqueue.errors.AsyncCancelledError`, an
         ``asyncio.CancelledError``.  Never runs the task on the loop's thread.
         """
+        if self.generation != _fork_generation and self.state < FINISHED:
+            raise QueueClosed("this task belongs to a TaskQueue created before "
+                              "os.fork(); it cannot complete in the child process")
         return _await_handle(self)
 
     __class_getitem__ = classmethod(types.GenericAlias)

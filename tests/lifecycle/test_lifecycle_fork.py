@@ -211,15 +211,27 @@ started.wait(5)
 sys.stdout.flush()
 pid = os.fork()
 if pid == 0:
+    import asyncio
+    async def wait_async():
+        return await running
+    code = 4
     try:
         running.result(timeout=1.5)    # a bound instead of a real hang
     except pyqueue.QueueClosed:
-        os._exit(0)
+        code = 0
     except TimeoutError:
-        os._exit(2)                    # would have hung without the timeout
+        code = 2                       # would have hung without the timeout
     except BaseException:
-        os._exit(3)
-    os._exit(4)
+        code = 3
+    if code == 0:                      # `await` must say so too, not wait forever
+        try:
+            asyncio.run(asyncio.wait_for(wait_async(), 1.5))
+            code = 5
+        except pyqueue.QueueClosed:
+            pass
+        except BaseException:
+            code = 6
+    os._exit(code)
 print("child", wait_child(pid, 10))
 print("parent", running.result())
 """,
