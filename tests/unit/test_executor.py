@@ -59,7 +59,9 @@ def test_shutdown_cancel_futures_and_submit_after_shutdown(occupy):
     ex = pyqueue.Executor(max_workers=1)
     running, gate = occupy(ex)
     queued = [ex.submit(abs, -i) for i in range(20)]
-    threading.Timer(0.1, gate.set).start()
+    # The blocker is released once shutdown has cancelled the queue, by the
+    # first cancelled future's callback: no timer races the cancellation.
+    queued[0].add_done_callback(lambda f: gate.set())
     ex.shutdown(wait=True, cancel_futures=True)
     assert running.result() is True
     assert all(f.cancelled() for f in queued)

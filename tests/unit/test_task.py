@@ -159,7 +159,9 @@ def test_shutdown_cancel_pending_cancels_queued_tasks(occupy):
     q = pyqueue.TaskQueue(workers=1)
     running, gate = occupy(q)
     queued = [q.submit(abs, -i) for i in range(100)]
-    threading.Timer(0.1, gate.set).start()
+    # Released by the first cancelled task's callback, i.e. once shutdown has
+    # cancelled the queue: no timer races the cancellation.
+    queued[0].add_done_callback(lambda t: gate.set())
     q.shutdown(wait=True, cancel_pending=True)
     assert running.result() is True
     assert all(t.cancelled() for t in queued)
