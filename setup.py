@@ -1,7 +1,9 @@
 """Build of the single extension pyqueue._native from pyx/ and csrc/.
 
 Environment switches:
-  PYQUEUE_DEBUG=1     -O0 -g, assertions on, Cython line tracing off
+  PYQUEUE_DEBUG=1     -O0 -g, assertions on, debug counters (live tasks, ring
+                      references, native batches) that the tests assert are
+                      back to zero; Cython line tracing off
   PYQUEUE_SANITIZE=address|thread
                       build the extension with that sanitizer (run Python with
                       the matching runtime preloaded: see the Makefile)
@@ -12,7 +14,7 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CORE = ["csrc/pq_ring.c", "csrc/pq_park.c", "csrc/pq_lane.c", "csrc/pq_pool.c"]
+CORE = ["csrc/pq_ring.c", "csrc/pq_park.c", "csrc/pq_lane.c", "csrc/pq_pool.c", "csrc/pq_kernels.c"]
 
 debug = os.environ.get("PYQUEUE_DEBUG") == "1"
 sanitize = os.environ.get("PYQUEUE_SANITIZE", "")
@@ -22,7 +24,8 @@ if sanitize not in ("", "address", "thread"):
 compile_args = ["-std=c11", "-pthread", "-Wno-unused-function"]
 link_args = ["-pthread"]
 if debug:
-    compile_args += ["-O0", "-g", "-UNDEBUG"]
+    # PYQUEUE_DEBUG_COUNTERS: the engine counts what it holds (_debug_counters)
+    compile_args += ["-O0", "-g", "-UNDEBUG", "-DPYQUEUE_DEBUG_COUNTERS"]
 else:
     compile_args += ["-O2"]
 if sanitize:

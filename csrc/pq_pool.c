@@ -39,7 +39,26 @@ void pq_batch_init(pq_batch *batch, void *fn, int abi, const void *args, int64_t
     atomic_store_explicit(&batch->remaining, 1, memory_order_relaxed);
     atomic_store_explicit(&batch->failed, 0, memory_order_relaxed);
     atomic_store_explicit(&batch->cancelled, 0, memory_order_relaxed);
+    atomic_store_explicit(&batch->hook, NULL, memory_order_relaxed);
     pq_event_init(&batch->done);
+}
+
+/* Marks a batch whose completion has claimed the hook slot. */
+static pq_batch_hook _pq_hook_fired;
+
+int pq_batch_set_hook(pq_batch *batch, pq_batch_hook *hook) {
+    pq_batch_hook *expected = NULL;
+    /* release: publishes hook->fn/ctx to the completer, whose acq_rel exchange
+     * in _pq_batch_release reads them.  acquire on failure: pairs with that
+     * exchange, so we see the marker it stored. */
+    if (atomic_compare_exchange_strong_explicit(&batch->hook, &expected, hook,
+                                                memory_order_release, memory_order_acquire))
+        return PQ_OK;
+    if (expected != &_pq_hook_fired) return PQ_EINVAL;
+    /* The completer took the slot just before setting done: wait the few
+     * instructions (or a preemption) until it has. */
+    pq_event_wait(&batch->done, -1);
+    return PQ_CLOSED;
 }
 
 void pq_batch_cancel(pq_batch *batch) {
@@ -89,8 +108,16 @@ static void _pq_batch_release(pq_batch *batch, int64_t chunks, int64_t failed) {
     /* acq_rel: release publishes this chunk's out/status writes; acquire (for
      * the last completer) collects every other chunk's, which pq_event_set then
      * republishes to the waiter. */
-    if (atomic_fetch_sub_explicit(&batch->remaining, chunks, memory_order_acq_rel) == chunks)
-        pq_event_set(&batch->done);
+    if (atomic_fetch_sub_explicit(&batch->remaining, chunks, memory_order_acq_rel) != chunks)
+        return;
+    /* The hook slot is claimed before done is set: once done is set the waiter
+     * may free the batch, so nothing in it may be touched afterwards.
+     * acq_rel: acquire pairs with the release CAS of pq_batch_set_hook (hook
+     * fields visible); release pairs with its failure acquire. */
+    pq_batch_hook *hook =
+        atomic_exchange_explicit(&batch->hook, &_pq_hook_fired, memory_order_acq_rel);
+    pq_event_set(&batch->done);
+    if (hook != NULL) hook->fn(hook->ctx); /* the hook outlives the batch (see pq_batch_hook) */
 }
 
 static void _pq_mark_not_run(pq_batch *batch, int64_t begin, int64_t end) {

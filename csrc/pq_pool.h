@@ -36,6 +36,15 @@ typedef int (*pq_range_fn)(const void *args, int64_t begin, int64_t end, void *o
 
 typedef enum pq_abi { PQ_ABI_ITEM = 0, PQ_ABI_RANGE = 1 } pq_abi;
 
+/* A one-shot completion hook (how an event loop learns that a batch is done
+ * without a thread waiting for it).  fn(ctx) runs once, in the thread that
+ * completes the batch, after `done` is set.  The hook's owner keeps the hook
+ * (and ctx) alive until fn runs; the batch itself may be gone by then. */
+typedef struct pq_batch_hook {
+    void (*fn)(void *ctx);
+    void *ctx;
+} pq_batch_hook;
+
 typedef struct pq_batch {
     void *fn;                   /* pq_item_fn or pq_range_fn, per abi */
     int abi;
@@ -47,6 +56,7 @@ typedef struct pq_batch {
     _Atomic int64_t remaining;  /* chunks not yet completed, + 1 while submitting */
     _Atomic int64_t failed;     /* items whose status is not 0 */
     _Atomic int cancelled;      /* set once: chunks not yet started are not run */
+    _Atomic(pq_batch_hook *) hook; /* NULL, a hook, or a "fired" marker once complete */
     pq_event done;
 } pq_batch;
 
@@ -58,6 +68,10 @@ int pq_batch_wait(pq_batch *batch, int64_t timeout_ns);
  * PQ_ITEM_NOT_RUN; chunks already running finish.  The batch still completes. */
 void pq_batch_cancel(pq_batch *batch);
 int pq_batch_is_done(pq_batch *batch);
+/* Registers the batch's one hook.  PQ_OK: hook->fn will be called once.
+ * PQ_CLOSED: the batch has completed (done is set when this returns) and the
+ * hook will never be called.  PQ_EINVAL: a hook is already registered. */
+int pq_batch_set_hook(pq_batch *batch, pq_batch_hook *hook);
 int64_t pq_batch_failed(pq_batch *batch);
 
 /* Runs items [begin, end) of a batch in the calling thread (no completion

@@ -18,9 +18,12 @@ except ImportError as exc:  # an unbuilt source tree
     ) from exc
 
 from pyqueue import kernels
-from pyqueue._executor import Executor
+from pyqueue._aio import Handle
+from pyqueue._executor import Executor, ThreadPoolExecutor
 from pyqueue._queue import TaskQueue
+from pyqueue._tunables import Tunables
 from pyqueue.errors import (
+    AsyncCancelledError,
     BrokenQueue,
     CancelledError,
     NativeTaskError,
@@ -32,9 +35,11 @@ from pyqueue.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCancelledError",
     "BrokenQueue",
     "CancelledError",
     "Executor",
+    "Handle",
     "Kernel",
     "NativeTask",
     "NativeTaskError",
@@ -43,6 +48,8 @@ __all__ = [
     "QueueFull",
     "Task",
     "TaskQueue",
+    "ThreadPoolExecutor",
+    "Tunables",
     "__version__",
     "cpu_count",
     "kernel",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pyqueue.cluster import cli
 
-    return getattr(cli, f"main_{command}")(rest)
+    handler: Callable[[list[str]], int] = getattr(cli, f"main_{command}")
+    return handler(rest)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+import logging
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyqueue._queue import Abandonable, TaskQueue
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "ThreadPoolExecutor"]
+
+# Where concurrent.futures logs an initializer failure (at CRITICAL).
+_CF_LOGGER = logging.getLogger("concurrent.futures")
 
 T = TypeVar("T")
+if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; annotations only, never evaluated
+    from typing import ParamSpec
+
+    P = ParamSpec("P")
 
 
 class _WorkItem(Abandonable):
@@ -46,6 +54,23 @@ class _WorkItem(Abandonable):
             self.future.set_exception(exc)
 
 
+class _LoggedInitializer:
+    """Runs the user's initializer; a failure is logged as ThreadPoolExecutor
+    logs it (CRITICAL, "Exception in initializer:") and then breaks the queue."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., object]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> None:
+        try:
+            self.fn(*args)
+        except BaseException:
+            _CF_LOGGER.critical("Exception in initializer:", exc_info=True)
+            raise
+
+
 class Executor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` backed by a :class:`TaskQueue`.
 
@@ -65,10 +90,12 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
         self._queue = TaskQueue(
             workers=max_workers,
             thread_name_prefix=thread_name_prefix or "pyqueue-executor",
-            initializer=initializer,
+            initializer=None if initializer is None else _LoggedInitializer(initializer),
             initargs=initargs,
         )
 
@@ -78,12 +105,13 @@ class Executor(concurrent.futures.Executor):
         return self._queue
 
     def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[T]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.submit(_WorkItem(future, fn, args, kwargs))
+        # Detached: the Future is the handle; the queue must not hold the Task.
+        self._queue._submit_detached(_WorkItem(future, fn, args, kwargs))
         return future
 
     def map(
@@ -95,17 +123,61 @@ class Executor(concurrent.futures.Executor):
     ) -> Iterator[T]:
         """The stdlib ``Executor.map``; with ``chunksize > 1`` the items are
         sent in chunks of that size, one task each, as ProcessPoolExecutor
-        does (an exception is then raised when its chunk's turn comes)."""
+        does (an exception is then raised when its chunk's turn comes).
+        Either way the result is a generator whose ``close()`` cancels the
+        calls that have not started."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = _chunked(zip(*iterables), chunksize)
         results = super().map(_apply_chunk, itertools.repeat(fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        return _flatten(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._queue.shutdown(wait=wait, cancel_pending=cancel_futures)
+
+
+class ThreadPoolExecutor(Executor, concurrent.futures.ThreadPoolExecutor):
+    """A :class:`pyqueue.Executor` that is also a
+    :class:`concurrent.futures.ThreadPoolExecutor` instance.
+
+    For the places that insist on that class: asyncio's
+    ``loop.set_default_executor`` (and through it ``asyncio.to_thread``,
+    ``loop.getaddrinfo`` and ``run_in_executor(None, ...)``)::
+
+        loop.set_default_executor(pyqueue.ThreadPoolExecutor(max_workers=8))
+
+    All work runs on pyqueue's engine, exactly as on :class:`Executor`; the
+    stdlib class contributes only its type and attributes (``_max_workers``,
+    ``_thread_name_prefix``), and starts no thread of its own.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        Executor.__init__(self, max_workers, thread_name_prefix, initializer, initargs)
+        # Attributes only: no thread starts until the stdlib's own submit,
+        # which this class replaces.
+        concurrent.futures.ThreadPoolExecutor.__init__(
+            self, self._queue.workers, thread_name_prefix or "pyqueue-executor"
+        )
+
+
+def _flatten(results: Iterator[list[T]]) -> Generator[T, None, None]:
+    # A generator, as the stdlib's map returns: close() reaches `results`
+    # (the stdlib's own generator), which cancels the chunks not started.
+    try:
+        for chunk in results:
+            yield from chunk
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 def _chunked(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

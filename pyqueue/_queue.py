@@ -11,13 +11,24 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from pyqueue import _native
+from pyqueue import _aio, _native
+from pyqueue._tunables import DEFAULT as _DEFAULT_TUNABLES
+from pyqueue._tunables import Tunables
 from pyqueue.errors import BrokenQueue
 
+if TYPE_CHECKING:  # numpy is imported only when native arrays are used
+    import numpy as np
+    import numpy.typing as npt
+
 __all__ = ["TaskQueue", "Abandonable"]
+
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
 
 # Queues not shut down yet, for the exit hook; every queue, for the fork hook.
 _live_queues: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
@@ -58,6 +69,9 @@ class TaskQueue(_native.Engine):
     budget : float
         Seconds a lane thread may keep the GIL running queued tasks before it
         parks again and lets other threads in.
+    tunables : pyqueue.Tunables, optional
+        The constants of the adaptive map and of native chunking (see
+        ``pyqueue/_tunables.py``); the defaults suit most work.
 
     Thread safety: every method may be called from any thread.
     """
@@ -73,6 +87,7 @@ class TaskQueue(_native.Engine):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         budget: float = 0.002,
+        tunables: Tunables | None = None,
     ) -> None:
         cpus = _native.cpu_count()
         workers = cpus if workers is None else workers
@@ -97,13 +112,21 @@ class TaskQueue(_native.Engine):
         self._initargs = tuple(initargs)
         self._shutdown_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._engine_start(maxsize, native_workers, budget, put_timeout)
+        if tunables is None:
+            tunables = _DEFAULT_TUNABLES
+        elif not isinstance(tunables, Tunables):
+            raise TypeError(f"tunables must be a pyqueue.Tunables, not {type(tunables).__name__}")
+        self._engine_start(maxsize, native_workers, budget, put_timeout, tunables)
         _live_queues.add(self)
         _all_queues.add(self)
+        # The threads get the lane and a weak reference to the queue, never the
+        # queue itself: a queue nobody refers to is freed, which closes the
+        # lane, and its threads exit (as concurrent.futures workers do).
+        args = (weakref.ref(self), self.lane, initializer, self._initargs)
         try:
             for i in range(workers):
                 thread = threading.Thread(
-                    target=self._lane_main, name=f"{thread_name_prefix}-{i}", daemon=False
+                    target=_lane_main, args=args, name=f"{thread_name_prefix}-{i}", daemon=False
                 )
                 thread.start()
                 self._threads.append(thread)
@@ -115,15 +138,6 @@ class TaskQueue(_native.Engine):
     def workers(self) -> int:
         """Number of Python-lane threads."""
         return self._workers
-
-    def _lane_main(self) -> None:
-        if self._initializer is not None:
-            try:
-                self._initializer(*self._initargs)
-            except BaseException as exc:
-                self._break(exc)
-                return
-        self._lane_run()
 
     def _break(self, cause: BaseException) -> None:
         err = BrokenQueue("a worker initializer failed; the queue is not usable anymore")
@@ -139,14 +153,65 @@ class TaskQueue(_native.Engine):
 
     # -- fan-out / fan-in ----------------------------------------------------------
 
+    @overload
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B], T],
+        iterable: Iterable[A],
+        iterable2: Iterable[B],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B, C], T],
+        iterable: Iterable[A],
+        iterable2: Iterable[B],
+        iterable3: Iterable[C],
+        /,
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        iterable4: Iterable[Any],
+        /,
         *iterables: Iterable[Any],
         chunksize: int | None = None,
         timeout: float | None = None,
         ahead: int | None = None,
-    ) -> Iterator[Any]:
+    ) -> Iterator[T]: ...
+    def map(
+        self,
+        fn: Callable[..., T],
+        /,
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[T]:
         """Yield ``fn(*items)`` for the items of ``iterables``, in input order.
 
         Lazy: at most ``ahead`` chunks are in flight, so a huge or infinite
@@ -174,24 +239,52 @@ class TaskQueue(_native.Engine):
             raise ValueError("ahead must be >= 1")
         return self._map_iter(fn, source, star, chunksize, look_ahead, timeout, ahead is None)
 
+    @overload
     def results(
-        self, tasks: Iterable[_native.Task], timeout: float | None = None
-    ) -> Iterator[_native.Task]:
-        """Yield ``tasks`` as they complete (fan-in), each exactly once.
+        self, tasks: None = None, timeout: float | None = None
+    ) -> Iterator[_native.Task[Any]]: ...
+    @overload
+    def results(
+        self, tasks: Iterable[_native.Task[T]], timeout: float | None = None
+    ) -> Iterator[_native.Task[T]]: ...
+    def results(
+        self, tasks: Iterable[_native.Task[T]] | None = None, timeout: float | None = None
+    ) -> Iterator[_native.Task[Any]]:
+        """Yield tasks as they complete (fan-in), each exactly once.
 
+        Parameters
+        ----------
+        tasks : iterable of Task, optional
+            The tasks to wait for.  None (the default): every task submitted
+            through this queue (``submit``, ``submit_nowait``,
+            ``submit_many``) that no earlier ``results()`` has yielded and
+            whose ``result()``/``exception()`` nobody has read (awaiting a
+            task reads it), the same rule as ``Client.results()``.  The queue
+            holds those tasks until then: a program that submits without ever
+            reading results should call ``results()`` now and then (or read
+            each task), or it keeps every finished task.
+        timeout : float, optional
+            Seconds from this call; then :class:`TimeoutError` if tasks remain.
+
+        Notes
+        -----
         While nothing has completed, the caller runs a task that no worker has
-        started yet (only when ``timeout`` is None).  ``timeout`` (seconds,
-        from this call) raises :class:`TimeoutError` if tasks remain.
+        started yet (only when ``timeout`` is None).  A yielded task is no
+        longer held for a later ``results()``.
         """
-        pending = list(dict.fromkeys(tasks))
-        for t in pending:
-            if not isinstance(t, _native.Task):
-                raise TypeError(f"results() takes pyqueue.Task objects, not {type(t).__name__}")
+        pending: list[_native.Task[Any]]
+        if tasks is None:
+            pending = self._unyielded.take()
+        else:
+            pending = list(dict.fromkeys(tasks))
+            for t in pending:
+                if not isinstance(t, _native.Task):
+                    raise TypeError(f"results() takes pyqueue.Task objects, not {type(t).__name__}")
         return self._fan_in(pending, timeout)
 
     @staticmethod
-    def _fan_in(pending: list[_native.Task], timeout: float | None) -> Iterator[_native.Task]:
-        completed: queue.SimpleQueue[_native.Task] = queue.SimpleQueue()
+    def _fan_in(pending: list[_native.Task[T]], timeout: float | None) -> Iterator[_native.Task[T]]:
+        completed: queue.SimpleQueue[_native.Task[T]] = queue.SimpleQueue()
         for t in pending:
             t.add_done_callback(completed.put)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -218,22 +311,58 @@ class TaskQueue(_native.Engine):
                     break
                 except queue.Empty:
                     continue
+            task._mark_yielded()
             yield task
+
+    # -- asyncio -------------------------------------------------------------------
+
+    def as_completed(
+        self, tasks: Iterable[_native.Task[T]], timeout: float | None = None
+    ) -> AsyncIterator[_native.Task[T]]:
+        """``async for task in q.as_completed(tasks)``: tasks in completion order.
+
+        Each task is yielded once; each completion wakes the event loop once
+        (no thread, no polling).  Unlike :meth:`results`, nothing runs on the
+        loop's thread.  ``timeout`` (seconds, from the first iteration) raises
+        :class:`TimeoutError` if tasks remain.  Leaving the loop early, or
+        cancelling the coroutine, cancels no task.
+        """
+        return _aio.as_completed(tasks, timeout)
+
+    @overload
+    async def gather(
+        self, tasks: Iterable[_native.Task[T]], *, return_exceptions: Literal[False] = False
+    ) -> list[T]: ...
+    @overload
+    async def gather(
+        self, tasks: Iterable[_native.Task[T]], *, return_exceptions: bool
+    ) -> list[T | BaseException]: ...
+    async def gather(
+        self, tasks: Iterable[_native.Task[T]], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """``await q.gather(tasks)``: the results in input order.
+
+        The loop is woken once, when the last task completes (or when one
+        fails: its exception is raised, and the other tasks keep running).
+        With ``return_exceptions`` exceptions take their places in the list.
+        Cancelling the awaiting coroutine cancels no task (shield semantics).
+        """
+        return await _aio.gather(tasks, return_exceptions=return_exceptions)
 
     # -- native --------------------------------------------------------------------
 
     def map_native(
         self,
         fn: Any,
-        args: Any,
-        out: Any,
+        args: npt.NDArray[Any],
+        out: npt.NDArray[Any],
         *,
         abi: str | None = None,
         chunksize: int | None = None,
-        status: Any = None,
+        status: npt.NDArray[np.int32] | None = None,
         timeout: float | None = None,
         raise_on_error: bool = True,
-    ) -> Any:
+    ) -> npt.NDArray[np.int32]:
         """Run the C function ``fn`` over every row of ``args`` into ``out``,
         on the native lane with no GIL, and wait for it.
 
@@ -305,6 +434,26 @@ class TaskQueue(_native.Engine):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<pyqueue.TaskQueue {state} workers={self._workers} queued={self.qsize()}>"
+
+
+def _lane_main(
+    queue_ref: weakref.ReferenceType[TaskQueue],
+    lane: _native.Lane,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    # Body of a lane thread.  It must not keep the queue alive: the queue is
+    # looked up through its weak reference only to report a failed initializer.
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            q = queue_ref()
+            if q is not None:
+                q._break(exc)
+            del q
+            return
+    lane.run()
 
 
 def _shutdown_all_at_exit() -> None:

@@ -6,10 +6,12 @@ written for :mod:`concurrent.futures` or :mod:`queue` keeps working.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import queue
 
 __all__ = [
+    "AsyncCancelledError",
     "AuthenticationError",
     "BrokenQueue",
     "CancelledError",
@@ -54,6 +56,17 @@ class BrokenQueue(PyqueueError, concurrent.futures.BrokenExecutor):
     tasks fail with this error."""
 
 
+class AsyncCancelledError(concurrent.futures.CancelledError, asyncio.CancelledError):
+    """Raised by ``await handle`` when the task itself was cancelled.
+
+    It is an :class:`asyncio.CancelledError`, so an awaiting asyncio task ends
+    as cancelled just as when it awaits a cancelled asyncio future, and also a
+    :class:`concurrent.futures.CancelledError` (``pyqueue.CancelledError``),
+    which is what ``handle.result()`` raises.  Cancelling the awaiting
+    coroutine does not cancel the task (see :mod:`pyqueue._aio`).
+    """
+
+
 class NativeTaskError(PyqueueError, RuntimeError):
     """One or more items of a native batch returned a non-zero status.
 
@@ -80,7 +93,8 @@ class NativeTaskError(PyqueueError, RuntimeError):
         what = "was not run" if code == self.NOT_RUN else f"returned {code}"
         super().__init__(f"native task at index {index} {what} ({failed} item(s) failed in total)")
 
-    def __reduce__(self):  # keep pickling (e.g. across processes) working
+    def __reduce__(self) -> tuple[type[NativeTaskError], tuple[int, int, int, object]]:
+        # keep pickling (e.g. across processes) working
         return (type(self), (self.index, self.code, self.failed, self.status))
 
 

@@ -1,5 +1,5 @@
-# Declarations only: mirrors csrc/pq_common.h, pq_ring.h, pq_park.h, pq_lane.h
-# and pq_pool.h for the adapter.  Every function is nogil and noexcept (the C
+# Declarations only: mirrors csrc/pq_common.h, pq_ring.h, pq_park.h, pq_lane.h,
+# pq_pool.h and pq_kernels.h for the adapter.  Every function is nogil and noexcept (the C
 # core never raises and never touches Python objects).
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
@@ -70,6 +70,9 @@ cdef extern from "pq_pool.h" nogil:
     ctypedef int (*pq_item_fn)(const void *arg, void *out) noexcept nogil
     ctypedef int (*pq_range_fn)(const void *args, int64_t begin, int64_t end,
                                 void *out) noexcept nogil
+    ctypedef struct pq_batch_hook:
+        void (*fn)(void *ctx) noexcept nogil
+        void *ctx
     ctypedef struct pq_batch:
         pq_event done       # the only member the adapter touches: waits on it
     ctypedef struct pq_pool:
@@ -80,6 +83,7 @@ cdef extern from "pq_pool.h" nogil:
     int pq_batch_wait(pq_batch *batch, int64_t timeout_ns) noexcept
     void pq_batch_cancel(pq_batch *batch) noexcept
     int pq_batch_is_done(pq_batch *batch) noexcept
+    int pq_batch_set_hook(pq_batch *batch, pq_batch_hook *hook) noexcept
     int64_t pq_batch_failed(pq_batch *batch) noexcept
     int64_t pq_batch_run_range(pq_batch *batch, int64_t begin, int64_t end) noexcept
     int pq_pool_create(pq_pool **out, int workers, size_t capacity) noexcept
@@ -91,3 +95,11 @@ cdef extern from "pq_pool.h" nogil:
     int pq_pool_workers(const pq_pool *pool) noexcept
     uint64_t pq_pool_chunks_run(pq_pool *pool) noexcept
     int pq_cpu_count() noexcept
+
+
+cdef extern from "pq_kernels.h" nogil:
+    int pq_kernel_add_one_f64(const void *arg, void *out) noexcept
+    int pq_kernel_spin_f64(const void *arg, void *out) noexcept
+    int pq_kernel_sqrt_or_fail_f64(const void *arg, void *out) noexcept
+    int pq_kernel_scale2_f64_range(const void *args, int64_t begin, int64_t end,
+                                   void *out) noexcept

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../pq_kernels.h"
 #include "../pq_pool.h"
 
 enum { RING_ITEMS = 20000000, RING_CAP = 4096 };
@@ -79,10 +80,6 @@ static double bench_ring_local(size_t k) {
     return RING_ITEMS / (dt / 1e9);
 }
 
-static int add_one(const void *arg, void *out) {
-    *(double *)out = *(const double *)arg + 1.0;
-    return 0;
-}
 
 enum { TASKS = 20000000, CHUNK = 4096 };
 static double *args, *outs;
@@ -92,7 +89,7 @@ static double bench_pool(int workers) {
     pq_pool *pool;
     if (pq_pool_create(&pool, workers, 1024) != PQ_OK) abort();
     pq_batch b;
-    pq_batch_init(&b, (void *)add_one, PQ_ABI_ITEM, args, 8, outs, 8, status);
+    pq_batch_init(&b, (void *)pq_kernel_add_one_f64, PQ_ABI_ITEM, args, 8, outs, 8, status);
     int64_t t0 = pq_now_ns();
     if (pq_pool_submit(pool, &b, TASKS, CHUNK, -1) != PQ_OK) abort();
     pq_batch_wait(&b, -1);

@@ -6,13 +6,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "../pq_kernels.h"
 #include "../pq_pool.h"
 #include "pq_test.h"
 
-static int add_one(const void *arg, void *out) {
-    *(double *)out = *(const double *)arg + 1.0;
-    return 0;
-}
+/* The package's own kernel (pyqueue.kernels.add_one_f64). */
+#define add_one pq_kernel_add_one_f64
 
 /* Fails on multiples of 7 with the value as the error code. */
 static int fail_on_seven(const void *arg, void *out) {
@@ -255,6 +254,81 @@ static void test_submit_racing_shutdown(void) {
     }
 }
 
+/* The completion hook: runs once, after done is set; registering after
+ * completion says so (PQ_CLOSED) and never runs it; one hook per batch. */
+static _Atomic int hook_calls;
+static _Atomic int hook_saw_done;
+static void count_hook(void *ctx) {
+    atomic_fetch_add(&hook_calls, 1);
+    if (pq_batch_is_done((pq_batch *)ctx)) atomic_fetch_add(&hook_saw_done, 1);
+}
+
+static void test_batch_hook(void) {
+    enum { N = 40 };
+    static int32_t o[N], st[N];
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 2, 64), PQ_OK);
+    pq_batch b;
+    pq_batch_hook hook = {count_hook, &b}, other = {count_hook, &b};
+    pq_batch_init(&b, (void *)slow_item, PQ_ABI_ITEM, o, 4, o, 4, st);
+    CHECK_EQ(pq_batch_set_hook(&b, &hook), PQ_OK);
+    CHECK_EQ(pq_batch_set_hook(&b, &other), PQ_EINVAL);
+    CHECK_EQ(pq_pool_submit(pool, &b, N, 1, -1), PQ_OK);
+    CHECK_EQ(pq_batch_wait(&b, -1), PQ_OK);
+    pq_pool_shutdown(pool, 0); /* joins: the hook has returned */
+    CHECK_EQ(atomic_load(&hook_calls), 1);
+    CHECK_EQ(atomic_load(&hook_saw_done), 1);
+    CHECK_EQ(pq_batch_set_hook(&b, &other), PQ_CLOSED);
+    CHECK_EQ(atomic_load(&hook_calls), 1);
+    pq_pool_destroy(pool);
+}
+
+/* Registration racing completion, with the batch freed by its waiter as soon
+ * as done is set and the hook's owner freed by the hook: exactly one of "the
+ * hook ran" and PQ_CLOSED happens, and (under ASan) the completer touches
+ * nothing of the batch after setting done. */
+typedef struct hook_owner {
+    pq_batch_hook hook;
+    _Atomic int *ran;
+} hook_owner;
+static void owner_hook(void *ctx) {
+    hook_owner *h = ctx;
+    atomic_fetch_add(h->ran, 1);
+    free(h);
+}
+
+static void test_batch_hook_races_completion(void) {
+    static int64_t a[4], o[4];
+    static int32_t st[4];
+    pq_pool *pool;
+    CHECK_EQ(pq_pool_create(&pool, 2, 64), PQ_OK);
+    static _Atomic int ran;
+    int closed = 0;
+    for (int round = 0; round < 2000; round++) {
+        pq_batch *b = malloc(sizeof(*b));
+        hook_owner *h = malloc(sizeof(*h));
+        CHECK(b != NULL && h != NULL);
+        h->hook.fn = owner_hook;
+        h->hook.ctx = h;
+        h->ran = &ran;
+        pq_batch_init(b, (void *)square_range, PQ_ABI_RANGE, a, 8, o, 8, st);
+        CHECK_EQ(pq_pool_submit(pool, b, 4, 1, -1), PQ_OK);
+        if (round % 2) sched_yield();
+        int rc = pq_batch_set_hook(b, &h->hook);
+        CHECK(rc == PQ_OK || rc == PQ_CLOSED);
+        if (rc == PQ_CLOSED) {
+            CHECK(pq_batch_is_done(b));
+            free(h);
+            closed++;
+        }
+        CHECK_EQ(pq_batch_wait(b, -1), PQ_OK);
+        free(b); /* at once: the hook may still be running, from its own memory */
+    }
+    pq_pool_shutdown(pool, 0);
+    CHECK_EQ(atomic_load(&ran) + closed, 2000);
+    pq_pool_destroy(pool);
+}
+
 int main(void) {
     test_item_abi_all_chunk_sizes();
     test_status_codes_and_range_abi();
@@ -265,6 +339,8 @@ int main(void) {
     test_batch_cancel();
     test_close_does_not_wait();
     test_submit_racing_shutdown();
-    printf("test_pool: 9 passed, 0 failed\n");
+    test_batch_hook();
+    test_batch_hook_races_completion();
+    printf("test_pool: 11 passed, 0 failed\n");
     return 0;
 }

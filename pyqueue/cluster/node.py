@@ -91,7 +91,7 @@ def _done_size(row: list[Any]) -> int:
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
     """Raise ``exc_type`` asynchronously in thread ``ident`` (CPython only)."""
-    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+    n: int = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(ident), ctypes.py_object(exc_type)
     )
     return n == 1

@@ -126,7 +126,11 @@ def test_initializer_failure_breaks_executor(run_py, clean):
         print("threads", [t.name for t in threading.enumerate()])
         """
     )
-    clean(proc)
+    # As ThreadPoolExecutor does: each worker whose initializer failed logs it
+    # at CRITICAL on the concurrent.futures logger (stderr, with no handler).
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("Exception in initializer:") == 2, proc.stderr
+    assert "ValueError: init failed: x" in proc.stderr
     assert proc.stdout.splitlines() == [
         "settled 10 0 []",
         "broken True True",

@@ -292,6 +292,8 @@ def test_no_reference_leak_on_submit_to_broken_queue(run_py, clean):
         _ref_script("""
         def bad_init():
             raise RuntimeError("init failed")
+        import logging   # the failure is logged as the stdlib does: keep it off stderr
+        logging.getLogger("concurrent.futures").addHandler(logging.NullHandler())
         ex = BROKEN.get("ex")
         if ex is None:
             ex = BROKEN["ex"] = pyqueue.Executor(1, initializer=bad_init)
@@ -419,3 +421,60 @@ print(gone, py_threads() == base_py, settle(lambda: os_threads() == base_os, 2.0
     )
     clean(proc)
     assert proc.stdout == "True True True\n"
+
+
+def test_dropped_queues_stop_their_threads(run_py, clean):
+    # Five queues dropped without shutdown(), one with tasks still queued and
+    # one with a started native pool: their threads drain the queued work and
+    # exit, as ThreadPoolExecutor workers do for a dropped executor.
+    proc = run_py(
+        THREADS_PRELUDE
+        + """
+gate = threading.Event()
+ran = []
+tasks = []
+for i in range(5):
+    q = pyqueue.TaskQueue(4, native_workers=2)
+    if i == 0:
+        tasks.append(q.submit(gate.wait, 5))
+        tasks += [q.submit(ran.append, k) for k in range(20)]
+    if i == 1:
+        q.map_native(kernels.add_one_f64, a, o)
+    assert sum(q.map(abs, range(-100, 0))) == 5050
+    del q
+gate.set()
+gone = settle(lambda: py_threads() == base_py and os_threads() == base_os)
+print(gone, len(threading.enumerate()), sorted(ran) == list(range(20)),
+      all(t.done() for t in tasks))
+""",
+        timeout=20,
+    )
+    clean(proc)
+    assert proc.stdout == "True 1 True True\n"
+
+
+def test_dropped_executor_and_queue_freed_by_its_own_task(run_py, clean):
+    # An Executor dropped with futures pending; a queue whose last reference is
+    # held by one of its own tasks (freed in a lane thread); a queue caught in
+    # a reference cycle (freed by the cyclic GC).
+    proc = run_py(
+        THREADS_PRELUDE
+        + """
+import gc
+ex = pyqueue.Executor(3)
+futures = [ex.submit(pow, 2, k) for k in range(10)]
+del ex
+q = pyqueue.TaskQueue(2)
+last = q.submit(lambda queue: queue.workers, q)
+del q
+q = pyqueue.TaskQueue(2)
+q.me = q
+del q
+gc.collect()
+gone = settle(lambda: py_threads() == base_py and os_threads() == base_os)
+print(gone, [f.result() for f in futures][-1], last.result())
+""",
+        timeout=20,
+    )
+    clean(proc)
+    assert proc.stdout == "True 512 2\n"

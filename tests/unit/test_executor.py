@@ -2,8 +2,10 @@
 
 import asyncio
 import concurrent.futures as cf
+import logging
 import threading
 import time
+import types
 
 import pytest
 
@@ -40,7 +42,8 @@ def test_exceptions_propagate(ex):
 
 def test_map_follows_stdlib(ex):
     assert list(ex.map(pow, [1, 2, 3], [2, 2, 2], chunksize=2)) == [1, 4, 9]
-    with pytest.raises(TimeoutError):
+    # cf.TimeoutError: the builtin TimeoutError only from 3.11 on.
+    with pytest.raises(cf.TimeoutError):
         list(ex.map(time.sleep, [0.5, 0.5], timeout=0.05))
 
 
@@ -52,13 +55,13 @@ def test_run_in_executor(ex):
     assert asyncio.run(main()) == [i**3 for i in range(5)]
 
 
-def test_shutdown_cancel_futures_and_submit_after_shutdown():
+def test_shutdown_cancel_futures_and_submit_after_shutdown(occupy):
     ex = pyqueue.Executor(max_workers=1)
-    gate = threading.Event()
-    running = ex.submit(gate.wait, 10)
-    time.sleep(0.05)
+    running, gate = occupy(ex)
     queued = [ex.submit(abs, -i) for i in range(20)]
-    threading.Timer(0.1, gate.set).start()
+    # The blocker is released once shutdown has cancelled the queue, by the
+    # first cancelled future's callback: no timer races the cancellation.
+    queued[0].add_done_callback(lambda f: gate.set())
     ex.shutdown(wait=True, cancel_futures=True)
     assert running.result() is True
     assert all(f.cancelled() for f in queued)
@@ -117,3 +120,46 @@ def test_map_with_chunks_keeps_order_and_raises_in_place(ex):
         next(it)
     with pytest.raises(ValueError):
         ex.map(abs, [1], chunksize=0)
+
+
+def test_map_with_chunks_returns_a_closable_generator(ex):
+    it = ex.map(abs, range(-100, 0), chunksize=7)
+    assert isinstance(it, types.GeneratorType)  # as the stdlib's map
+    assert next(it) == 100
+    it.close()  # cancels what has not started, as the stdlib's does
+    with pytest.raises(StopIteration):
+        next(it)
+    assert list(ex.map(pow, [1, 2, 3], [2, 2, 2], chunksize=2)) == [1, 4, 9]
+
+
+def test_initializer_failure_is_logged_critical_like_the_stdlib(caplog):
+    def bad_init():
+        raise OSError("no database")
+
+    with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+        ex = pyqueue.Executor(max_workers=1, initializer=bad_init)
+        ex.queue._threads[0].join(5)
+        ex.shutdown()
+    records = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert len(records) == 1 and records[0].levelno == logging.CRITICAL
+    assert records[0].getMessage() == "Exception in initializer:"
+    assert records[0].exc_info is not None and records[0].exc_info[0] is OSError
+
+
+def test_thread_pool_executor_is_asyncio_default_executor():
+    async def main():
+        loop = asyncio.get_running_loop()
+        ex = pyqueue.ThreadPoolExecutor(max_workers=2, thread_name_prefix="aio")
+        loop.set_default_executor(ex)  # asyncio accepts only ThreadPoolExecutor instances
+        name = await asyncio.to_thread(lambda: threading.current_thread().name)
+        assert name.startswith("aio")
+        infos = await loop.getaddrinfo("127.0.0.1", 80)
+        assert infos and infos[0][4][0] == "127.0.0.1"
+        assert await loop.run_in_executor(None, pow, 2, 8) == 256
+        return ex
+
+    ex = asyncio.run(main())  # asyncio.run shuts the default executor down
+    assert isinstance(ex, cf.ThreadPoolExecutor) and isinstance(ex, pyqueue.Executor)
+    assert ex.queue.closed
+    with pytest.raises(RuntimeError):
+        ex.submit(abs, 1)

@@ -56,8 +56,8 @@ def test_map_is_lazy_over_infinite_iterator(q):
 
     it = q.map(lambda x: x + 1, source(), chunksize=10, ahead=3)
     assert [next(it) for _ in range(25)] == list(range(1, 26))
-    time.sleep(0.05)
-    # At most the chunks in flight were pulled: bounded look-ahead.
+    # Only the consuming thread pulls from the source, so the count is exact
+    # here: at most the chunks in flight were pulled (bounded look-ahead).
     assert next(consumed) <= 25 + 10 * 4 + 1
     it.close()
 
@@ -77,11 +77,14 @@ def test_map_bad_arguments(q):
         q.map(abs, [1], ahead=0)
 
 
-def test_results_yields_in_completion_order(q):
-    slow = q.submit(time.sleep, 0.3)
-    fast = q.submit(time.sleep, 0.01)
-    order = list(q.results([slow, fast]))
-    assert order == [fast, slow]
+def test_results_yields_in_completion_order(q, occupy):
+    slow, gate = occupy(q)
+    fast = q.submit(abs, -1)
+    it = q.results([slow, fast])
+    assert next(it) is fast
+    gate.set()
+    assert next(it) is slow
+    assert list(it) == []
 
 
 def test_results_yields_each_task_once_including_duplicates_and_failures(q):
@@ -128,14 +131,12 @@ def test_map_length_hint_tracks_what_is_left_for_sized_inputs(q):
     assert operator.length_hint(q.map(abs, iter([1, 2]))) == 0  # unknown for iterators
 
 
-def test_map_keeps_every_item_when_a_look_ahead_push_fails():
+def test_map_keeps_every_item_when_a_look_ahead_push_fails(occupy):
     # Found in review: a QueueFull from refilling the look-ahead dropped the
     # chunk being waited for and the chunk taken from the source.
-    gate = threading.Event()
     q = pyqueue.TaskQueue(workers=1, maxsize=4, put_timeout=0.05)
     try:
-        q.submit(gate.wait, 10)
-        time.sleep(0.05)
+        _, gate = occupy(q)
         it = q.map(lambda x: x, list(range(20)), chunksize=1, ahead=2)
         for _ in range(2):
             q.submit(abs, 1)  # the lane is now full
@@ -158,3 +159,48 @@ def test_map_function_raising_stop_iteration_is_an_error_not_the_end(q):
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="StopIteration"):
         next(it)
+
+
+def test_results_without_argument_yields_every_unread_task_once(q):
+    tasks = [q.submit(pow, i, 2) for i in range(20)]
+    tasks += q.submit_many(abs, [-1, -2])
+    read = tasks.pop()  # its result is read: it is not yielded
+    assert read.result() == 2
+    nowait = q.submit_nowait(abs, -5)
+    del tasks[5]  # a handle the caller dropped is still held and yielded
+    got = list(q.results(timeout=10))
+    assert len(got) == 22 and len(set(got)) == 22
+    assert nowait in got and read not in got
+    assert sorted(t.result() for t in got) == sorted([i * i for i in range(20)] + [1, 5])
+    assert list(q.results()) == []  # each is yielded once
+
+
+def test_results_without_argument_skips_map_executor_and_yielded_tasks(q):
+    assert list(q.map(abs, range(-50, 0))) == list(range(50, 0, -1))
+    with pyqueue.Executor(2) as ex:
+        assert ex.submit(pow, 2, 2).result() == 4
+    t = q.submit(abs, -3)
+    assert list(q.results([t])) == [t]  # yielded with an explicit list
+    assert list(q.results()) == []
+
+
+def test_tunables_are_validated_and_passed_to_the_engine():
+    import numpy as np
+
+    from pyqueue import kernels
+
+    with pytest.raises(ValueError):
+        pyqueue.Tunables(map_max_chunk=0)
+    with pytest.raises(ValueError):
+        pyqueue.Tunables(native_ring_capacity=1000)  # not a power of two
+    with pytest.raises(ValueError):
+        pyqueue.Tunables(native_chunk_min=10, native_chunk_max=5)
+    with pytest.raises(TypeError):
+        pyqueue.TaskQueue(1, tunables={"map_max_chunk": 2})
+    tiny = pyqueue.Tunables(map_max_chunk=2, map_probe_every=1, native_chunk_max=256)
+    with pyqueue.TaskQueue(2, native_workers=2, tunables=tiny) as q:
+        assert list(q.map(abs, range(-500, 0))) == list(range(500, 0, -1))
+        a = np.arange(10_000.0)
+        out = np.zeros_like(a)
+        assert not q.map_native(kernels.add_one_f64, a, out).any()
+        assert (out == a + 1).all()

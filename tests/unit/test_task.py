@@ -51,11 +51,9 @@ def test_submit_after_shutdown_raises_queue_closed():
     q.shutdown()  # idempotent
 
 
-def test_cancel_pending_task_raises_cancelled_error():
-    gate = threading.Event()
+def test_cancel_pending_task_raises_cancelled_error(occupy):
     with pyqueue.TaskQueue(workers=1) as q:
-        blocker = q.submit(gate.wait, 10)
-        time.sleep(0.05)
+        blocker, gate = occupy(q)
         victim = q.submit(abs, -5)
         assert victim.cancel() is True
         assert victim.cancel() is True
@@ -69,13 +67,10 @@ def test_cancel_pending_task_raises_cancelled_error():
         assert blocker.cancel() is False
 
 
-def test_result_timeout_on_running_task():
-    gate = threading.Event()
+def test_result_timeout_on_running_task(occupy):
     with pyqueue.TaskQueue(workers=1) as q:
-        t = q.submit(gate.wait, 10)
-        deadline = time.monotonic() + 5
-        while not t.running() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        t, gate = occupy(q)
+        assert t.running()
         with pytest.raises(TimeoutError):
             t.result(timeout=0.05)
         with pytest.raises(TimeoutError):
@@ -86,13 +81,13 @@ def test_result_timeout_on_running_task():
 
 def test_done_callbacks_run_once_and_immediately_when_done(q, caplog):
     seen = []
+    first_ran = threading.Event()
     t = q.submit(pow, 3, 2)
-    t.add_done_callback(lambda task: seen.append(("first", task.result())))
+    t.add_done_callback(lambda task: (seen.append(("first", task.result())), first_ran.set()))
     t.result()
     t.add_done_callback(lambda task: seen.append(("late", task.result())))
-    deadline = time.monotonic() + 5
-    while len(seen) < 2 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    # result() may return before a worker has run the first callback.
+    assert first_ran.wait(5)
     assert sorted(seen) == [("first", 9), ("late", 9)]
     # A failing callback is logged, not propagated, and does not stop others.
     t2 = q.submit(abs, -1)
@@ -101,11 +96,9 @@ def test_done_callbacks_run_once_and_immediately_when_done(q, caplog):
     assert "exception calling callback" in caplog.text
 
 
-def test_result_runs_unstarted_task_in_caller_thread():
-    gate = threading.Event()
+def test_result_runs_unstarted_task_in_caller_thread(occupy):
     with pyqueue.TaskQueue(workers=1) as q:
-        q.submit(gate.wait, 10)  # occupies the only worker
-        time.sleep(0.05)
+        _, gate = occupy(q)  # the only worker is busy
         t = q.submit(threading.get_ident)
         assert t.result() == threading.get_ident()
         gate.set()
@@ -118,12 +111,10 @@ def test_submit_many_plain_and_star(q):
     assert [t.result() for t in tasks] == [8, 9]
 
 
-def test_full_queue_nowait_and_timeout_raise_queue_full():
-    gate = threading.Event()
+def test_full_queue_nowait_and_timeout_raise_queue_full(occupy):
     q = pyqueue.TaskQueue(workers=1, maxsize=2, put_timeout=0.05)
     try:
-        q.submit(gate.wait, 10)
-        time.sleep(0.05)
+        _, gate = occupy(q)
         q.submit(abs, 1)
         q.submit(abs, 2)
         with pytest.raises(pyqueue.QueueFull):
@@ -164,13 +155,13 @@ def test_bad_constructor_arguments(kwargs, exc):
         pyqueue.TaskQueue(**kwargs)
 
 
-def test_shutdown_cancel_pending_cancels_queued_tasks():
-    gate = threading.Event()
+def test_shutdown_cancel_pending_cancels_queued_tasks(occupy):
     q = pyqueue.TaskQueue(workers=1)
-    running = q.submit(gate.wait, 10)
-    time.sleep(0.05)
+    running, gate = occupy(q)
     queued = [q.submit(abs, -i) for i in range(100)]
-    threading.Timer(0.1, gate.set).start()
+    # Released by the first cancelled task's callback, i.e. once shutdown has
+    # cancelled the queue: no timer races the cancellation.
+    queued[0].add_done_callback(lambda t: gate.set())
     q.shutdown(wait=True, cancel_pending=True)
     assert running.result() is True
     assert all(t.cancelled() for t in queued)
@@ -264,3 +255,9 @@ def test_cycles_through_finished_tasks_are_collected():
     gc.collect()
     assert probe() is None, "a result that refers to its task leaked"
     assert err_probe() is None, "an exception that refers to its task leaked"
+
+
+def test_task_is_generic_at_runtime(q):
+    alias = pyqueue.Task[int]  # what annotations like Task[int] evaluate to
+    assert alias.__origin__ is pyqueue.Task and alias.__args__ == (int,)
+    assert isinstance(q.submit(abs, -1), pyqueue.Task)
