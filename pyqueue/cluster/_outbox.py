@@ -178,7 +178,9 @@ class Outbox(Generic[K]):
             generation = channel.generation
         if not rows:
             return
-        for batch in P.split_batches(rows, self._size):
+        # no batch of valid rows may exceed what the coordinator accepts
+        max_bytes = min(P.BATCH_BYTES, channel.max_payload)
+        for batch in P.split_batches(rows, self._size, max_bytes):
             corr = channel.next_corr()
             try:
                 data = channel.encode(self.mtype, {self.field: batch}, corr)

@@ -109,6 +109,9 @@ class Channel:
         self.on_disconnect = on_disconnect
         self.max_frame = max_frame
         self.max_message = max_payload + P.ENVELOPE_BYTES
+        # what we send: within our limits and the coordinator's (set on connect)
+        self._out_frame = min(max_frame, self.max_message)
+        self._out_message = self.max_message
         #: the smaller of ours and the coordinator's (announced in WELCOME)
         self.max_payload = max_payload
         self._own_max_payload = max_payload
@@ -159,7 +162,7 @@ class Channel:
         FrameTooLarge
             If the message is larger than this channel's limit.
         """
-        return P.encode_message(mtype, corr, body, self.max_frame, self.max_message)
+        return P.encode_message(mtype, corr, body, self._out_frame, self._out_message)
 
     def send(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bool:
         """Send one message; False (and nothing sent) when not connected."""
@@ -275,6 +278,8 @@ class Channel:
                 self._sock, self._conn = sock, conn
                 self.generation += 1
                 self.max_payload = min(self._own_max_payload, conn.peer_max_payload)
+                self._out_message = self.max_payload + P.ENVELOPE_BYTES
+                self._out_frame = min(self.max_frame, conn.peer_max_frame, self._out_message)
                 self._connected.set()
             self.connections += 1
             log.info(

@@ -26,9 +26,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from typing import Any, Callable
 
+from pyqueue import _aio as aio
+from pyqueue._aio import await_handle
 from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskDead, TaskLost
 
 from . import protocol as P
@@ -142,6 +144,18 @@ class ClusterTask:
         """True once the task has ended (any terminal state)."""
         return self._state is not None
 
+    def cancelled(self) -> bool:
+        """True if the task ended cancelled."""
+        return self._state is TaskState.CANCELLED
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await task``: its value, on any running loop (see :mod:`pyqueue._aio`).
+
+        Cancelling the awaiting coroutine does not cancel the task; a
+        cancelled task raises an ``asyncio.CancelledError``.
+        """
+        return await_handle(self)
+
     def _wait_done(self, timeout: float | None) -> None:
         if self._state is None and not self._client._wait(lambda: self._state is not None, timeout):
             raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
@@ -190,8 +204,12 @@ class ClusterTask:
         ------
         TimeoutError
             If the task has not ended within ``timeout`` seconds.
+        TaskCancelled
+            If it was cancelled (as ``concurrent.futures`` raises).
         """
         self._wait_done(timeout)
+        if self._state is TaskState.CANCELLED:
+            raise TaskCancelled(f"task {self.id} was cancelled")
         try:
             self.result(0)
         except BaseException as exc:
@@ -207,7 +225,8 @@ class ClusterTask:
         unless ``terminate=True``: then
         :class:`~pyqueue.errors.TaskCancelled` is raised inside the task, and
         True is returned once the task has ended cancelled (False if it caught
-        the exception and finished anyway).  A finished task returns False.
+        the exception and finished anyway).  A task that ended otherwise
+        returns False; one already cancelled returns True.
 
         Raises
         ------
@@ -215,8 +234,15 @@ class ClusterTask:
             If the coordinator has not answered within ``timeout`` seconds.
         """
         if self._state is not None:
+            return self._state is TaskState.CANCELLED
+        # the CANCEL must not overtake the SUBMIT (they go by different threads)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.acknowledged(timeout):
+            raise TimeoutError(f"task {self.id} was not acknowledged within {timeout} s")
+        if not self._client._cancel([self.id], _left(deadline), terminate)[0]:
             return False
-        return self._client._cancel([self.id], timeout, terminate)[0]
+        self._client._cancelled_here(self)  # certain now: no need to wait for the push
+        return True
 
     def add_done_callback(self, fn: Callable[[ClusterTask], None]) -> None:
         """Call ``fn(self)`` when the task ends (at once if it has)."""
@@ -226,7 +252,7 @@ class ClusterTask:
                     self._callbacks = []
                 self._callbacks.append(fn)
                 return
-        fn(self)
+        _run_callbacks([(self, [fn])])
 
     def _finish(
         self, state: TaskState, data: bytes | None, error: str | None
@@ -429,7 +455,9 @@ class Client:
                 self._unyielded_serials.add(serial)
             else:
                 self._unyielded[tid] = None
-        self.outbox.put(row)
+            # inside the lock: a reconnect in between would WAIT for an id the
+            # coordinator has not seen, and fail its handle as lost
+            self.outbox.put(row)
         return handle
 
     def map(
@@ -498,6 +526,27 @@ class Client:
                 todo.append(h)
         self._send_waits(fetch)
         return todo
+
+    def _cancelled_here(self, handle: ClusterTask) -> None:
+        with self._lock:
+            if handle._state is not None:
+                return
+            self._tasks.pop(handle.id, None)  # the coordinator's push is now a duplicate
+            cbs = handle._finish(TaskState.CANCELLED, None, "cancelled")
+            self._changed.notify_all()
+        _run_callbacks([(handle, cbs)])
+
+    def as_completed(
+        self, tasks: Iterable[ClusterTask], timeout: float | None = None
+    ) -> AsyncIterator[ClusterTask]:
+        """``async for t in client.as_completed(tasks)``: in completion order."""
+        return aio.as_completed(tasks, timeout)
+
+    async def gather(
+        self, tasks: Iterable[ClusterTask], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """``await client.gather(tasks)``: their values, in the order given."""
+        return await aio.gather(tasks, return_exceptions=return_exceptions)
 
     def _handle(self, task_id: str) -> ClusterTask | None:
         ref = self._tasks.get(task_id)

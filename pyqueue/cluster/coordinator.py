@@ -222,6 +222,7 @@ class Coordinator:
         self.timings = timings
         self.max_frame = max_frame
         self.max_payload = max_payload
+        self._batch_bytes = min(P.BATCH_BYTES, max_payload)
         self.ssl_context = ssl_context
         self._peers: set[_Peer] = set()
         self._nodes: dict[str, _Peer] = {}
@@ -485,7 +486,8 @@ class Coordinator:
         for i, tid in enumerate(ids):
             rec = backend.get(tid)
             if rec is None or rec.state in TERMINAL:
-                req.answers[i] = False
+                # as concurrent.futures answers; it also makes a resent CANCEL safe
+                req.answers[i] = rec is not None and rec.state is TaskState.CANCELLED
             elif rec.state is TaskState.LEASED and rec.node in self._nodes:
                 self._cancel_waits.setdefault(tid, []).append((req, i, terminate))
                 revoke.setdefault(rec.node, []).append([tid, rec.attempts, terminate])
@@ -509,14 +511,16 @@ class Coordinator:
             elif outcome == "running":
                 self._settle_cancel(tid, False, only_plain=True)
             # "terminating" and "unknown": the task's completion settles it
-            rec = backend.get(tid)
-            if (
-                tid in self._cancel_waits
-                and rec is not None
-                and rec.state not in TERMINAL
-                and rec.state is not TaskState.LEASED
-            ):
-                backend.cancel([tid])  # requeued or rescheduled meanwhile: it will not run
+            self._cancel_if_off_lease(tid)
+
+    def _cancel_if_off_lease(self, tid: str) -> None:
+        """A task being cancelled that left its lease without ending (requeued,
+        released, rescheduled for a retry) is cancelled now: it must not run."""
+        if tid not in self._cancel_waits:
+            return
+        rec = self.backend.get(tid)
+        if rec is not None and rec.state not in TERMINAL and rec.state is not TaskState.LEASED:
+            self.backend.cancel([tid])
 
     def _settle_cancel(self, tid: str, cancelled: bool, only_plain: bool = False) -> None:
         waits = self._cancel_waits.get(tid)
@@ -613,6 +617,8 @@ class Coordinator:
                     extra={"event": "task_failed", "task": tid, "node": node},
                 )
             status.append(verdict)
+            if tid in self._cancel_waits:
+                self._cancel_if_off_lease(str(tid))
         peer.queue(MsgType.DONE_ACK, {"status": status}, msg.corr)
 
     def _h_release(self, peer: _Peer, msg: P.Message) -> None:
@@ -620,6 +626,8 @@ class Coordinator:
         for row in msg.body["tasks"]:
             started = bool(row[2]) if len(row) > 2 else False
             self.backend.release(node, str(row[0]), int(row[1]), started)
+            if row[0] in self._cancel_waits:
+                self._cancel_if_off_lease(str(row[0]))
 
     _handlers = {
         MsgType.SUBMIT: _h_submit,
@@ -705,7 +713,7 @@ class Coordinator:
             if not leases:
                 continue
             rows = [list(le) for le in leases]
-            for batch in P.split_batches(rows, _task_size):
+            for batch in P.split_batches(rows, _task_size, self._batch_bytes):
                 peer.outbox.append(self.encode(MsgType.TASKS, {"tasks": batch}))
             if held + len(leases) > peer.max_outstanding:
                 peer.max_outstanding = held + len(leases)
@@ -738,7 +746,7 @@ class Coordinator:
                 st, value, error = out
                 rows.append([one, int(st), value, error])
                 backend.forget_result(one)
-            for batch in P.split_batches(rows, _result_size):
+            for batch in P.split_batches(rows, _result_size, self._batch_bytes):
                 peer.outbox.append(self.encode(MsgType.RESULTS, {"results": batch}))
 
     # -- timers -----------------------------------------------------------------
@@ -750,7 +758,9 @@ class Coordinator:
             # could be heard: do not hold that time against the nodes.
             lag = now - self._last_sweep - self.timings.sweep
             self._last_sweep = now
-            if lag > self.timings.sweep:
+            # only a long block counts, so a loop that is merely slow still
+            # finds dead nodes in time
+            if lag > self.timings.dead_after / 4:
                 for peer in self._nodes.values():
                     peer.last_heard += lag
             limit = min(self.timings.lease, self.timings.dead_after)

@@ -381,8 +381,13 @@ class Node:
         try:
             return (*run_payload(key[0], key[1], payload), time.perf_counter() - t0)
         finally:
-            with self._lock:
-                self._running.pop(key, None)
+            while True:
+                try:
+                    with self._lock:
+                        self._running.pop(key, None)
+                    break
+                except TaskCancelled:
+                    continue  # arrived after the task returned: too late to stop it
 
     def _tune_prefetch(self, seconds: float) -> None:
         """Hold about _PREFETCH_BUDGET of work ready (lock held)."""
@@ -414,12 +419,12 @@ class Node:
             cancelled = key in self._terminating and not ok
             self._terminating.discard(key)
         limit = self.channel.max_payload
-        if ok and value is not None and len(value) > limit:
+        if value is not None and len(value) > limit:
+            what = "returned" if ok else "raised an exception of"
             ok = False
             value, error = encode_exception(
                 PayloadTooLarge(
-                    f"task {key[0]} returned {len(value)} bytes; the cluster's max_payload"
-                    f" is {limit}"
+                    f"task {key[0]} {what} {len(value)} bytes; the cluster's max_payload is {limit}"
                 )
             )
         if error is not None and len(error) > _MAX_ERROR_TEXT:

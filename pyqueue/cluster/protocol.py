@@ -45,7 +45,7 @@ Handshake (mutual HMAC-SHA256 challenge on a shared key)
                        proof_s = HMAC(key, "pyq1-server" | nonce_c | nonce_s)
     client -> server   AUTH {proof_c}
                        proof_c = HMAC(key, "pyq1-client" | nonce_s | nonce_c)
-    server -> client   WELCOME {max_payload}
+    server -> client   WELCOME {max_payload, max_frame}
 
 The client checks the server's proof before it reveals its own, and distinct
 labels per direction stop a reflected proof from being accepted.  No
@@ -366,6 +366,9 @@ class FrameDecoder:
                 )
             if mtype not in _KNOWN_TYPES:
                 raise MalformedFrame(f"unknown frame type {mtype}")
+            if mtype == _CONTINUED and (length == 0 or not self.max_message):
+                # an empty piece makes no progress; before authentication none is allowed
+                raise MalformedFrame("empty or unexpected CONTINUED frame")
             if self._parts_len or mtype == _CONTINUED:
                 if self._parts_len + length > self.max_message:
                     raise FrameTooLarge(
@@ -458,8 +461,11 @@ class Connection:
         self._peer_nonce = b""
         self.peer_role = ""
         self.peer_name = ""
-        #: the largest payload the peer accepts (the coordinator says in WELCOME)
+        #: the largest payload and frame the peer accepts (the coordinator
+        #: says in WELCOME; a client then sends within them, and accepts
+        #: what the coordinator may send, which it checked already)
         self.peer_max_payload = self.max_message - ENVELOPE_BYTES
+        self.peer_max_frame = self.max_frame
         self._state = _State.AWAIT_HELLO if server else _State.AWAIT_CHALLENGE
         if not server:
             self._my_nonce = nonce(NONCE_BYTES)
@@ -585,7 +591,11 @@ class Connection:
             expected = _mac(self._key, _CLIENT_LABEL, self._my_nonce, self._peer_nonce)
             if not hmac.compare_digest(got, expected):
                 raise AuthenticationError("peer failed the HMAC challenge: wrong shared key")
-            self._queue(MsgType.WELCOME, 0, {"max_payload": self.max_message - ENVELOPE_BYTES})
+            self._queue(
+                MsgType.WELCOME,
+                0,
+                {"max_payload": self.max_message - ENVELOPE_BYTES, "max_frame": self.max_frame},
+            )
             return self._open()
         if st is _State.AWAIT_CHALLENGE and mtype == MsgType.CHALLENGE:
             nonce = body.get("nonce")
@@ -605,10 +615,17 @@ class Connection:
             self._state = _State.AWAIT_WELCOME
             return None
         if st is _State.AWAIT_WELCOME and mtype == MsgType.WELCOME:
-            limit = body.get("max_payload")
-            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-                self.peer_max_payload = limit
-            return self._open()
+            for key, attr in (("max_payload", "peer_max_payload"), ("max_frame", "peer_max_frame")):
+                limit = body.get(key)
+                if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                    setattr(self, attr, limit)
+            opened = self._open()
+            # accept whatever the coordinator may send (it is the authority on sizes)
+            self._decoder.max_frame = max(self.max_frame, self.peer_max_frame)
+            self._decoder.max_message = max(
+                self.max_message, self.peer_max_payload + ENVELOPE_BYTES
+            )
+            return opened
         raise UnexpectedMessage(
             f"{_type_name(mtype)} not allowed during the handshake ({st.value})"
         )

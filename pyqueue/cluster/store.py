@@ -362,7 +362,8 @@ class SQLiteBackend(Backend):
         self._finished: list[str] = []
         self._counts = [0] * len(TaskState)  # tasks per state, kept as they change
         self._expiry: list[tuple[float, int, str]] = []  # heap of (expires, seq, id)
-        self._dead_order: collections.deque[tuple[int, str]] = collections.deque()
+        # dead tasks in the order they died: (seq, id, expires) to tell stale entries
+        self._dead_order: collections.deque[tuple[int, str, float]] = collections.deque()
         self._deleted: list[int] = []  # seqs purged since the last commit
         self._seq = 0
         self.counters = {"accepted": 0, "duplicate": 0, "stale": 0, "unknown": 0}
@@ -443,7 +444,7 @@ class SQLiteBackend(Backend):
             if expires:
                 self._expiry.append((expires, seq, tid))
                 if st is TaskState.DEAD:
-                    self._dead_order.append((seq, tid))
+                    self._dead_order.append((seq, tid, expires))
             if st is TaskState.LEASED:
                 # The coordinator died, not the node: back to its old position, no counter charged.
                 rec.state = TaskState.PENDING
@@ -454,6 +455,7 @@ class SQLiteBackend(Backend):
                 # stopped may have leased it once more than the disk says:
                 # count that attempt, so that (id, attempt) never repeats.
                 rec.attempts += 1
+                rec.base += 1  # ... which the hard cap does not count
                 self._dirty[tid] = None
             self._tasks[tid] = rec
             self._counts[rec.state] += 1
@@ -504,12 +506,12 @@ class SQLiteBackend(Backend):
         rec.node = None
         if state is TaskState.DEAD:
             ttl = self.policy.dead_ttl
-            self._dead_order.append((rec.seq, rec.id))
         else:
             rec.payload = None  # only dead tasks may run again (it is on disk anyway)
             ttl = rec.result_ttl if rec.result_ttl is not None else self.policy.result_ttl
-        rec.expires = time.time() + ttl
-        heapq.heappush(self._expiry, (rec.expires, rec.seq, rec.id))
+        rec.expires = time.time() + ttl  # enters the expiry heap once drained (pushed)
+        if state is TaskState.DEAD:
+            self._dead_order.append((rec.seq, rec.id, rec.expires))
         self._touch(rec)
         self._finished.append(rec.id)
 
@@ -600,8 +602,11 @@ class SQLiteBackend(Backend):
         error: str | None,
         cancelled: bool = False,
     ) -> str:
-        self._unlease(node, task_id)
         rec = self._tasks.get(task_id)
+        if rec is not None and rec.state is TaskState.LEASED and rec.attempts == token:
+            # only the current lease is unleased: a stale completion (from before
+            # a reconnect, say) must not free the slot of the lease that replaced it
+            self._unlease(rec.node or node, task_id)
         if rec is None:
             verdict = "unknown"
         elif rec.state in TERMINAL or (rec.state is TaskState.SCHEDULED and rec.attempts == token):
@@ -643,10 +648,10 @@ class SQLiteBackend(Backend):
         return rec
 
     def release(self, node: str, task_id: str, token: int, started: bool = False) -> bool:
-        self._unlease(node, task_id)
         rec = self._leased_to(node, task_id, token)
         if rec is None:
             return False
+        self._unlease(node, task_id)
         if started:  # it ran and did not finish before its node stopped
             self._charge_loss(rec, node, "its node stopped under it")
         else:
@@ -654,10 +659,10 @@ class SQLiteBackend(Backend):
         return True
 
     def revoked(self, node: str, task_id: str, token: int) -> bool:
-        self._unlease(node, task_id)
         rec = self._leased_to(node, task_id, token)
         if rec is None:
             return False
+        self._unlease(node, task_id)
         self._finish(rec, TaskState.CANCELLED, None, "cancelled before it started")
         return True
 
@@ -761,15 +766,26 @@ class SQLiteBackend(Backend):
             if rec is not None and rec.seq == seq and rec.expires == expires:
                 gone.append(rec)
                 del tasks[tid]
-        dead_over = self._counts[TaskState.DEAD] - self.policy.max_dead
+        dead_over = (
+            self._counts[TaskState.DEAD]
+            - sum(r.state is TaskState.DEAD for r in gone)
+            - self.policy.max_dead
+        )
         order = self._dead_order
-        while dead_over > 0 and order and len(gone) < limit:
-            seq, tid = order.popleft()
+        while order and len(gone) < limit:
+            seq, tid, expires = order[0]
             rec = tasks.get(tid)
-            if rec is not None and rec.seq == seq and rec.state is TaskState.DEAD:
+            if rec is not None and rec.seq == seq and rec.expires == expires:
+                live_dead = rec.state is TaskState.DEAD
+            else:
+                live_dead = False
+            if rec is not None and live_dead:
+                if dead_over <= 0:
+                    break
                 gone.append(rec)
                 del tasks[tid]
                 dead_over -= 1
+            order.popleft()  # purged, requeued, or died again later (a newer entry)
         for rec in gone:
             self._counts[rec.state] -= 1
             self._new.pop(rec.id, None)
@@ -822,6 +838,12 @@ class SQLiteBackend(Backend):
 
     def drain_finished(self) -> list[str]:
         out, self._finished = self._finished, []
+        # Purgeable only from now on: a result is never purged before it was pushed.
+        tasks, expiry = self._tasks, self._expiry
+        for tid in out:
+            rec = tasks.get(tid)
+            if rec is not None and rec.expires:
+                heapq.heappush(expiry, (rec.expires, rec.seq, tid))
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -907,6 +929,14 @@ class SQLiteBackend(Backend):
 def _migrate_v1(db: sqlite3.Connection, policy: Policy) -> None:
     """Move a round-1 store (``id`` as the primary key) to the current schema."""
     cols = db.execute("PRAGMA table_info(tasks)").fetchall()
+    names = {name for _, name, _, _, _, _ in cols}
+    if cols and "id" in names and not any(name == "id" and pk for _, name, _, _, _, pk in cols):
+        # keyed by seq already, from before retention: add its columns
+        if "result_ttl" not in names:
+            db.execute("ALTER TABLE tasks ADD COLUMN result_ttl REAL")
+        if "expires" not in names:
+            db.execute("ALTER TABLE tasks ADD COLUMN expires REAL NOT NULL DEFAULT 0")
+        return
     if not any(name == "id" and pk for _, name, _, _, _, pk in cols):
         return
     db.execute("BEGIN")

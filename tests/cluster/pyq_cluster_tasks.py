@@ -139,3 +139,20 @@ def loop_forever() -> None:
 def noop(x: int) -> int:
     """No work and no record: for long runs where only the queue's cost matters."""
     return x
+
+
+def boom_big(n: int) -> None:
+    """Raise an exception whose message is ``n`` characters long."""
+    raise ValueError("x" * n)
+
+
+def started_then_wait(started_path: str, gate_path: str, timeout: float = 30.0) -> bool:
+    """Mark that it started, then return True once ``gate_path`` exists."""
+    with open(started_path, "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(gate_path)
+        time.sleep(0.005)
+    return True

@@ -72,8 +72,10 @@ def test_cancel_a_delayed_task(harness):
     assert t.cancel()
     with pytest.raises(TaskCancelled):
         t.result(5)
-    assert t.state is TaskState.CANCELLED
-    assert not t.cancel()
+    assert t.state is TaskState.CANCELLED and t.cancelled()
+    assert t.cancel()  # already cancelled: True, as concurrent.futures answers
+    done = c.submit(operator.add, 1, 1)
+    assert done.result(10) == 2 and not done.cancel()  # ended otherwise: False
 
 
 def test_status_cli_reports_nodes_and_depth(harness):

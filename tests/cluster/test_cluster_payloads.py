@@ -176,3 +176,19 @@ def test_local_cluster_max_payload_reaches_the_client_and_nodes():
         with pytest.raises(PayloadTooLarge):  # the node adopted the limit for results
             c.submit(T.make_bytes, 2 * MiB).result(timeout=30)
         assert c.submit(T.make_bytes, 10).result(timeout=30) == bytes(10)
+
+
+def test_a_small_max_payload_cuts_batches_to_fit():
+    # batches were cut at a fixed 1 MiB: with a limit below that, nothing went through
+    with in_process(coord_max=100_000) as (_, _, client):
+        hs = [client.submit(T.echo, bytes([i % 256]) * 500) for i in range(1000)]
+        assert [h.result(timeout=60) for h in hs] == [bytes([i % 256]) * 500 for i in range(1000)]
+
+
+def test_an_exception_over_max_payload_fails_the_task_without_a_reconnect_loop():
+    with in_process(coord_max=1 * MiB) as (_, node, client):
+        big = client.submit(T.boom_big, 2 * MiB)
+        with pytest.raises(PayloadTooLarge, match="raised an exception of"):
+            big.result(timeout=20)
+        assert node.channel.connections == 1  # the node never had to reconnect
+        assert client.submit(T.echo, b"ok").result(timeout=20) == b"ok"

@@ -358,7 +358,7 @@ def test_reassembly_limit_is_enforced_from_headers_before_buffering():
 def test_continued_frames_are_refused_before_authentication():
     s = P.Connection(KEY, server=True)
     frame = P.HEADER.pack(10, MsgType.CONTINUED, 0) + b"0123456789"
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(MalformedFrame, match="CONTINUED"):
         s.receive_data(P.PREAMBLE + frame)
 
 
@@ -392,3 +392,9 @@ def test_split_batches_edges():
     rows = [["id", os.urandom(30_000)] for _ in range(3000)]
     for batch in P.split_batches(rows, lambda r: len(r[1]) + 16):
         assert len(P.encode_frame(MsgType.SUBMIT, 0, {"tasks": batch})) <= P.DEFAULT_MAX_FRAME
+
+
+def test_empty_continued_frames_are_refused_even_after_authentication():
+    _, s = _open_pair(max_frame=1000, max_message=10_000)
+    with pytest.raises(MalformedFrame, match="CONTINUED"):
+        s.receive_data(P.HEADER.pack(0, MsgType.CONTINUED, 0) * 3)

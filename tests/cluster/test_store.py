@@ -291,6 +291,28 @@ def test_forgotten_results_are_read_back_from_disk(tmp_path):
     b.close()
 
 
+def test_a_stale_completion_leaves_the_lease_that_replaced_it_alone(store):
+    sub(store, "x")
+    (old,) = store.lease("n1", 1)
+    store.node_lost("n1")  # the node reconnects under a new id and gets x again
+    (new,) = store.lease("n2", 1)
+    assert store.complete("n2", "x", old.token, True, b"late", None) == "stale"
+    assert store.leased_count("n2") == 1  # still held by n2
+    assert store.node_lost("n2") == ["x"]  # so losing n2 requeues it
+    assert store.get("x").state is TaskState.PENDING
+
+
+def test_restarts_alone_never_reach_the_hard_cap(tmp_path):
+    path = str(tmp_path / "s.db")
+    for _ in range(25):
+        b = SQLiteBackend(path)
+        sub(b, "t")
+        b.close()
+    b = SQLiteBackend(path)
+    assert [le.id for le in b.lease("n", 1)] == ["t"]  # 25 restarts, not dead-lettered
+    b.close()
+
+
 def test_a_node_holds_at_most_one_suspect_task_at_a_time(store):
     sub(store, "s1", "s2", "ok")
     assert len(store.lease("n", 3)) == 3
@@ -318,6 +340,16 @@ def short(request, tmp_path):
 def finish_all(b, node="n"):
     for le in b.lease(node, 100):
         b.complete(node, le.id, le.token, True, b"r-" + le.id.encode(), None)
+    b.drain_finished()  # as the coordinator does when it pushes the results
+
+
+def test_a_result_is_never_purged_before_it_was_pushed(short):
+    sub(short, "a")
+    (le,) = short.lease("n", 1)
+    short.complete("n", "a", le.token, True, b"r", None)
+    assert short.purge(time.time() + 11, 100) == 0  # ended, TTL over, but not drained
+    assert short.drain_finished() == ["a"] and short.outcome("a")[1] == b"r"
+    assert short.purge(time.time() + 11, 100) == 1
 
 
 def test_finished_tasks_are_purged_after_their_ttl_and_their_ids_start_anew(short):
@@ -349,12 +381,30 @@ def test_dead_tasks_are_capped_oldest_first_and_expire(short):
         sub(short, tid)
         short.lease("n", 1)
         short.node_lost("n")  # max_lost=1: dead at once
+    short.drain_finished()
     assert short.stats()["tasks"]["dead"] == 3
     assert short.purge(time.time(), 100) == 1  # over max_dead=2: the oldest goes
     assert short.get("d1") is None and short.get("d2") is not None
     assert short.requeue_dead(["d2"]) == [True]  # requeued: no longer dead, not purged
     assert short.purge(time.time() + 101, 100) == 1  # d3 expired; d2 is pending again
     assert short.get("d2").state is TaskState.PENDING and short.get("d3") is None
+    assert not short._dead_order  # no entry left behind for purged or requeued tasks
+
+
+def test_a_task_that_dies_again_is_ordered_by_its_last_death(short):
+    for tid in ("a", "b"):
+        sub(short, tid)
+        short.lease("n", 1)
+        short.node_lost("n")
+    assert short.requeue_dead(["a"]) == [True]
+    short.lease("n", 1)
+    short.node_lost("n")  # a dies again, after b
+    sub(short, "c")
+    short.lease("n", 1)
+    short.node_lost("n")
+    short.drain_finished()
+    assert short.purge(time.time(), 100) == 1  # 3 dead, max_dead 2: the oldest death goes
+    assert short.get("b") is None and short.get("a") is not None
 
 
 def test_restart_drops_expired_tasks_and_keeps_the_rest(tmp_path):
@@ -363,6 +413,7 @@ def test_restart_drops_expired_tasks_and_keeps_the_rest(tmp_path):
     sub(b, "old", "todo")
     (le,) = b.lease("n", 1)
     b.complete("n", "old", le.token, True, b"x", None)
+    b.drain_finished()
     b.close()
     time.sleep(0.3)  # let the retention run out while no coordinator is up
     b2 = SQLiteBackend(path, Policy(result_ttl=0.2))
