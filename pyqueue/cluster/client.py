@@ -553,6 +553,8 @@ class Client:
         return ref() if ref is not None else None
 
     def _collected(self, task_id: str) -> None:
+        if not self._unyielded_serials and not self._unyielded:
+            return  # the common case for map(): nothing noted, nothing to parse
         prefix = self._prefix
         if task_id.startswith(prefix) and task_id[len(prefix) :].isdigit():
             with self._lock:

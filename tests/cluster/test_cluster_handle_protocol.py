@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,4 +92,3 @@ for _name in dir(rules):
     if _name.startswith("test_"):
         globals()[_name] = getattr(rules, _name)
 del _name
-_ = threading  # the rules' module uses threads; keep the import explicit
