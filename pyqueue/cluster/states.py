@@ -1,4 +1,4 @@
-"""Task states: plain values shared by the client, the coordinator and the stores.
+"""Plain values shared by the client, the coordinator, the messages and the stores.
 
 No I/O here, so that importing the client does not import a store (or sqlite3).
 
@@ -8,13 +8,36 @@ Task life cycle::
         ^           ^          |
         |           +----------+  node lost / released (old queue position)
         +----------------------+  task raised and retries are left (backoff)
+
+``FAILED`` (the task raised and had no retries left; its exception is the
+result) is kept apart from ``SUCCEEDED`` so status counts stay honest.
+Counters: ``attempts`` (every lease; also the lease token, so it only grows),
+``failures`` (the task raised), ``lost`` (its node died under it).
 """
 
 from __future__ import annotations
 
 import enum
+import sys
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["TaskState", "TERMINAL"]
+__all__ = [
+    "TaskState",
+    "TERMINAL",
+    "Verdict",
+    "SubmitSpec",
+    "Lease",
+    "Grant",
+    "Completion",
+    "Release",
+    "TaskInfo",
+    "Outcome",
+    "Stats",
+]
+
+# dataclass(slots=True) needs Python 3.10; the package supports 3.9
+SLOTS: dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 
 class TaskState(enum.IntEnum):
@@ -30,3 +53,113 @@ class TaskState(enum.IntEnum):
 
 
 TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+class Verdict(str, enum.Enum):
+    """What the store made of a node's completion.  Values travel in DONE_ACK."""
+
+    ACCEPTED = "accepted"  # the first completion of the current lease: it is the result
+    DUPLICATE = "duplicate"  # the task had ended already (first completion wins)
+    STALE = "stale"  # a newer lease superseded this one's token (fenced)
+    UNKNOWN = "unknown"  # no such task (never submitted, or purged)
+
+
+class SubmitSpec(NamedTuple):
+    """One task as a client submits it."""
+
+    id: str
+    payload: bytes
+    retries: int = 0  # application-error retries wanted
+    backoff: float = 1.0  # base delay of the first retry, seconds
+    not_before: float = 0.0  # wall-clock time before which it must not run (SCHEDULED)
+    result_ttl: float | None = None  # keep its result this long after it ends (None: policy)
+
+
+class Lease(NamedTuple):
+    """A task handed to a node; ``token`` fences its completion."""
+
+    id: str
+    token: int
+    payload: bytes
+
+
+class Grant(NamedTuple):
+    """What one node was given in one :meth:`Backend.lease` call."""
+
+    leases: list[Lease]
+    held: int  # tasks leased to the node after the call (outstanding)
+
+
+class Completion(NamedTuple):
+    """A node's report that one leased task ended."""
+
+    id: str
+    token: int
+    ok: bool
+    value: bytes | None  # the pickled result (or exception when not ok)
+    error: str | None  # traceback text when not ok
+    cancelled: bool = False  # it was terminated on request (TaskCancelled raised in it)
+
+
+class Release(NamedTuple):
+    """A node gives a leased task back (it stops, or it shed prefetched work)."""
+
+    id: str
+    token: int
+    started: bool = False  # it ran and did not finish: counts as one loss
+
+
+class TaskInfo(NamedTuple):
+    """What the coordinator and operators may know of a task (no payload, no result)."""
+
+    id: str
+    state: TaskState
+    attempts: int
+    failures: int
+    lost: int
+    node: str | None  # the holder of its lease when LEASED
+    error: str | None  # the last error text (failed, dead, cancelled)
+    expires: float  # wall-clock time its record may be purged (0: not finished)
+
+    @property
+    def token(self) -> int:
+        """The token of its current (or last) lease."""
+        return self.attempts
+
+    def summary(self) -> dict[str, object]:
+        """A msgpack-able description (status, the dead-letter list)."""
+        return {
+            "id": self.id,
+            "state": self.state.name,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "lost": self.lost,
+            "error": self.error,
+        }
+
+
+class Outcome(NamedTuple):
+    """The end of a task, as pushed to the clients waiting on it."""
+
+    id: str
+    state: TaskState
+    value: bytes | None
+    error: str | None
+
+
+@dataclass(**SLOTS)
+class Stats:
+    """Counts a store keeps as it goes (never by scanning)."""
+
+    tasks: dict[TaskState, int]  # tasks per state now
+    completions: dict[Verdict, int]  # completions per verdict since the store opened
+    purged: int = 0  # records purged since the store opened
+    held: dict[str, int] = field(default_factory=dict)  # node -> tasks leased to it
+
+    def as_dict(self) -> dict[str, object]:
+        """The msgpack-able shape ``status`` reports."""
+        return {
+            "tasks": {st.name.lower(): n for st, n in self.tasks.items()},
+            "completions": {v.value: n for v, n in self.completions.items()},
+            "purged": self.purged,
+        }

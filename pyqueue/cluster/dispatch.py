@@ -1,0 +1,128 @@
+"""Dispatch policy: the rules every store applies the same way.
+
+Pure functions of a task's counters, the :class:`Policy` and the clock passed
+in; no I/O and no state of their own.  The in-memory and SQLite stores call
+them; a store that runs its transitions elsewhere (a server-side script)
+implements them and is held to them by the backend contract suite.
+
+Poison isolation
+    A node never holds more than one *suspect* task (one with ``lost > 0``)
+    at a time.  Without it, the tasks prefetched next to a task that kills
+    its node would die with it again and again and be dead-lettered too.
+Fencing
+    A lease's token is the task's ``attempts`` when it was leased; only a
+    completion carrying the current token is the result (first one wins).
+Backoff
+    Application-error retries wait ``backoff * 2**(failures-1)``, capped, and
+    spread by a jitter factor in [0.5, 1.5) drawn from a seeded generator.
+Dead letters
+    ``max_lost`` losses, or ``max_attempts`` leases since the last requeue.
+Retention
+    A finished task is kept ``result_ttl`` after it ended (its own or the
+    policy's), a dead one ``dead_ttl``, then purged.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .states import TaskState, Verdict
+
+__all__ = [
+    "Policy",
+    "fence",
+    "may_lease",
+    "over_cap",
+    "dead_after_loss",
+    "retry_delay",
+    "expires_at",
+]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retry, dead-letter and retention limits.
+
+    Attributes
+    ----------
+    max_lost : int
+        A task whose node died under it this many times is dead-lettered.
+    max_attempts : int
+        Hard cap on leases of one task (counted since its last requeue).
+    backoff_cap : float
+        Longest delay between application-error retries, seconds.
+    result_ttl : float
+        A finished task (succeeded, failed, cancelled) is kept, with its
+        result, this long after it ended; then its record is purged.
+    dead_ttl : float
+        A dead-lettered task is kept this long (it can be requeued meanwhile).
+    max_dead : int
+        At most this many dead tasks are kept; the oldest are purged first.
+    """
+
+    max_lost: int = 4
+    max_attempts: int = 20
+    backoff_cap: float = 300.0
+    result_ttl: float = 3600.0
+    dead_ttl: float = 7 * 86400.0
+    max_dead: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_lost", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Policy.{name} must be at least 1")
+        for name in ("backoff_cap", "result_ttl", "dead_ttl"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"Policy.{name} must be a number >= 0")
+        if self.max_dead < 0:
+            raise ValueError("Policy.max_dead must be >= 0")
+
+
+def fence(state: TaskState, attempts: int, token: int) -> Verdict:
+    """The verdict on a completion carrying ``token`` for a task in ``state``.
+
+    ACCEPTED also covers PENDING with the current token: its node was declared
+    lost but nobody leased it again, so the work it did still counts.
+    """
+    if state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED):
+        return Verdict.DUPLICATE
+    if state is TaskState.SCHEDULED:
+        # rescheduled for a retry by this very completion's twin: it ended once
+        return Verdict.DUPLICATE if attempts == token else Verdict.STALE
+    if attempts != token:
+        return Verdict.STALE
+    return Verdict.ACCEPTED
+
+
+def may_lease(suspect: bool, suspects_held: int) -> bool:
+    """Poison isolation: a suspect task only goes to a node holding no suspect."""
+    return not suspect or suspects_held == 0
+
+
+def over_cap(policy: Policy, attempts: int, base: int) -> bool:
+    """The hard cap: this task may not be leased again."""
+    return attempts - base >= policy.max_attempts
+
+
+def dead_after_loss(policy: Policy, lost: int) -> bool:
+    """A task lost this many times is dead-lettered."""
+    return lost >= policy.max_lost
+
+
+def retry_delay(
+    policy: Policy, retries: int, backoff: float, failures: int, rng: random.Random
+) -> float | None:
+    """Seconds until the next try after the ``failures``-th failure, or None
+    when no retry is left (the task ends FAILED)."""
+    if failures > retries:
+        return None
+    delay = min(policy.backoff_cap, backoff * 2 ** (failures - 1))
+    return delay * rng.uniform(0.5, 1.5)  # jitter spreads retry storms
+
+
+def expires_at(policy: Policy, state: TaskState, result_ttl: float | None, now: float) -> float:
+    """When the record of a task that just ended in ``state`` may be purged."""
+    if state is TaskState.DEAD:
+        return now + policy.dead_ttl
+    return now + (policy.result_ttl if result_ttl is None else result_ttl)
