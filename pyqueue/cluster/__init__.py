@@ -28,14 +28,16 @@ from pyqueue.errors import (
     VersionError,
 )
 
+from .backend import Backend
+from .backends import MemoryBackend, SQLiteBackend
 from .client import Client, ClusterTask
 from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, generate_key, load_key
-from .coordinator import Coordinator
+from .dispatch import Policy
 from .local import LocalCluster
 from .node import Node
 from .serialize import TaskContext, current_task
+from .server import Coordinator
 from .states import TaskState
-from .store import Backend, Policy, SQLiteBackend
 
 __all__ = [
     "Client",
@@ -44,6 +46,7 @@ __all__ = [
     "Node",
     "LocalCluster",
     "Backend",
+    "MemoryBackend",
     "SQLiteBackend",
     "Policy",
     "TaskState",

@@ -202,8 +202,10 @@ def _timing_args(p: argparse.ArgumentParser) -> None:
 @_cli("coordinator")
 def main_coordinator(argv: list[str] | None = None) -> int:
     """``pyqueue coordinator --bind HOST:PORT --store PATH``."""
-    from .coordinator import Coordinator
-    from .store import Policy, SQLiteBackend
+    from .backend import Backend
+    from .backends import MemoryBackend, SQLiteBackend
+    from .dispatch import Policy
+    from .server import Coordinator
 
     p = argparse.ArgumentParser(
         prog="pyqueue coordinator", description="Run the cluster coordinator."
@@ -269,19 +271,18 @@ def main_coordinator(argv: list[str] | None = None) -> int:
         folder = os.path.dirname(os.path.abspath(a.store))
         if not os.path.isdir(folder):
             raise _StartupError(f"--store {a.store}: directory {folder} does not exist")
-    with _startup(f"cannot open store {a.store}"):
-        backend = SQLiteBackend(
-            a.store,
-            Policy(
-                max_lost=a.max_lost,
-                max_attempts=a.max_attempts,
-                result_ttl=a.result_ttl,
-                dead_ttl=a.dead_ttl,
-                max_dead=a.max_dead,
-            ),
-            synchronous=a.synchronous,
-            seed=a.seed,
+    with _startup("bad retention or retry setting"):
+        policy = Policy(
+            max_lost=a.max_lost,
+            max_attempts=a.max_attempts,
+            result_ttl=a.result_ttl,
+            dead_ttl=a.dead_ttl,
+            max_dead=a.max_dead,
         )
+    backend: Backend = MemoryBackend(policy, seed=a.seed)
+    if a.store:
+        with _startup(f"cannot open store {a.store}"):
+            backend = SQLiteBackend(a.store, policy, synchronous=a.synchronous, seed=a.seed)
     coord = Coordinator(
         key,
         backend,

@@ -117,7 +117,7 @@ def retry_delay(
     when no retry is left (the task ends FAILED)."""
     if failures > retries:
         return None
-    delay = min(policy.backoff_cap, backoff * 2 ** (failures - 1))
+    delay = min(policy.backoff_cap, backoff * 2.0 ** (failures - 1))
     return delay * rng.uniform(0.5, 1.5)  # jitter spreads retry storms
 
 

@@ -85,7 +85,7 @@ class LocalCluster:
         The store's SQLite ``synchronous`` mode, ``"NORMAL"`` (the default:
         survives a crash of the coordinator) or ``"FULL"`` (also a power loss).
     result_ttl, dead_ttl, max_dead : optional
-        Retention (see :class:`~pyqueue.cluster.store.Policy`): seconds a
+        Retention (see :class:`~pyqueue.cluster.dispatch.Policy`): seconds a
         finished task is kept (1 hour), seconds a dead one is kept (7 days),
         and how many dead ones at most (100,000).
 

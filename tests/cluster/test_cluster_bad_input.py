@@ -119,7 +119,7 @@ def test_submit_without_authentication_is_refused(served):
     body = {"tasks": [["sneaky", b"\x80\x04K\x01.", 0, 0.0, 0.0]]}
     frames, closed = exchange(port, P.PREAMBLE + P.encode_frame(MsgType.SUBMIT, 1, body))
     assert error_code(frames) == "unexpected" and closed
-    assert coord.backend.get("sneaky") is None  # nothing reached the store
+    assert coord.backend.info(["sneaky"]) == [None]  # nothing reached the store
     still_serving(client, coord, before)
 
 
