@@ -371,7 +371,7 @@ class CoordinatorCore:
             msg.type.name,
             peer.describe(),
             failures,
-            extra={"event": "internal_error", "message": msg.type.name, "peer": peer.addr},
+            extra={"event": "internal_error", "msg_type": msg.type.name, "peer": peer.addr},
         )
         self._retries.append((peer, msg, failures))
         if self._wake is not None:
