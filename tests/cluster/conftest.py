@@ -30,3 +30,8 @@ def key_env(monkeypatch: pytest.MonkeyPatch) -> bytes:
     key = generate_key()
     monkeypatch.setenv("PYQUEUE_KEY", key)
     return key.encode()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the backend contract suite keeps the name the issue gives it
+    config.addinivalue_line("python_files", "backend_contract.py")

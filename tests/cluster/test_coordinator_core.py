@@ -98,7 +98,9 @@ def make_core(clock: FakeClock, **policy: Any) -> CoordinatorCore:
 
 
 def submit(client: Peer, *ids: str, not_before: float = 0.0) -> int:
-    return client.send(MsgType.SUBMIT, {"tasks": [[i, b"payload", 0, 0.0, not_before] for i in ids]})
+    return client.send(
+        MsgType.SUBMIT, {"tasks": [[i, b"payload", 0, 0.0, not_before] for i in ids]}
+    )
 
 
 def tasks_of(node: Peer) -> list[list[Any]]:
