@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -27,13 +28,17 @@ import socket
 import sqlite3
 import ssl
 import sys
+import time
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pyqueue.errors import KeyNotFound, StoreLocked
 
 from . import protocol as P
 from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, load_key, parse_address
+
+if TYPE_CHECKING:
+    from .client import Client
 
 __all__ = ["main_coordinator", "main_node", "main_status", "main", "JsonFormatter"]
 
@@ -468,19 +473,13 @@ def _run_node(
     return serve_until_signalled(node.stop, a.grace, supervisor, node.name)
 
 
-@_cli("status")
-def main_status(argv: list[str] | None = None) -> int:
-    """``pyqueue status``: nodes, queue depth, in flight, dead."""
-    from .client import Client
-
-    p = argparse.ArgumentParser(prog="pyqueue status", description="Show the state of a cluster.")
+def _parse_admin(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The options every command that talks to a coordinator shares, parsed."""
     p.add_argument(
         "--connect",
         default=f"127.0.0.1:{DEFAULT_PORT}",
         help="coordinator HOST:PORT (default %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    p.add_argument("--dead", action="store_true", help="also list dead-lettered tasks")
     p.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default %(default)g)"
     )
@@ -489,18 +488,84 @@ def main_status(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     _setup_logging(a.log_level, a.log_json)
     _address("--connect", a.connect)
+    return a
+
+
+def _admin_client(a: argparse.Namespace, name: str) -> Client:
+    from .client import Client
+
     key = _load_key(a)
     try:
-        client = Client(
+        return Client(
             a.connect,
             key=key,
-            name="status",
+            name=name,
             connect_timeout=a.timeout,
             ssl_context=_client_ssl(a),
         )
     except ConnectionError as exc:
         raise _StartupError(str(exc)) from exc
-    with client:
+
+
+def _wall_time(text: str) -> float:
+    """An ISO 8601 time (UTC unless it says) or epoch seconds, as epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither epoch seconds nor an ISO 8601 time (2026-12-01T00:00:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
+@_cli("purge")
+def main_purge(argv: list[str] | None = None) -> int:
+    """``pyqueue purge --finished-before T | --older-than S | --dead``."""
+    p = argparse.ArgumentParser(
+        prog="pyqueue purge",
+        description="Forget finished (and, with --dead, dead-lettered) tasks now, ahead of"
+        " their retention.",
+    )
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
+        "--finished-before",
+        type=_wall_time,
+        metavar="TIME",
+        help="tasks that finished before TIME (ISO 8601, UTC unless it says; or epoch seconds)",
+    )
+    when.add_argument(
+        "--older-than",
+        type=float,
+        metavar="SECONDS",
+        help="tasks that finished more than SECONDS ago",
+    )
+    p.add_argument("--dead", action="store_true", help="every dead-lettered task too")
+    a = _parse_admin(p, argv)
+    before = a.finished_before
+    if a.older_than is not None:
+        before = time.time() - a.older_than
+    if before is None and not a.dead:
+        p.error("say what to purge: --finished-before, --older-than, --dead")
+    with _admin_client(a, "purge") as client:
+        n = client.purge(before, dead=a.dead, timeout=max(a.timeout, 60.0))
+    print(f"purged {n} task(s)")
+    return 0
+
+
+@_cli("status")
+def main_status(argv: list[str] | None = None) -> int:
+    """``pyqueue status``: nodes, queue depth, in flight, dead."""
+    p = argparse.ArgumentParser(prog="pyqueue status", description="Show the state of a cluster.")
+    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--dead", action="store_true", help="also list dead-lettered tasks")
+    a = _parse_admin(p, argv)
+    with _admin_client(a, "status") as client:
         st = client.status(timeout=a.timeout)
         if a.dead:
             st["dead_tasks"] = client.dead_tasks(timeout=a.timeout)
@@ -526,7 +591,12 @@ def main_status(argv: list[str] | None = None) -> int:
     return 0
 
 
-_COMMANDS = {"coordinator": main_coordinator, "node": main_node, "status": main_status}
+_COMMANDS = {
+    "coordinator": main_coordinator,
+    "node": main_node,
+    "status": main_status,
+    "purge": main_purge,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in _COMMANDS:
         print(
-            "usage: python -m pyqueue.cluster.cli {coordinator,node,status} [options]",
+            "usage: python -m pyqueue.cluster.cli {coordinator,node,status,purge} [options]",
             file=sys.stderr,
         )
         return 2

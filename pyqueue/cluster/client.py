@@ -48,6 +48,9 @@ log = logging.getLogger("pyqueue.cluster.client")
 _MISSING = object()
 _STATES = tuple(TaskState)  # by value: cheaper than calling the enum per row
 
+#: tasks purged per PURGE request (the coordinator caps it too)
+_PURGE_BATCH = 10_000
+
 
 class _SerialSet:
     """A set of small non-negative integers, one bit each (the serial numbers
@@ -613,6 +616,33 @@ class Client:
             bool(x) for x in self._request(MsgType.REQUEUE, {"ids": list(ids)}, timeout)["requeued"]
         ]
 
+    def purge(
+        self,
+        finished_before: float | None = None,
+        *,
+        dead: bool = False,
+        timeout: float | None = 60.0,
+    ) -> int:
+        """Forget finished tasks now, ahead of their retention; return how many.
+
+        ``finished_before``: wall-clock seconds (``time.time()``); tasks that
+        succeeded, failed or were cancelled before then are purged with their
+        results.  ``dead``: also every dead-lettered task.  The coordinator
+        purges in bounded batches, so dispatch never stalls; a purged id is
+        unknown from then on (submitting it again starts a new task).
+        """
+        if finished_before is None and not dead:
+            raise ValueError("purge needs finished_before, dead=True, or both")
+        if finished_before is not None and not isinstance(finished_before, (int, float)):
+            raise TypeError("finished_before is wall-clock seconds (a float), as time.time()")
+        body = {"finished_before": finished_before, "dead": dead, "limit": _PURGE_BATCH}
+        total = 0
+        while True:
+            n = int(self._request(MsgType.PURGE, body, timeout)["purged"])
+            total += n
+            if n < _PURGE_BATCH:
+                return total
+
     def wait_for(self, task_id: str) -> ClusterTask:
         """A handle for a task submitted elsewhere (or requeued) that ends later."""
         with self._lock:
@@ -643,7 +673,11 @@ class Client:
 
     def _on_message(self, msg: P.Message) -> None:
         if msg.type == MsgType.RESULTS:
-            self._on_results(msg.body["results"])
+            rows = msg.body["results"]
+            try:
+                self._on_results(rows)
+            finally:  # taken, even if handling failed: the window must reopen
+                self.channel.send(MsgType.RESULTS_TAKEN, {"n": len(rows)})
         elif msg.type == MsgType.SUBMIT_ACK and msg.corr in self._waits:
             self._on_wait_reply(msg.corr, msg.body.get("unknown", []))
         elif msg.type == MsgType.SUBMIT_ACK:

@@ -44,6 +44,7 @@ size as well as count, so no batch exceeds the frame limit.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import time
@@ -70,8 +71,12 @@ _BUSY_ROWS = 4
 #: ...and then the next one waits until this long after it, so that each commit
 #: and each write carries more (an idle round trip is never delayed)
 _BUSY_FLUSH_GAP = 0.001
-#: finished tasks purged per tick at most
+#: finished tasks purged per tick, or per operator PURGE message, at most
 _PURGE_BATCH = 10_000
+#: result rows pushed to one client and not yet taken (RESULTS_TAKEN), at most...
+RESULT_WINDOW = 4096
+#: ...and their bytes: the rest wait in the store, not in the coordinator's buffers
+RESULT_WINDOW_BYTES = 16 << 20
 
 
 class Link(Protocol):
@@ -142,6 +147,10 @@ class PeerState:
         self.last_heard = core.clock.monotonic()
         self.connected_at = self.last_heard
         self.outbox: list[bytes] = []  # written after the next commit
+        self.results_due: collections.deque[str] = collections.deque()  # ids to push
+        self.results_out = 0  # result rows pushed and not yet taken
+        self.results_out_bytes = 0
+        self._sent_sizes: collections.deque[tuple[int, int]] = collections.deque()  # (rows, bytes)
         self.subscribed: set[str] = set()
         self.closed = False
         self.paused = False  # the transport's buffer is full: dispatch nothing to it
@@ -202,6 +211,7 @@ class CoordinatorCore:
         self.nodes: dict[str, PeerState] = {}
         self._subs: dict[str, list[PeerState]] = {}
         self._push_now: list[tuple[PeerState, str]] = []
+        self._windowed: set[PeerState] = set()  # peers with results due
         self.flush_scheduled = False
         self._node_ids = itertools.count(1)
         self._corr = itertools.count(1)
@@ -594,6 +604,37 @@ class CoordinatorCore:
             if row.id in self._cancel_waits:
                 self._cancel_if_off_lease(row.id)
 
+    def _h_results_taken(self, peer: PeerState, msg: P.Message) -> None:
+        n = int(msg.body["n"])
+        sizes = peer._sent_sizes
+        while n > 0 and sizes:  # the client takes whole RESULTS messages, in order
+            rows, nbytes = sizes.popleft()
+            n -= rows
+            peer.results_out -= rows
+            peer.results_out_bytes -= nbytes
+        if peer.results_due:
+            self._windowed.add(peer)
+
+    def _h_purge(self, peer: PeerState, msg: P.Message) -> None:
+        body = msg.body
+        before = body.get("finished_before")
+        limit = max(0, min(int(body.get("limit", _PURGE_BATCH)), _PURGE_BATCH))
+        n = self.backend.purge(
+            self.clock.time(),
+            finished_before=None if before is None else float(before),
+            dead=bool(body.get("dead", False)),
+            limit=limit,
+        )
+        log.info(
+            "%s purged %d task(s) (finished before %s%s)",
+            peer.describe(),
+            n,
+            before,
+            ", dead ones" if body.get("dead") else "",
+            extra={"event": "operator_purge", "count": n, "peer": peer.addr},
+        )
+        peer.queue(MsgType.PURGE_ACK, {"purged": n}, msg.corr)
+
     _handlers: dict[MsgType, Callable[[CoordinatorCore, PeerState, P.Message], None]] = {
         MsgType.SUBMIT: _h_submit,
         MsgType.WAIT: _h_wait,
@@ -607,6 +648,8 @@ class CoordinatorCore:
         MsgType.DONE: _h_done,
         MsgType.RELEASE: _h_release,
         MsgType.REVOKE_ACK: _h_revoke_ack,
+        MsgType.RESULTS_TAKEN: _h_results_taken,
+        MsgType.PURGE: _h_purge,
     }
 
     # -- batching --------------------------------------------------------------
@@ -715,15 +758,44 @@ class CoordinatorCore:
             per_peer.setdefault(peer, []).append(pushed)
         self._push_now.clear()
         for peer, tids in per_peer.items():
-            if peer.closed:
-                continue
-            rows: list[list[Any]] = [
-                [out.id, int(out.state), out.value, out.error]
-                for out in backend.outcomes(tids)
-                if out is not None
-            ]
-            for batch in P.split_batches(rows, _result_size, self._batch_bytes):
-                peer.outbox.append(self.encode(MsgType.RESULTS, {"results": batch}))
+            if not peer.closed:
+                peer.results_due.extend(tids)
+                self._windowed.add(peer)
+        for peer in list(self._windowed):
+            self._send_results(peer)
+
+    def _send_results(self, peer: PeerState) -> None:
+        """Push what is due to ``peer`` within its window; the rest waits (ids only)."""
+        due = peer.results_due
+        if peer.closed or not due:
+            self._windowed.discard(peer)
+            return
+        rows_free = RESULT_WINDOW - peer.results_out
+        bytes_free = RESULT_WINDOW_BYTES - peer.results_out_bytes
+        if rows_free <= 0 or bytes_free <= 0:
+            return  # RESULTS_TAKEN reopens it
+        take = [due.popleft() for _ in range(min(rows_free, len(due)))]
+        rows: list[list[Any]] = []
+        size = 0
+        outcomes = self.backend.outcomes(take)
+        for i, out in enumerate(outcomes):
+            if out is None:
+                continue  # purged while waiting: the client's WAIT answers "unknown"
+            row = [out.id, int(out.state), out.value, out.error]
+            n = _result_size(row)
+            if rows and size + n > bytes_free:
+                due.extendleft(reversed(take[i:]))  # over the byte window: later
+                break
+            rows.append(row)
+            size += n
+        if not due:
+            self._windowed.discard(peer)
+        for batch in P.split_batches(rows, _result_size, self._batch_bytes):
+            peer.outbox.append(self.encode(MsgType.RESULTS, {"results": batch}))
+            nbytes = sum(map(_result_size, batch))
+            peer._sent_sizes.append((len(batch), nbytes))
+            peer.results_out += len(batch)
+            peer.results_out_bytes += nbytes
 
     # -- timers -----------------------------------------------------------------
     def started(self) -> None:

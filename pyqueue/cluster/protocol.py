@@ -154,6 +154,9 @@ class MsgType(enum.IntEnum):
     DEAD_REPLY = 19  # {"tasks": [{...}, ...]}
     REQUEUE = 20  # {"ids": [...]}
     REQUEUE_ACK = 21  # {"requeued": [bool, ...]}
+    RESULTS_TAKEN = 22  # {"n": rows}: the client took n result rows (opens its window)
+    PURGE = 23  # {"finished_before": float|None, "dead": bool, "limit": n}
+    PURGE_ACK = 24  # {"purged": n}
     # node <-> coordinator
     READY = 30  # {"capacity": n, "name": str}
     TASKS = 31  # {"tasks": [[id, token, payload], ...]}

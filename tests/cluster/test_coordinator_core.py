@@ -16,6 +16,7 @@ import pytest
 from pyqueue.cluster import protocol as P
 from pyqueue.cluster.backends import MemoryBackend
 from pyqueue.cluster.config import FAST_TIMINGS
+from pyqueue.cluster import coordinator as core_mod
 from pyqueue.cluster.coordinator import CoordinatorCore, PeerState
 from pyqueue.cluster.dispatch import Policy
 from pyqueue.cluster.protocol import MsgType
@@ -296,3 +297,61 @@ def test_a_node_that_leaves_requeues_at_once_and_cancel_waits_settle(clock):
     (ack,) = client.of(MsgType.CANCEL_ACK)
     assert ack.corr == corr and ack.body["cancelled"] == [True]
     assert states(core, "a") == [TaskState.CANCELLED]
+
+
+def test_a_slow_client_gets_at_most_a_window_of_results(clock, monkeypatch):
+    monkeypatch.setattr(core_mod, "RESULT_WINDOW", 3)
+    core = make_core(clock)
+    node, slow, other = (
+        Peer(core, "node", "n"),
+        Peer(core, "client", "slow"),
+        Peer(core, "client", "o"),
+    )
+    node.send(MsgType.READY, {"capacity": 100})
+    ids = [f"t{i}" for i in range(7)]
+    submit(slow, *ids)
+    submit(other, "x")
+    core.flush()
+    done(node, *[(r[0], r[1]) for r in tasks_of(node)])
+    core.flush()
+    pushed = [r[0] for m in slow.of(MsgType.RESULTS) for r in m.body["results"]]
+    assert pushed == ids[:3]  # the window; the rest wait in the store
+    assert [r[0] for m in other.of(MsgType.RESULTS) for r in m.body["results"]] == ["x"]
+    core.flush()
+    assert slow.of(MsgType.RESULTS) == []  # nothing more until the client takes them
+    slow.send(MsgType.RESULTS_TAKEN, {"n": 3})
+    core.flush()
+    pushed = [r[0] for m in slow.of(MsgType.RESULTS) for r in m.body["results"]]
+    assert pushed == ids[3:6]
+    slow.send(MsgType.RESULTS_TAKEN, {"n": 3})
+    core.flush()
+    assert [r[0] for m in slow.of(MsgType.RESULTS) for r in m.body["results"]] == ids[6:]
+
+
+def test_an_operator_purge_removes_finished_and_dead_tasks(clock):
+    core = make_core(clock, max_lost=1)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 1})
+    submit(client, "old")
+    core.flush()
+    done(node, *[(r[0], r[1]) for r in tasks_of(node)])
+    core.flush()
+    clock.advance(100)
+    submit(client, "poison", "fresh")
+    core.flush()
+    tasks_of(node)
+    core.gone(node.state)  # poison dies with its node: dead at once with max_lost=1
+    assert states(core, "old", "poison", "fresh") == [
+        TaskState.SUCCEEDED,
+        TaskState.DEAD,
+        TaskState.PENDING,
+    ]
+    corr = client.send(MsgType.PURGE, {"finished_before": clock.wall - 50, "dead": False})
+    core.flush()
+    (ack,) = client.of(MsgType.PURGE_ACK)
+    assert (ack.corr, ack.body) == (corr, {"purged": 1})
+    assert states(core, "old", "poison", "fresh") == [None, TaskState.DEAD, TaskState.PENDING]
+    client.send(MsgType.PURGE, {"finished_before": None, "dead": True})
+    core.flush()
+    assert [m.body for m in client.of(MsgType.PURGE_ACK)] == [{"purged": 1}]
+    assert states(core, "poison", "fresh") == [None, TaskState.PENDING]
