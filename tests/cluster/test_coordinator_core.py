@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from pyqueue.cluster import coordinator as core_mod
 from pyqueue.cluster import protocol as P
 from pyqueue.cluster.backends import MemoryBackend
 from pyqueue.cluster.config import FAST_TIMINGS
-from pyqueue.cluster import coordinator as core_mod
 from pyqueue.cluster.coordinator import CoordinatorCore, PeerState
 from pyqueue.cluster.dispatch import Policy
 from pyqueue.cluster.protocol import MsgType
@@ -111,6 +111,14 @@ def tasks_of(node: Peer) -> list[list[Any]]:
 def done(node: Peer, *rows: tuple[str, int]) -> int:
     body = {"results": [[tid, tok, True, b"r-" + tid.encode(), None] for tid, tok in rows]}
     return node.send(MsgType.DONE, body)
+
+
+def run_through(core: CoordinatorCore, node: Peer, client: Peer, *ids: str) -> None:
+    """Submit, dispatch and complete ``ids`` (the node must have credit for them)."""
+    submit(client, *ids)
+    core.flush()
+    done(node, *[(r[0], r[1]) for r in tasks_of(node)])
+    core.flush()
 
 
 def states(core: CoordinatorCore, *ids: str) -> list[TaskState | None]:
@@ -224,11 +232,7 @@ def test_results_are_pushed_then_purged_after_their_ttl(clock):
     core = make_core(clock, result_ttl=60.0)
     node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
     node.send(MsgType.READY, {"capacity": 1})
-    submit(client, "a")
-    core.flush()
-    tasks_of(node)
-    done(node, ("a", 1))
-    core.flush()
+    run_through(core, node, client, "a")
     (res,) = client.of(MsgType.RESULTS)
     assert res.body["results"] == [["a", int(TaskState.SUCCEEDED), b"r-a", None]]
     clock.advance(59)
@@ -332,10 +336,7 @@ def test_an_operator_purge_removes_finished_and_dead_tasks(clock):
     core = make_core(clock, max_lost=1)
     node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
     node.send(MsgType.READY, {"capacity": 1})
-    submit(client, "old")
-    core.flush()
-    done(node, *[(r[0], r[1]) for r in tasks_of(node)])
-    core.flush()
+    run_through(core, node, client, "old")
     clock.advance(100)
     submit(client, "poison", "fresh")
     core.flush()
