@@ -21,12 +21,27 @@ Rules for every operation
 
 Counters
 --------
-``attempts`` counts leases (it is also the lease token, so it only grows);
+``attempts`` counts leases (it is also the lease token, so it only grows; a
+durable store may count one more per restart, see Tokens);
 ``failures`` counts times the task raised; ``lost`` counts times its node
 died (or stopped) under it; ``base`` is ``attempts`` at the last requeue from
 the dead letters, and the hard cap counts ``attempts - base``.
 :class:`~pyqueue.cluster.states.Stats` holds the per-state counts, the
 per-verdict completion counts and the number purged.
+
+Tokens
+------
+A lease token that reached a node is never issued again, even across a
+crash.  The coordinator sends leases only after the commit that follows them,
+so a store need only make sure that a token issued before a commit is never
+issued after a restart (the SQLite store counts one more attempt for each
+task that was waiting when it stopped, since its leases are not written).
+
+Finished, not drained
+---------------------
+Whether a finished task was drained is not durable: after a restart, the
+clients waiting on it ask again (WAIT) and get its outcome, unless its
+retention ran out meanwhile.
 
 Thread safety
 -------------
@@ -85,15 +100,17 @@ class Backend(abc.ABC):
     def complete(self, node: str, rows: Sequence[Completion], now: float) -> list[Verdict]:
         """Record a node's completions; one verdict per row, in order.
 
-        ACCEPTED when the task is LEASED with that token (or PENDING after its
-        node was declared lost and nobody leased it again): then ``ok`` makes
+        ACCEPTED when the task is LEASED with that token, or PENDING with it
+        (its node was declared lost, or released it, and nobody leased it
+        again: the work was done, so it counts): then ``ok`` makes
         it SUCCEEDED with ``value``; ``cancelled`` makes it CANCELLED; else
         ``failures`` + 1 and, with retries left, it is SCHEDULED after a
         backoff (:func:`~pyqueue.cluster.dispatch.retry_delay`), or FAILED with
         ``value`` (the exception) and ``error``.  DUPLICATE when it had ended;
         STALE when a newer lease superseded the token; UNKNOWN for an id the
-        store does not hold.  Only the current lease's completion frees the
-        node's slot.
+        store does not hold.  A task dead-lettered meanwhile has ended: its late
+        completion is DUPLICATE (its clients may have been told it is dead).
+        Only the current lease's completion frees the node's slot.
         """
 
     @abc.abstractmethod
@@ -185,13 +202,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def purge(self, now: float, *, finished_before: float | None, dead: bool, limit: int) -> int:
-        """Operator purge: drained SUCCEEDED/FAILED/CANCELLED tasks that ended
-        before ``finished_before`` (None: none of them), and with ``dead`` every
-        DEAD task; at most ``limit``.  Returns how many were purged."""
+        """Operator purge: SUCCEEDED/FAILED/CANCELLED tasks that ended before
+        ``finished_before`` (None: none of them), and with ``dead`` every DEAD
+        task; at most ``limit``; tasks not yet drained are never purged.
+        Returns how many were purged."""
 
     @abc.abstractmethod
     def stats(self) -> Stats:
-        """Counts by state, completions by verdict, purged, and leases per node."""
+        """Counts by state, completions by verdict, purged (also what expired while
+        a durable store was closed), and leases per node."""
 
     @abc.abstractmethod
     def commit(self) -> None:

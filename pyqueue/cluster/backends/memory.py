@@ -98,8 +98,9 @@ class MemoryBackend(Backend):
         self._finished: list[str] = []  # ended since the last drain
         self._counts = [0] * len(TaskState)  # tasks per state, kept as they change
         self._expiry: list[tuple[float, int, str]] = []  # heap of (expires, seq, id), drained only
-        # dead tasks in the order they died: (seq, id, expires) to tell stale entries
-        self._dead_order: collections.deque[tuple[int, str, float]] = collections.deque()
+        # dead tasks in the order they died: (seq, id, attempts) tells a death from a
+        # later one of the same task (dying again takes at least one more lease)
+        self._dead_order: collections.deque[tuple[int, str, int]] = collections.deque()
         self._seq = 0
         self._verdicts = dict.fromkeys(Verdict, 0)
         self._purged = 0
@@ -144,7 +145,7 @@ class MemoryBackend(Backend):
         rec.ended = now
         rec.expires = dispatch.expires_at(self.policy, state, rec.result_ttl, now)
         if state is TaskState.DEAD:
-            self._dead_order.append((rec.seq, rec.id, rec.expires))
+            self._dead_order.append((rec.seq, rec.id, rec.attempts))
         else:
             rec.payload = None  # only a dead task may run again
         self._on_change(rec)
@@ -381,13 +382,13 @@ class MemoryBackend(Backend):
             out.append(True)
         return out
 
-    def _live_dead(self, entry: tuple[int, str, float]) -> _Task | None:
-        seq, tid, expires = entry
+    def _live_dead(self, entry: tuple[int, str, int]) -> _Task | None:
+        seq, tid, attempts = entry
         rec = self._tasks.get(tid)
         if (
             rec is not None
             and rec.seq == seq
-            and rec.expires == expires
+            and rec.attempts == attempts
             and rec.state is TaskState.DEAD
         ):
             return rec
@@ -469,11 +470,12 @@ class MemoryBackend(Backend):
             - self.policy.max_dead
         )
         order = self._dead_order
+        undrained = set(self._finished) if dead_over > 0 else set()
         while order and len(gone) < limit:
             rec = self._live_dead(order[0])
             if rec is not None:
-                if dead_over <= 0:
-                    break
+                if dead_over <= 0 or rec.id in undrained:
+                    break  # within max_dead, or not pushed to its clients yet
                 gone.append(rec)
                 del tasks[rec.id]
                 dead_over -= 1

@@ -6,7 +6,8 @@ written in :meth:`SQLiteBackend.commit`, one WAL transaction per coordinator
 flush (group commit).  Leases are not written: a restart requeues every task
 that was leased, at its old position, and counts one more attempt for each
 pending one (the coordinator that stopped may have leased it once more than
-the disk says), so a lease token never repeats.
+the disk says), so a lease token that reached a node never repeats (the
+coordinator sends leases only after the commit that follows them).
 
 What stays in memory per task: its record without payload or result once it
 ended (results are read back from disk for delivery and dropped from memory
@@ -190,6 +191,7 @@ class SQLiteBackend(MemoryBackend):
             " error, result_ttl, expires, ended FROM tasks ORDER BY seq"
         )
         requeued = 0
+        deaths: list[tuple[float, int, str, int]] = []  # (ended, seq, id, attempts)
         tasks, counts = self._tasks, self._counts
         for row in rows:
             rec = _Task(*row)
@@ -198,7 +200,7 @@ class SQLiteBackend(MemoryBackend):
             if exp:
                 self._expiry.append((exp, seq, tid))
                 if st is TaskState.DEAD:
-                    self._dead_order.append((seq, tid, exp))
+                    deaths.append((rec.ended, seq, tid, rec.attempts))
             if st is TaskState.LEASED:
                 # The coordinator died, not the node: back to its old position, no counter charged.
                 rec.state = TaskState.PENDING
@@ -218,9 +220,12 @@ class SQLiteBackend(MemoryBackend):
             elif rec.state is TaskState.SCHEDULED:
                 self._scheduled.append((nb, seq, tid))
             self._seq = max(self._seq, seq + 1)
+        deaths.sort()
+        self._dead_order.extend((seq, tid, att) for _, seq, tid, att in deaths)
         heapq.heapify(self._pending)
         heapq.heapify(self._scheduled)
         heapq.heapify(self._expiry)
+        self._purged += purged
         if purged:
             log.info(
                 "purged %d finished task(s) whose retention ran out while stopped",
