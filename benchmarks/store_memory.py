@@ -20,7 +20,7 @@ import tracemalloc
 
 from pyqueue.cluster.backend import Backend
 from pyqueue.cluster.backends import MemoryBackend, SQLiteBackend
-from pyqueue.cluster.states import Completion, SubmitSpec
+from pyqueue.cluster.states import Completion, Demand, SubmitSpec
 
 PAYLOAD = b"\x80\x05" + bytes(60)  # about what a no-op call pickles to
 RESULT = b"\x80\x05N."
@@ -40,7 +40,7 @@ def measure(backend: Backend, n: int) -> dict[str, float]:
     backend.submit([SubmitSpec(tid, PAYLOAD) for tid in ids], now)
     backend.commit()
     pending = _traced()
-    grants = backend.lease({"node": n}, now)
+    grants = backend.lease({"node": Demand(n)}, now)
     leases = grants["node"].leases
     leased = _traced()
     for i in range(0, n, 1000):

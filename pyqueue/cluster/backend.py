@@ -56,8 +56,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from .dispatch import Policy
 from .states import (
     Completion,
+    Demand,
     Grant,
     Outcome,
+    QueueInfo,
     Release,
     Stats,
     SubmitSpec,
@@ -79,16 +81,23 @@ class Backend(abc.ABC):
         """Add tasks, in order; an id that exists already is left as it is.
 
         A new task is SCHEDULED when ``not_before > now``, else PENDING, with
-        every counter 0.  An existing id (any state, until it is purged) is
-        untouched: submit is idempotent.  Returns each task's state after the
-        call.  Queue order is submit order.
+        every counter 0, in its ``queue`` with its ``priority``.  An existing
+        id (any state, until it is purged) is untouched: submit is idempotent.
+        Returns each task's state after the call.  A task's queue position is
+        its submit order.
         """
 
     @abc.abstractmethod
-    def lease(self, capacities: Mapping[str, int], now: float) -> dict[str, Grant]:
+    def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
         """Lease ready tasks to nodes: each node up to ``capacity - held``.
 
-        Oldest (lowest queue position) first.  Each lease adds 1 to
+        Only from the queues a node serves.  Each grant picks one of them
+        that can grant now (it has a PENDING task, is not paused, and has a
+        token under its rate limit) by :func:`~pyqueue.cluster.dispatch.choose_queue`
+        (weighted random, or strict by weight); within the queue, the highest
+        priority first, then the lowest queue position (submit order).  A
+        rate-limited queue spends one token per lease (the bucket:
+        :func:`~pyqueue.cluster.dispatch.refill`).  Each lease adds 1 to
         ``attempts``, whose new value is the lease's token.  Poison isolation:
         a node holds at most one task with ``lost > 0`` at a time; others are
         skipped for it, keeping their positions.  A task whose
@@ -206,6 +215,25 @@ class Backend(abc.ABC):
         ``finished_before`` (None: none of them), and with ``dead`` every DEAD
         task; at most ``limit``; tasks not yet drained are never purged.
         Returns how many were purged."""
+
+    @abc.abstractmethod
+    def next_ready(self, now: float) -> float | None:
+        """The earliest time after which a lease may be granted that cannot be
+        now for a reason of time: a SCHEDULED task falls due, or a rate-limited
+        queue with waiting tasks earns its next token.  None: nothing waits on
+        the clock."""
+
+    @abc.abstractmethod
+    def configure_queue(
+        self, name: str, *, rate_limit: float | None, paused: bool, now: float
+    ) -> QueueInfo:
+        """Set a queue's rate limit (leases per second over all nodes; None: no
+        limit) and pause; durable like any change.  A queue need not exist
+        yet: its settings wait for its tasks.  ValueError for a rate <= 0."""
+
+    @abc.abstractmethod
+    def queues(self) -> list[QueueInfo]:
+        """Every queue that has tasks or settings, by name."""
 
     @abc.abstractmethod
     def stats(self) -> Stats:

@@ -57,7 +57,16 @@ from .backend import Backend
 from .backends.memory import MemoryBackend
 from .config import DEFAULT_TIMINGS, Timings
 from .protocol import MsgType
-from .states import TERMINAL, Completion, Release, SubmitSpec, TaskState, Verdict
+from .states import (
+    DEFAULT_QUEUE,
+    TERMINAL,
+    Completion,
+    Demand,
+    Release,
+    SubmitSpec,
+    TaskState,
+    Verdict,
+)
 
 __all__ = ["CoordinatorCore", "PeerState", "Link", "Clock"]
 
@@ -143,6 +152,8 @@ class PeerState:
         self.name = ""
         self.node_id: str | None = None
         self.capacity = 0
+        self.queues: dict[str, int] = {DEFAULT_QUEUE: 1}  # served, with weights (READY)
+        self.strict = False
         self.max_outstanding = 0
         self.last_heard = core.clock.monotonic()
         self.connected_at = self.last_heard
@@ -219,6 +230,7 @@ class CoordinatorCore:
         self._revokes: dict[int, tuple[str, list[tuple[str, int]]]] = {}  # REVOKE corr -> rows
         self._retries: list[tuple[PeerState, P.Message, int]] = []  # messages to apply again
         self._flush_failures = 0
+        self._timed_flush: float | None = None  # wall time a flush is asked for by the clock
         self._heartbeat_ack = P.encode_frame(MsgType.HEARTBEAT_ACK, 0, {})
         self._rows = 0  # submits and completions since the last flush
         self._busy = False
@@ -724,14 +736,24 @@ class CoordinatorCore:
             self._wake(min(1.0, 0.05 * 2**n))
 
     def _dispatch(self) -> None:
-        capacities = {
-            node_id: peer.capacity
+        backend = self.backend
+        wall = self.clock.time()
+        backend.promote_due(wall)
+        demands = {
+            node_id: Demand(peer.capacity, peer.queues, peer.strict)
             for node_id, peer in self.nodes.items()
             if peer.capacity > 0 and not peer.closed and not peer.paused
         }
-        if not capacities:
-            return
-        grants = self.backend.lease(capacities, self.clock.time())
+        grants = backend.lease(demands, wall) if demands else {}
+        # a task due later or a rate-limited queue's next token: flush just then
+        at = backend.next_ready(wall)
+        if (
+            at is not None
+            and self._wake is not None
+            and (self._timed_flush is None or at < self._timed_flush or self._timed_flush <= wall)
+        ):
+            self._timed_flush = at
+            self._wake(max(0.0, at - wall))
         for node_id, grant in grants.items():
             peer = self.nodes[node_id]
             rows = [list(le) for le in grant.leases]

@@ -17,6 +17,13 @@ Backoff
     spread by a jitter factor in [0.5, 1.5) drawn from a seeded generator.
 Dead letters
     ``max_lost`` losses, or ``max_attempts`` leases since the last requeue.
+Queues and priorities
+    A node serves named queues with weights; at each lease grant one queue
+    is chosen among those that can grant (not empty, not paused, a token
+    left under its rate limit): weighted random, or strictly by weight.
+    Within a queue, higher priority first, then submit order.
+Rate limits
+    A token bucket per queue, over all nodes, refilled by the clock passed in.
 Retention
     A finished task is kept ``result_ttl`` after it ended (its own or the
     policy's), a dead one ``dead_ttl``, then purged.
@@ -37,6 +44,10 @@ __all__ = [
     "dead_after_loss",
     "retry_delay",
     "expires_at",
+    "bucket_capacity",
+    "refill",
+    "token_at",
+    "choose_queue",
 ]
 
 
@@ -119,6 +130,49 @@ def retry_delay(
         return None
     delay = min(policy.backoff_cap, backoff * 2.0 ** (failures - 1))
     return delay * rng.uniform(0.5, 1.5)  # jitter spreads retry storms
+
+
+def bucket_capacity(rate: float) -> float:
+    """Tokens a rate-limited queue may save up: a tenth of a second's worth, at
+    least one, so that no one-second window holds more than ``1.1 * rate``
+    (plus one) lease grants."""
+    return max(1.0, rate / 10.0)
+
+
+def refill(tokens: float, stamp: float, rate: float, now: float) -> float:
+    """A token bucket's tokens at ``now``, last counted at ``stamp``."""
+    return min(bucket_capacity(rate), tokens + max(0.0, now - stamp) * rate)
+
+
+def token_at(tokens: float, stamp: float, rate: float) -> float:
+    """When a bucket holding ``tokens`` at ``stamp`` holds one whole token."""
+    return stamp + max(0.0, 1.0 - tokens) / rate
+
+
+def choose_queue(eligible: list[tuple[str, int]], strict: bool, rng: random.Random) -> str | None:
+    """Which of the queues that can grant a lease now gives the next one.
+
+    ``eligible``: (name, weight) in the order the node listed them.  Weighted
+    random over them (asynq's and Sidekiq's semantics), or with ``strict`` the
+    highest weight first (the first listed among equals).
+    """
+    if not eligible:
+        return None
+    if len(eligible) == 1:
+        return eligible[0][0]
+    if strict:
+        best = eligible[0]
+        for item in eligible[1:]:
+            if item[1] > best[1]:
+                best = item
+        return best[0]
+    total = sum(w for _, w in eligible)
+    pick = rng.random() * total
+    for name, weight in eligible:
+        pick -= weight
+        if pick < 0:
+            return name
+    return eligible[-1][0]
 
 
 def expires_at(policy: Policy, state: TaskState, result_ttl: float | None, now: float) -> float:

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import enum
 import sys
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = [
+    "DEFAULT_QUEUE",
+    "Demand",
+    "QueueInfo",
     "TaskState",
     "TERMINAL",
     "Verdict",
@@ -35,6 +40,12 @@ __all__ = [
     "Outcome",
     "Stats",
 ]
+
+#: the queue a task goes to, and a node serves, unless told otherwise
+DEFAULT_QUEUE = "default"
+
+#: what a node serves unless told otherwise
+DEFAULT_SERVED: Mapping[str, int] = types.MappingProxyType({DEFAULT_QUEUE: 1})
 
 # dataclass(slots=True) needs Python 3.10; the package supports 3.9
 SLOTS: dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
@@ -73,6 +84,26 @@ class SubmitSpec(NamedTuple):
     backoff: float = 1.0  # base delay of the first retry, seconds
     not_before: float = 0.0  # wall-clock time before which it must not run (SCHEDULED)
     result_ttl: float | None = None  # keep its result this long after it ends (None: policy)
+    queue: str = DEFAULT_QUEUE  # the named queue it waits in
+    priority: int = 0  # higher runs first within its queue; FIFO among equals
+
+
+class Demand(NamedTuple):
+    """What one node asks of :meth:`Backend.lease`."""
+
+    capacity: int  # tasks it may hold at once (free slots + prefetch)
+    queues: Mapping[str, int] = DEFAULT_SERVED  # the queues it serves, with weights (> 0)
+    strict: bool = False  # drain higher-weight queues first instead of weighted random
+
+
+class QueueInfo(NamedTuple):
+    """One named queue: its settings and what waits in it."""
+
+    name: str
+    rate_limit: float | None  # leases granted per second at most, over all nodes
+    paused: bool  # nothing is leased from it while paused
+    counts: dict[TaskState, int]  # its tasks per state
+    oldest_ready: float | None  # wall-clock time the longest-waiting PENDING task became ready
 
 
 class Lease(NamedTuple):
@@ -120,6 +151,8 @@ class TaskInfo(NamedTuple):
     node: str | None  # the holder of its lease when LEASED
     error: str | None  # the last error text (failed, dead, cancelled)
     expires: float  # wall-clock time its record may be purged (0: not finished)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
 
     @property
     def token(self) -> int:

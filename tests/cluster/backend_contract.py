@@ -19,6 +19,7 @@ from pyqueue.cluster.backends import MemoryBackend, SQLiteBackend
 from pyqueue.cluster.dispatch import Policy
 from pyqueue.cluster.states import (
     Completion,
+    Demand,
     Lease,
     Outcome,
     Release,
@@ -132,7 +133,7 @@ def submit(b: Backend, *ids: str, now: float = T0, **kw: object) -> list[TaskSta
 
 def lease(b: Backend, node: str, capacity: int, now: float = T0) -> list[Lease]:
     """What ``node`` was granted by one lease call with ``capacity``."""
-    grant = b.lease({node: capacity}, now).get(node)
+    grant = b.lease({node: Demand(capacity)}, now).get(node)
     return [] if grant is None else grant.leases
 
 
@@ -306,7 +307,7 @@ def test_a_promoted_task_takes_its_place_by_submit_order(store: Backend) -> None
 
 def test_lease_is_fifo_and_the_token_is_the_attempt_count(store: Backend) -> None:
     submit(store, "a", "b", "c")
-    grants = store.lease({"n1": 2}, T0)
+    grants = store.lease({"n1": Demand(2)}, T0)
     assert grants["n1"].held == 2
     assert [(le.id, le.token, le.payload) for le in grants["n1"].leases] == [
         ("a", 1, b"p-a"),
@@ -324,19 +325,19 @@ def test_a_node_gets_up_to_its_capacity_minus_what_it_holds(store: Backend) -> N
     assert lease(store, "n", 2) == []  # full
     assert lease(store, "n", 1) == []  # less than it holds: nothing, nothing taken back
     assert held(store, "n") == 2
-    grant = store.lease({"n": 3}, T0)["n"]
+    grant = store.lease({"n": Demand(3)}, T0)["n"]
     assert ([le.id for le in grant.leases], grant.held) == (["c"], 3)
     (la,) = [le for le in lease(store, "m", 1)]  # d goes to another node
     assert store.complete("m", [ok(la)], T0) == [Verdict.ACCEPTED]
     store.complete("n", [done("a", 1)], T0)  # n frees one slot
-    grant = store.lease({"n": 3}, T0)["n"]
+    grant = store.lease({"n": Demand(3)}, T0)["n"]
     assert ([le.id for le in grant.leases], grant.held) == (["e"], 3)
 
 
 def test_one_lease_call_serves_several_nodes(store: Backend) -> None:
     submit(store, *"abcdefg")
-    store.lease({"n2": 1}, T0)  # n2 holds a already
-    grants = store.lease({"n1": 2, "n2": 3, "n3": 0, "n4": 1}, T0)
+    store.lease({"n2": Demand(1)}, T0)  # n2 holds a already
+    grants = store.lease({"n1": Demand(2), "n2": Demand(3), "n3": Demand(0), "n4": Demand(1)}, T0)
     got = {node: [le.id for le in g.leases] for node, g in grants.items() if g.leases}
     assert sorted(got) == ["n1", "n2", "n4"]
     assert (len(got["n1"]), len(got["n2"]), len(got["n4"])) == (2, 2, 1)
@@ -352,9 +353,9 @@ def test_one_lease_call_serves_several_nodes(store: Backend) -> None:
 
 
 def test_lease_with_nothing_ready_grants_nothing(store: Backend) -> None:
-    assert all(not g.leases for g in store.lease({"n": 5}, T0).values())
+    assert all(not g.leases for g in store.lease({"n": Demand(5)}, T0).values())
     submit(store, "later", not_before=T0 + 1)
-    assert all(not g.leases for g in store.lease({"n": 5, "m": 5}, T0).values())
+    assert all(not g.leases for g in store.lease({"n": Demand(5), "m": Demand(5)}, T0).values())
 
 
 # -- complete and fencing -------------------------------------------------------------------
@@ -368,7 +369,7 @@ def test_an_accepted_completion_is_the_result_and_frees_the_slot(store: Backend)
     assert (a.state, a.node, a.attempts, a.failures) == (TaskState.SUCCEEDED, None, 1, 0)
     assert outcome(store, "a") == Outcome("a", TaskState.SUCCEEDED, b"ra", None)
     assert held(store, "n") == 1
-    grant = store.lease({"n": 2}, T0)["n"]
+    grant = store.lease({"n": Demand(2)}, T0)["n"]
     assert ([le.id for le in grant.leases], grant.held) == (["c"], 2)
 
 
@@ -591,7 +592,7 @@ def test_poison_isolation_holds_per_node_within_one_lease_call(store: Backend) -
     submit(store, "s1", "s2", "s3", "ok1", "ok2")
     lease(store, "n", 3)
     store.node_lost("n", T0)
-    grants = store.lease({"a": 10, "b": 10}, T0)
+    grants = store.lease({"a": Demand(10), "b": Demand(10)}, T0)
     suspects = {"s1", "s2", "s3"}
     for g in grants.values():
         assert len(suspects & {le.id for le in g.leases}) <= 1
@@ -1244,3 +1245,146 @@ def test_restart_keeps_the_dead_in_the_order_they_died(durable: Stores) -> None:
     assert [x.id for x in b.dead()] == ["b", "a"]
     assert b.expire(T0 + 3, 100) == 1
     assert (state(b, "b"), state(b, "a")) == (None, TaskState.DEAD)
+
+
+# -- queues, priorities, weights, rate limits, pause ------------------------------------
+
+
+def lease_from(
+    b: Backend, node: str, capacity: int, queues: dict[str, int], *, strict: bool = False,
+    now: float = T0,
+) -> list[str]:  # fmt: skip
+    grant = b.lease({node: Demand(capacity, queues, strict)}, now).get(node)
+    return [] if grant is None else [le.id for le in grant.leases]
+
+
+def test_higher_priority_first_then_submit_order(store: Backend) -> None:
+    submit(store, "low1", "low2")
+    submit(store, "high1", priority=5)
+    submit(store, "mid", priority=1)
+    submit(store, "high2", priority=5)
+    assert leased_ids(store, "n", 10) == ["high1", "high2", "mid", "low1", "low2"]
+
+
+def test_a_requeued_task_keeps_its_priority_and_place(store: Backend) -> None:
+    submit(store, "a", "b")
+    submit(store, "h", priority=3)
+    assert leased_ids(store, "n1", 1) == ["h"]
+    store.node_lost("n1", T0)
+    submit(store, "h2", priority=3)
+    assert leased_ids(store, "n2", 10) == ["h", "h2", "a", "b"]
+
+
+def test_a_node_gets_only_the_queues_it_serves(store: Backend) -> None:
+    submit(store, "d1")
+    submit(store, "l1", "l2", queue="low")
+    submit(store, "h1", queue="high")
+    assert lease_from(store, "hi", 10, {"high": 1}) == ["h1"]
+    assert lease_from(store, "nobody", 10, {"other": 1}) == []
+    assert leased_ids(store, "plain", 10) == ["d1"]  # Demand's default: the default queue
+    assert sorted(lease_from(store, "lo", 10, {"low": 1, "high": 1})) == ["l1", "l2"]
+    (q,) = [q for q in store.queues() if q.name == "low"]
+    assert q.counts[TaskState.LEASED] == 2 and q.counts[TaskState.PENDING] == 0
+
+
+def test_strict_drains_the_heavier_queue_first(store: Backend) -> None:
+    submit(store, "l1", "l2", queue="low")
+    submit(store, "h1", "h2", queue="high")
+    got = lease_from(store, "n", 3, {"low": 1, "high": 6}, strict=True)
+    assert got == ["h1", "h2", "l1"]
+
+
+def test_weighted_random_follows_the_weights(stores: Stores) -> None:
+    b = stores.open(seed=7)
+    for name in ("high", "default", "low"):
+        b.submit([SubmitSpec(f"{name}{i}", b"p", queue=name) for i in range(2000)], T0)
+    got = lease_from(b, "n", 2000, {"high": 6, "default": 3, "low": 1})
+    shares = {
+        name: sum(t.startswith(name) for t in got) / len(got) for name in ("high", "default", "low")
+    }  # noqa: E501
+    assert abs(shares["high"] - 0.6) < 0.05
+    assert abs(shares["default"] - 0.3) < 0.05
+    assert abs(shares["low"] - 0.1) < 0.05
+
+
+def test_an_empty_or_paused_queue_gives_its_turn_away(store: Backend) -> None:
+    submit(store, "a1", "a2", queue="a")
+    submit(store, "b1", queue="b")
+    store.configure_queue("a", rate_limit=None, paused=True, now=T0)
+    assert lease_from(store, "n", 5, {"a": 9, "b": 1}) == ["b1"]  # a paused, b empty now
+    assert lease_from(store, "n", 5, {"a": 9, "b": 1}) == []
+    info_a = store.configure_queue("a", rate_limit=None, paused=False, now=T0)
+    assert not info_a.paused and info_a.counts[TaskState.PENDING] == 2
+    assert lease_from(store, "n", 5, {"a": 9, "b": 1}) == ["a1", "a2"]
+
+
+def test_a_rate_limit_holds_across_nodes_and_refills_with_the_clock(store: Backend) -> None:
+    store.submit([SubmitSpec(f"t{i}", b"p", queue="r") for i in range(100)], T0)
+    store.configure_queue("r", rate_limit=20.0, paused=False, now=T0)
+    first = lease_from(store, "n1", 50, {"r": 1}) + lease_from(store, "n2", 50, {"r": 1})
+    assert len(first) == 2  # a tenth of a second's burst: 2 tokens at 20/s
+    at = store.next_ready(T0)
+    assert at is not None and T0 < at <= T0 + 0.05 + 1e-9
+    assert lease_from(store, "n2", 50, {"r": 1}, now=at) == ["t2"]
+    # over any second, no more than rate + burst
+    granted = 0
+    for step in range(1, 101):
+        granted += len(lease_from(store, f"n{step % 3}", 50, {"r": 1}, now=T0 + 1 + step / 100))
+    assert 18 <= granted <= 22
+
+
+def test_a_rate_limit_can_be_lifted_and_bad_rates_are_refused(store: Backend) -> None:
+    submit(store, "a", "b", "c", queue="r")
+    store.configure_queue("r", rate_limit=1.0, paused=False, now=T0)
+    assert len(lease_from(store, "n", 5, {"r": 1})) == 1
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError):
+            store.configure_queue("r", rate_limit=bad, paused=False, now=T0)
+    (q,) = [q for q in store.queues() if q.name == "r"]
+    assert q.rate_limit == 1.0  # a refused change changes nothing
+    store.configure_queue("r", rate_limit=None, paused=False, now=T0)
+    assert len(lease_from(store, "n", 5, {"r": 1})) == 2
+
+
+def test_next_ready_names_the_next_due_task(store: Backend) -> None:
+    assert store.next_ready(T0) is None
+    submit(store, "later", not_before=T0 + 5)
+    submit(store, "sooner", not_before=T0 + 2)
+    assert store.next_ready(T0) == T0 + 2
+    assert store.promote_due(T0 + 2) == 1
+    assert store.next_ready(T0 + 2) == T0 + 5
+
+
+def test_queue_info_reports_the_oldest_waiting_task(store: Backend) -> None:
+    submit(store, "a", now=T0, queue="q")
+    submit(store, "b", now=T0 + 3, queue="q", priority=9)
+    (q,) = [q for q in store.queues() if q.name == "q"]
+    assert q.oldest_ready == T0
+    assert lease_from(store, "n", 1, {"q": 1}) == ["b"]  # priority first...
+    (q,) = [q for q in store.queues() if q.name == "q"]
+    assert q.oldest_ready == T0  # ...but a is still the oldest waiting
+    assert lease_from(store, "n", 2, {"q": 1}) == ["a"]
+    (q,) = [q for q in store.queues() if q.name == "q"]
+    assert q.oldest_ready is None
+
+
+def test_a_task_keeps_its_queue_and_priority(store: Backend) -> None:
+    submit(store, "t", queue="q", priority=4)
+    got = info(store, "t")
+    assert (got.queue, got.priority) == ("q", 4)
+
+
+def test_queues_and_their_settings_survive_a_restart(durable: Stores) -> None:
+    b = durable.open()
+    submit(b, "l1", queue="low")
+    submit(b, "h1", "h2", queue="high", priority=2)
+    submit(b, "h0", queue="high")
+    b.configure_queue("high", rate_limit=5.0, paused=True, now=T0)
+    b.commit()
+    b = durable.reopen(b, now=T0 + 10)
+    (hq,) = [q for q in b.queues() if q.name == "high"]
+    assert (hq.rate_limit, hq.paused, hq.counts[TaskState.PENDING]) == (5.0, True, 3)
+    assert lease_from(b, "n", 5, {"high": 1, "low": 1}, now=T0 + 10) == ["l1"]
+    b.configure_queue("high", rate_limit=None, paused=False, now=T0 + 10)
+    assert lease_from(b, "n", 5, {"high": 1}, now=T0 + 10) == ["h1", "h2", "h0"]
+    assert info(b, "h1").priority == 2

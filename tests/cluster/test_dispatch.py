@@ -197,3 +197,28 @@ def test_policy_accepts_the_smallest_limits() -> None:
 def test_policy_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Policy().max_lost = 9  # type: ignore[misc]
+
+
+# -- queues and rate limits ----------------------------------------------------------
+
+
+def test_choose_queue_strict_takes_the_heaviest_first_listed_among_equals() -> None:
+    rng = random.Random(1)
+    assert dispatch.choose_queue([], False, rng) is None
+    assert dispatch.choose_queue([("only", 1)], True, rng) == "only"
+    assert dispatch.choose_queue([("a", 1), ("b", 6), ("c", 6)], True, rng) == "b"
+
+
+def test_choose_queue_weighted_random_follows_the_weights() -> None:
+    rng = random.Random(3)
+    picks = [dispatch.choose_queue([("a", 1), ("b", 3)], False, rng) for _ in range(4000)]
+    assert abs(picks.count("b") / len(picks) - 0.75) < 0.03
+
+
+def test_a_bucket_saves_a_tenth_of_a_second_and_refills_at_its_rate() -> None:
+    assert dispatch.bucket_capacity(0.5) == 1.0 and dispatch.bucket_capacity(50.0) == 5.0
+    assert dispatch.refill(0.0, 10.0, 20.0, 10.05) == pytest.approx(1.0)
+    assert dispatch.refill(0.0, 10.0, 20.0, 99.0) == 2.0  # capped
+    assert dispatch.refill(1.5, 10.0, 20.0, 9.0) == 1.5  # a clock going back adds nothing
+    assert dispatch.token_at(0.5, 10.0, 20.0) == pytest.approx(10.025)
+    assert dispatch.token_at(1.0, 10.0, 20.0) == 10.0

@@ -22,7 +22,7 @@ import pytest
 import pyqueue
 from pyqueue.cluster.backends import SQLiteBackend
 from pyqueue.cluster.dispatch import Policy
-from pyqueue.cluster.states import Completion, Outcome, SubmitSpec, TaskState
+from pyqueue.cluster.states import Completion, Demand, Outcome, SubmitSpec, TaskState
 from pyqueue.errors import StoreLocked
 
 T0 = 1_000_000.0
@@ -34,7 +34,7 @@ def sub(b: SQLiteBackend, *ids: str, now: float = T0) -> list[TaskState]:
 
 
 def tokens(b: SQLiteBackend, node: str, n: int, now: float = T0) -> list[tuple[str, int]]:
-    grant = b.lease({node: n}, now).get(node)
+    grant = b.lease({node: Demand(n)}, now).get(node)
     return [] if grant is None else [(le.id, le.token) for le in grant.leases]
 
 
@@ -60,11 +60,11 @@ def crash(path: Path, body: str) -> object:
             """
         import json, os, sys
         from pyqueue.cluster.backends import SQLiteBackend
-        from pyqueue.cluster.states import Completion, Release, SubmitSpec
+        from pyqueue.cluster.states import Completion, Demand, Release, SubmitSpec
         T0 = {t0!r}
         store = SQLiteBackend(sys.argv[1], now=T0)
         def lease(node, n):
-            return [(le.id, le.token) for le in store.lease({{node: n}}, T0)[node].leases]
+            return [(le.id, le.token) for le in store.lease({{node: Demand(n)}}, T0)[node].leases]
         out = None
         """
         ).format(t0=T0)
@@ -232,7 +232,7 @@ def test_a_round_one_store_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> No
     make_round_one_store(path)
     b = SQLiteBackend(path, now=T0)
     assert b.outcomes(["done"]) == [Outcome("done", TaskState.SUCCEEDED, b"\x01", None)]
-    assert [le.payload for le in b.lease({"n": 5}, T0)["n"].leases] == [b"\x02"]
+    assert [le.payload for le in b.lease({"n": Demand(5)}, T0)["n"].leases] == [b"\x02"]
     assert [d.id for d in b.dead()] == ["dead"]
     assert b.requeue_dead(["dead"], T0) == [True]
     b.close()
@@ -267,7 +267,7 @@ def test_a_store_from_before_retention_gains_its_columns(tmp_path: Path) -> None
     db.commit()
     db.close()
     b = SQLiteBackend(path, now=T0)
-    (le,) = b.lease({"n": 5}, T0)["n"].leases
+    (le,) = b.lease({"n": Demand(5)}, T0)["n"].leases
     assert le.id == "todo"
     b.complete("n", [Completion("todo", le.token, True, b"r", None)], T0)
     b.close()
@@ -287,7 +287,7 @@ def test_expired_records_leave_the_file(tmp_path: Path) -> None:
     b = SQLiteBackend(path, policy, now=T0)
     b.submit([SubmitSpec("old", b"o"), SubmitSpec("kept", b"k", result_ttl=50.0)], T0)
     sub(b, "todo")
-    grant = b.lease({"n": 2}, T0)["n"]
+    grant = b.lease({"n": Demand(2)}, T0)["n"]
     b.complete("n", [Completion(le.id, le.token, True, b"x", None) for le in grant.leases], T0)
     b.drain_finished()
     b.close()
@@ -314,7 +314,7 @@ def test_results_are_not_kept_in_memory_once_committed_and_read(tmp_path: Path) 
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        grant = b.lease({"n": n}, T0)["n"]
+        grant = b.lease({"n": Demand(n)}, T0)["n"]
         rows = [
             Completion(le.id, le.token, True, bytes([i % 256]) * size, None)
             for i, le in enumerate(grant.leases)

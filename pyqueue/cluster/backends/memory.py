@@ -14,18 +14,21 @@ import heapq
 import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import dispatch
 from ..backend import Backend
 from ..dispatch import Policy
 from ..states import (
+    DEFAULT_QUEUE,
     SLOTS,
     TERMINAL,
     Completion,
+    Demand,
     Grant,
     Lease,
     Outcome,
+    QueueInfo,
     Release,
     Stats,
     SubmitSpec,
@@ -62,6 +65,9 @@ class _Task:
     result_ttl: float | None = None  # its own retention, seconds (None: the policy's)
     expires: float = 0.0  # when its finished record may be purged (0: not finished)
     ended: float = 0.0  # when it finished (0: not finished)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    ready: float = 0.0  # when it last became ready to run (submitted, due, requeued from dead)
 
     def info(self) -> TaskInfo:
         return TaskInfo(
@@ -73,7 +79,25 @@ class _Task:
             self.node,
             self.error,
             self.expires,
+            self.queue,
+            self.priority,
         )
+
+
+@dataclass(**SLOTS)
+class _Queue:
+    """One named queue: its waiting tasks in dispatch order, its settings."""
+
+    name: str
+    heap: list[tuple[int, int, str]] = field(default_factory=list)  # (-priority, seq, id)
+    # (ready, seq, id) of waiting tasks, for the oldest one's age; stale entries
+    # are skipped, and the heap is rebuilt when they outnumber the live ones
+    ages: list[tuple[float, int, str]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=lambda: [0] * len(TaskState))
+    rate: float | None = None  # leases per second, over all nodes
+    paused: bool = False
+    tokens: float = 0.0
+    stamp: float = 0.0  # when tokens were last counted
 
 
 class MemoryBackend(Backend):
@@ -91,7 +115,7 @@ class MemoryBackend(Backend):
         self.policy = policy or Policy()
         self._rng = random.Random(seed)
         self._tasks: dict[str, _Task] = {}
-        self._pending: list[tuple[int, str]] = []  # heap of (seq, id); stale entries skipped
+        self._queues: dict[str, _Queue] = {}
         self._scheduled: list[tuple[float, int, str]] = []  # heap of (not_before, seq, id)
         self._by_node: dict[str, dict[str, bool]] = {}  # node -> {task id: suspect?}
         self._suspects: dict[str, int] = {}  # node -> suspects it holds (at most 1)
@@ -115,6 +139,9 @@ class MemoryBackend(Backend):
     def _on_purge(self, rec: _Task) -> None:
         """A record was purged."""
 
+    def _on_queue(self, q: _Queue) -> None:
+        """A queue's settings changed."""
+
     def _payload_of(self, rec: _Task) -> bytes | None:
         """The payload of a dead task about to be requeued."""
         return rec.payload
@@ -128,7 +155,55 @@ class MemoryBackend(Backend):
         counts = self._counts
         counts[rec.state] -= 1
         counts[state] += 1
+        counts = self._queues[rec.queue].counts
+        counts[rec.state] -= 1
+        counts[state] += 1
         rec.state = state
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue(name)
+        return q
+
+    def _wait(self, rec: _Task) -> None:
+        """Put a PENDING task in its queue, at its place (priority, then submit order)."""
+        q = self._queues[rec.queue]
+        heapq.heappush(q.heap, (-rec.priority, rec.seq, rec.id))
+        heapq.heappush(q.ages, (rec.ready, rec.seq, rec.id))
+        if len(q.ages) > 2 * q.counts[TaskState.PENDING] + 1024:
+            self._compact(q)
+
+    def _compact(self, q: _Queue) -> None:
+        """Rebuild a queue's heaps from its waiting tasks: stale entries (tasks
+        leased or cancelled from below the top) never pile up."""
+        tasks = self._tasks
+        live = [
+            rec
+            for _, seq, tid in q.heap
+            if (rec := tasks.get(tid)) is not None
+            and rec.state is TaskState.PENDING
+            and rec.seq == seq
+        ]
+        q.heap = [(-r.priority, r.seq, r.id) for r in live]
+        q.ages = [(r.ready, r.seq, r.id) for r in live]
+        heapq.heapify(q.heap)
+        heapq.heapify(q.ages)
+
+    def _oldest_ready(self, q: _Queue) -> float | None:
+        ages, tasks = q.ages, self._tasks
+        while ages:
+            ready, seq, tid = ages[0]
+            rec = tasks.get(tid)
+            if (
+                rec is not None
+                and rec.state is TaskState.PENDING
+                and rec.seq == seq
+                and rec.ready == ready
+            ):
+                return ready
+            heapq.heappop(ages)
+        return None
 
     def _finish(
         self,
@@ -154,7 +229,7 @@ class MemoryBackend(Backend):
     def _requeue(self, rec: _Task) -> None:
         self._set_state(rec, TaskState.PENDING)
         rec.node = None
-        heapq.heappush(self._pending, (rec.seq, rec.id))
+        self._wait(rec)
         self._on_change(rec)
 
     def _unlease(self, node: str, task_id: str) -> None:
@@ -191,6 +266,7 @@ class MemoryBackend(Backend):
     def _forget(self, gone: list[_Task]) -> None:
         for rec in gone:
             self._counts[rec.state] -= 1
+            self._queues[rec.queue].counts[rec.state] -= 1
             self._on_purge(rec)
         if gone:
             self._purged += len(gone)
@@ -219,59 +295,99 @@ class MemoryBackend(Backend):
                     backoff=max(0.0, float(spec.backoff)),
                     not_before=float(spec.not_before),
                     result_ttl=None if spec.result_ttl is None else max(0.0, spec.result_ttl),
+                    queue=spec.queue,
+                    priority=int(spec.priority),
+                    ready=max(now, float(spec.not_before)),
                 )
                 tasks[spec.id] = rec
                 self._counts[rec.state] += 1
+                self._queue(rec.queue).counts[rec.state] += 1
                 self._on_new(rec)
                 if scheduled:
                     heapq.heappush(self._scheduled, (rec.not_before, seq, spec.id))
                 else:
-                    self._pending.append((seq, spec.id))  # seq only grows: the heap order holds
+                    self._wait(rec)
             out.append(rec.state)
         return out
 
-    def lease(self, capacities: Mapping[str, int], now: float) -> dict[str, Grant]:
+    def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
         out: dict[str, Grant] = {}
-        for node, capacity in capacities.items():
+        for node, demand in demands.items():
             held = self._by_node.setdefault(node, {})
-            leases = self._lease_one(node, held, capacity - len(held), now)
+            leases = self._lease_one(node, held, demand, now)
             if leases:
                 out[node] = Grant(leases, len(held))
         return out
 
-    def _lease_one(self, node: str, held: dict[str, bool], n: int, now: float) -> list[Lease]:
-        pending = self._pending
-        if n <= 0 or not pending:
+    def _head(self, q: _Queue) -> bool:
+        """Drop stale entries (cancelled, leased, ...) off the top of ``q``; True
+        if a waiting task is left on top."""
+        heap, tasks = q.heap, self._tasks
+        while heap:
+            _, seq, tid = heap[0]
+            rec = tasks.get(tid)
+            if rec is not None and rec.state is TaskState.PENDING and rec.seq == seq:
+                return True
+            heapq.heappop(heap)
+        return False
+
+    def _can_grant(self, q: _Queue, now: float) -> bool:
+        if q.paused or not self._head(q):
+            return False
+        if q.rate is not None:
+            q.tokens = dispatch.refill(q.tokens, q.stamp, q.rate, now)
+            q.stamp = now
+            return q.tokens >= 1.0
+        return True
+
+    def _lease_one(
+        self, node: str, held: dict[str, bool], demand: Demand, now: float
+    ) -> list[Lease]:
+        n = demand.capacity - len(held)
+        if n <= 0:
+            return []
+        queues = self._queues
+        served = [(queues[name], w) for name, w in demand.queues.items() if name in queues]
+        if not served:
             return []
         tasks = self._tasks
         policy = self.policy
         suspects = self._suspects.get(node, 0)
         out: list[Lease] = []
-        deferred: list[tuple[int, str]] = []
-        while pending and len(out) < n:
-            seq, tid = heapq.heappop(pending)
-            rec = tasks.get(tid)
-            if rec is None or rec.state is not TaskState.PENDING or rec.seq != seq:
-                continue  # stale heap entry (cancelled, already leased, ...)
+        deferred: list[tuple[_Queue, tuple[int, int, str]]] = []
+        single = served[0][0] if len(served) == 1 else None
+        while len(out) < n:
+            if single is not None:  # the common case: no choice to make
+                q = single if self._can_grant(single, now) else None
+            else:
+                eligible = [(q.name, w) for q, w in served if self._can_grant(q, now)]
+                name = dispatch.choose_queue(eligible, demand.strict, self._rng)
+                q = None if name is None else queues[name]
+            if q is None:
+                break
+            entry = heapq.heappop(q.heap)
+            rec = tasks[entry[2]]
             suspect = rec.lost > 0
             if not dispatch.may_lease(suspect, suspects):
-                deferred.append((seq, tid))
+                deferred.append((q, entry))  # keeps its place for another node
                 continue
             if dispatch.over_cap(policy, rec.attempts, rec.base):
                 cap = policy.max_attempts
                 self._finish(rec, TaskState.DEAD, None, f"hard cap of {cap} attempts reached", now)
                 continue
+            if q.rate is not None:
+                q.tokens -= 1.0
             suspects += suspect
             # Not announced to _on_change: a restart requeues leases anyway, and
             # the attempt count is stored with the completion (one write per task).
             rec.attempts += 1
             self._set_state(rec, TaskState.LEASED)
             rec.node = node
-            held[tid] = suspect
-            out.append(Lease(tid, rec.attempts, rec.payload))  # type: ignore[arg-type]
+            held[rec.id] = suspect
+            out.append(Lease(rec.id, rec.attempts, rec.payload))  # type: ignore[arg-type]
         self._suspects[node] = suspects
-        for item in deferred:
-            heapq.heappush(pending, item)
+        for q, entry in deferred:
+            heapq.heappush(q.heap, entry)
         return out
 
     def complete(self, node: str, rows: Sequence[Completion], now: float) -> list[Verdict]:
@@ -378,6 +494,7 @@ class MemoryBackend(Backend):
             rec.result = None
             rec.ended = 0.0
             rec.expires = 0.0  # its entries in the expiry heap and dead order go stale
+            rec.ready = now
             self._requeue(rec)
             out.append(True)
         return out
@@ -440,6 +557,7 @@ class MemoryBackend(Backend):
             rec = self._tasks.get(tid)
             if rec is None or rec.state is not TaskState.SCHEDULED or rec.seq != seq:
                 continue
+            rec.ready = rec.not_before
             self._requeue(rec)
             n += 1
         return n
@@ -501,6 +619,45 @@ class MemoryBackend(Backend):
             del self._tasks[rec.id]
         self._forget(gone)
         return len(gone)
+
+    def configure_queue(
+        self, name: str, *, rate_limit: float | None, paused: bool, now: float
+    ) -> QueueInfo:
+        if rate_limit is not None and not rate_limit > 0:
+            raise ValueError(f"rate_limit must be > 0 per second or None, not {rate_limit!r}")
+        q = self._queue(name)
+        if rate_limit != q.rate:
+            q.rate = rate_limit
+            q.tokens = 0.0 if rate_limit is None else dispatch.bucket_capacity(rate_limit)
+            q.stamp = now
+        q.paused = bool(paused)
+        self._on_queue(q)
+        return self._queue_info(q)
+
+    def _queue_info(self, q: _Queue) -> QueueInfo:
+        return QueueInfo(
+            q.name,
+            q.rate,
+            q.paused,
+            {st: q.counts[st] for st in TaskState},
+            self._oldest_ready(q),
+        )
+
+    def queues(self) -> list[QueueInfo]:
+        return [self._queue_info(q) for _, q in sorted(self._queues.items())]
+
+    def next_ready(self, now: float) -> float | None:
+        due = self.next_due()
+        for q in self._queues.values():
+            if q.rate is None or q.paused or not self._head(q):
+                continue
+            q.tokens = dispatch.refill(q.tokens, q.stamp, q.rate, now)
+            q.stamp = now
+            if q.tokens >= 1.0:
+                continue  # nothing waits on the clock: it waits for a node
+            at = dispatch.token_at(q.tokens, q.stamp, q.rate)
+            due = at if due is None else min(due, at)
+        return due
 
     def stats(self) -> Stats:
         return Stats(

@@ -27,9 +27,10 @@ import time
 
 from pyqueue.errors import StoreLocked
 
+from .. import dispatch
 from ..dispatch import Policy
 from ..states import TERMINAL, TaskState
-from .memory import MemoryBackend, _Task
+from .memory import MemoryBackend, _Queue, _Task
 
 __all__ = ["SQLiteBackend"]
 
@@ -37,7 +38,7 @@ log = logging.getLogger("pyqueue.cluster.store")
 
 _COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
-    " result, error, result_ttl, expires, ended"
+    " result, error, result_ttl, expires, ended, queue, priority, ready"
 )
 _V1_COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
@@ -62,15 +63,34 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     result_ttl REAL,
     expires REAL NOT NULL DEFAULT 0,
-    ended REAL NOT NULL DEFAULT 0
+    ended REAL NOT NULL DEFAULT 0,
+    queue TEXT NOT NULL DEFAULT 'default',
+    priority INTEGER NOT NULL DEFAULT 0,
+    ready REAL NOT NULL DEFAULT 0
+)"""
+#: columns added since round 1, with what an older row gets
+_ADDED_COLUMNS = (
+    ("result_ttl", "REAL"),
+    ("expires", "REAL NOT NULL DEFAULT 0"),
+    ("ended", "REAL NOT NULL DEFAULT 0"),
+    ("queue", "TEXT NOT NULL DEFAULT 'default'"),
+    ("priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("ready", "REAL NOT NULL DEFAULT 0"),
+)
+_QUEUES_TABLE = """
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    rate_limit REAL,
+    paused INTEGER NOT NULL
 )"""
 # finished tasks by expiry: purging (and the purge at restart) never scans
 _EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires) WHERE expires > 0"
 # the values of one record for INSERT (_COLS) and UPDATE (sqlite3 binds the IntEnum state)
+_NCOLS = len(_COLS.split(","))
 _insert_row = operator.attrgetter(*(c.strip() for c in _COLS.split(",")))
 _update_row = operator.attrgetter(
     "state", "attempts", "failures", "lost", "not_before", "base", "result", "error",
-    "expires", "ended", "seq",
+    "expires", "ended", "ready", "seq",
 )  # fmt: skip
 _META_TABLE = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)"
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -122,6 +142,7 @@ class SQLiteBackend(MemoryBackend):
         self._new: dict[str, None] = {}
         self._dirty: dict[str, None] = {}
         self._deleted: list[int] = []  # seqs purged since the last commit
+        self._queues_dirty: set[str] = set()  # queues whose settings changed
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = _lock_store(self.path)
         try:
@@ -133,6 +154,7 @@ class SQLiteBackend(MemoryBackend):
             self._db.execute(_TASKS_TABLE)
             self._db.execute(_EXPIRY_INDEX)
             self._db.execute(_META_TABLE)
+            self._db.execute(_QUEUES_TABLE)
             self._load(now)
         except BaseException:
             self.close()
@@ -161,6 +183,9 @@ class SQLiteBackend(MemoryBackend):
             self._deleted.append(rec.seq)
         self._dirty.pop(rec.id, None)
 
+    def _on_queue(self, q: _Queue) -> None:
+        self._queues_dirty.add(q.name)
+
     def _payload_of(self, rec: _Task) -> bytes | None:
         if rec.payload is None and self._db is not None:
             row = self._db.execute("SELECT payload FROM tasks WHERE seq=?", (rec.seq,)).fetchone()
@@ -188,8 +213,12 @@ class SQLiteBackend(MemoryBackend):
         rows = self._db.execute(
             f"SELECT id, seq, state, CASE WHEN state IN ({ended}) THEN NULL ELSE payload END,"
             " attempts, failures, lost, retries, backoff, not_before, base, NULL, NULL,"
-            " error, result_ttl, expires, ended FROM tasks ORDER BY seq"
+            " error, result_ttl, expires, ended, queue, priority, ready FROM tasks ORDER BY seq"
         )
+        for name, rate, paused in self._db.execute("SELECT name, rate_limit, paused FROM queues"):
+            q = self._queue(name)
+            q.rate, q.paused, q.stamp = rate, bool(paused), now
+            q.tokens = 0.0 if rate is None else dispatch.bucket_capacity(rate)
         requeued = 0
         deaths: list[tuple[float, int, str, int]] = []  # (ended, seq, id, attempts)
         tasks, counts = self._tasks, self._counts
@@ -215,14 +244,14 @@ class SQLiteBackend(MemoryBackend):
                 self._dirty[tid] = None
             tasks[tid] = rec
             counts[rec.state] += 1
+            self._queue(rec.queue).counts[rec.state] += 1
             if rec.state is TaskState.PENDING:
-                self._pending.append((seq, tid))
+                self._wait(rec)
             elif rec.state is TaskState.SCHEDULED:
                 self._scheduled.append((nb, seq, tid))
             self._seq = max(self._seq, seq + 1)
         deaths.sort()
         self._dead_order.extend((seq, tid, att) for _, seq, tid, att in deaths)
-        heapq.heapify(self._pending)
         heapq.heapify(self._scheduled)
         heapq.heapify(self._expiry)
         self._purged += purged
@@ -238,7 +267,7 @@ class SQLiteBackend(MemoryBackend):
                 extra={
                     "event": "store_reloaded",
                     "tasks": len(tasks),
-                    "pending": len(self._pending),
+                    "pending": counts[TaskState.PENDING],
                     "requeued_leases": requeued,
                     "path": self.path,
                 },
@@ -247,7 +276,9 @@ class SQLiteBackend(MemoryBackend):
 
     # -- durability -----------------------------------------------------------
     def commit(self) -> None:
-        if self._db is None or (not self._new and not self._dirty and not self._deleted):
+        if self._db is None or not (
+            self._new or self._dirty or self._deleted or self._queues_dirty
+        ):
             return
         tasks = self._tasks
         db = self._db
@@ -255,17 +286,23 @@ class SQLiteBackend(MemoryBackend):
         try:
             if self._new:
                 db.executemany(
-                    f"INSERT INTO tasks ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO tasks ({_COLS}) VALUES ({','.join('?' * _NCOLS)})",
                     map(_insert_row, map(tasks.__getitem__, self._new)),
                 )
             if self._dirty:
                 db.executemany(
                     "UPDATE tasks SET state=?, attempts=?, failures=?, lost=?, not_before=?,"
-                    " base=?, result=?, error=?, expires=?, ended=? WHERE seq=?",
+                    " base=?, result=?, error=?, expires=?, ended=?, ready=? WHERE seq=?",
                     map(_update_row, map(tasks.__getitem__, self._dirty)),
                 )
             if self._deleted:
                 db.executemany("DELETE FROM tasks WHERE seq=?", [(q,) for q in self._deleted])
+            if self._queues_dirty:
+                queues = self._queues
+                db.executemany(
+                    "INSERT OR REPLACE INTO queues (name, rate_limit, paused) VALUES (?,?,?)",
+                    [(n, queues[n].rate, int(queues[n].paused)) for n in self._queues_dirty],
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -273,6 +310,7 @@ class SQLiteBackend(MemoryBackend):
         self._new.clear()
         self._dirty.clear()
         self._deleted.clear()
+        self._queues_dirty.clear()
 
     def close(self) -> None:
         if self._db is not None:
@@ -293,13 +331,10 @@ def _migrate(db: sqlite3.Connection, policy: Policy, now: float) -> None:
         return  # a new store
     names = {name for _, name, _, _, _, _ in cols}
     if not any(name == "id" and pk for _, name, _, _, _, pk in cols):
-        # keyed by seq already: add the columns retention brought
-        if "result_ttl" not in names:
-            db.execute("ALTER TABLE tasks ADD COLUMN result_ttl REAL")
-        if "expires" not in names:
-            db.execute("ALTER TABLE tasks ADD COLUMN expires REAL NOT NULL DEFAULT 0")
-        if "ended" not in names:
-            db.execute("ALTER TABLE tasks ADD COLUMN ended REAL NOT NULL DEFAULT 0")
+        # keyed by seq already: add the columns that came later
+        for col, decl in _ADDED_COLUMNS:
+            if col not in names:
+                db.execute(f"ALTER TABLE tasks ADD COLUMN {col} {decl}")
         return
     db.execute("BEGIN")
     db.execute("ALTER TABLE tasks RENAME TO tasks_v1")
