@@ -54,6 +54,7 @@ import abc
 from collections.abc import Iterable, Mapping, Sequence
 
 from .dispatch import Policy
+from .schedules import Schedule, ScheduleSpec
 from .states import (
     Completion,
     Demand,
@@ -219,8 +220,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def next_ready(self, now: float) -> float | None:
         """The earliest time after which a lease may be granted that cannot be
-        now for a reason of time: a SCHEDULED task falls due, or a rate-limited
-        queue with waiting tasks earns its next token.  None: nothing waits on
+        now for a reason of time: a SCHEDULED task falls due, a schedule fires,
+        or a rate-limited queue with waiting tasks earns its next token.  None: nothing waits on
         the clock."""
 
     @abc.abstractmethod
@@ -234,6 +235,41 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def queues(self) -> list[QueueInfo]:
         """Every queue that has tasks or settings, by name."""
+
+    @abc.abstractmethod
+    def put_schedule(self, spec: ScheduleSpec, now: float) -> Schedule:
+        """Declare a recurring task, or update the one with the same id.
+
+        ValueError (see :func:`~pyqueue.cluster.schedules.check`) for a bad one.
+        Updating keeps its pause, its last fire, and its next fire when the
+        timing (cron or every, and time zone) is unchanged; a new timing
+        counts from ``now``.
+        """
+
+    @abc.abstractmethod
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by id."""
+
+    @abc.abstractmethod
+    def pause_schedule(self, schedule_id: str, paused: bool, now: float) -> Schedule | None:
+        """Pause (no fires) or resume a schedule; None for an unknown id.  A resumed
+        schedule fires next at its first fire time after ``now``: fires that fell
+        while it was paused are not run."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, schedule_id: str) -> bool:
+        """Forget a schedule (its fired tasks stay); False for an unknown id."""
+
+    @abc.abstractmethod
+    def fire_schedules(self, now: float) -> list[str]:
+        """Submit the fires due by ``now``; return their task ids.
+
+        Each fire is a task with the id :func:`~pyqueue.cluster.schedules.fire_id`
+        gives, submitted as :meth:`submit` does (so a fire submitted before is
+        not submitted again), in the schedule's queue with its priority; which
+        of several missed fires run is :func:`~pyqueue.cluster.schedules.due_fires`.
+        The fires and the schedule's new next fire are one change.
+        """
 
     @abc.abstractmethod
     def stats(self) -> Stats:

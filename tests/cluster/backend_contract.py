@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyqueue.cluster.backend import Backend
 from pyqueue.cluster.backends import MemoryBackend, SQLiteBackend
 from pyqueue.cluster.dispatch import Policy
+from pyqueue.cluster.schedules import ScheduleSpec, fire_id
 from pyqueue.cluster.states import (
     Completion,
     Demand,
@@ -1388,3 +1390,96 @@ def test_queues_and_their_settings_survive_a_restart(durable: Stores) -> None:
     b.configure_queue("high", rate_limit=None, paused=False, now=T0 + 10)
     assert lease_from(b, "n", 5, {"high": 1}, now=T0 + 10) == ["h1", "h2", "h0"]
     assert info(b, "h1").priority == 2
+
+
+# -- recurring schedules ----------------------------------------------------------------
+
+
+def every(sid: str, seconds: float, **kw: Any) -> ScheduleSpec:
+    return ScheduleSpec(sid, b"call-" + sid.encode(), every=seconds, **kw)
+
+
+def test_a_schedule_fires_once_per_period_as_an_idempotent_task(store: Backend) -> None:
+    sch = store.put_schedule(every("tick", 10, queue="cron", priority=2), T0)
+    assert (sch.next_fire, sch.last_fire, sch.paused) == (T0 + 10, None, False)
+    assert store.fire_schedules(T0 + 9.9) == []
+    (fired,) = store.fire_schedules(T0 + 10)
+    assert fired == fire_id("tick", T0 + 10)
+    assert store.fire_schedules(T0 + 10) == []  # never twice
+    got = info(store, fired)
+    assert (got.state, got.queue, got.priority) == (TaskState.PENDING, "cron", 2)
+    assert lease_from(store, "n", 5, {"cron": 1}, now=T0 + 10) == [fired]
+    (sch,) = store.schedules()
+    assert (sch.next_fire, sch.last_fire) == (T0 + 20, T0 + 10)
+    assert store.next_ready(T0 + 10) == T0 + 20
+
+
+@pytest.mark.parametrize(
+    ("misfire", "fires"),
+    [("all", [20, 30, 40, 50]), ("coalesce", [50]), ("skip", [])],
+)
+def test_missed_fires_follow_the_misfire_policy(
+    store: Backend, misfire: str, fires: list[int]
+) -> None:
+    store.put_schedule(every("m", 10, misfire=misfire), T0)
+    assert store.fire_schedules(T0 + 10) == [fire_id("m", T0 + 10)]
+    # nothing ran between T0+10 and T0+55 (the coordinator was down)
+    assert store.fire_schedules(T0 + 55) == [fire_id("m", T0 + f) for f in fires]
+    (sch,) = store.schedules()
+    assert sch.next_fire == T0 + 60
+
+
+def test_a_fire_just_late_is_no_misfire(store: Backend) -> None:
+    store.put_schedule(every("s", 10, misfire="skip"), T0)
+    assert store.fire_schedules(T0 + 10.5) == [fire_id("s", T0 + 10)]
+
+
+def test_redeclaring_updates_the_schedule_without_a_second_one(store: Backend) -> None:
+    store.put_schedule(every("s", 10), T0)
+    store.fire_schedules(T0 + 10)
+    sch = store.put_schedule(every("s", 10, queue="other"), T0 + 12)
+    assert (sch.queue, sch.next_fire, sch.last_fire) == ("other", T0 + 20, T0 + 10)
+    sch = store.put_schedule(every("s", 3), T0 + 12)  # a new timing counts from now
+    assert sch.next_fire == T0 + 15
+    assert [s.id for s in store.schedules()] == ["s"]
+
+
+def test_pause_resume_and_delete_a_schedule(store: Backend) -> None:
+    store.put_schedule(every("s", 10), T0)
+    paused = store.pause_schedule("s", True, T0 + 1)
+    assert paused is not None and paused.paused and paused.next_fire is None
+    assert store.fire_schedules(T0 + 100) == []
+    resumed = store.pause_schedule("s", False, T0 + 100)
+    assert resumed is not None and resumed.next_fire == T0 + 110  # the paused fires are gone
+    assert store.pause_schedule("nope", True, T0) is None
+    assert store.delete_schedule("s") and not store.delete_schedule("s")
+    assert store.schedules() == [] and store.fire_schedules(T0 + 500) == []
+
+
+def test_bad_schedules_are_refused(store: Backend) -> None:
+    for bad in (
+        ScheduleSpec("x", b"p"),  # neither cron nor every
+        ScheduleSpec("x", b"p", cron="* * * * *", every=5),
+        ScheduleSpec("x", b"p", every=0),
+        ScheduleSpec("x", b"p", cron="61 * * * *"),
+        ScheduleSpec("x", b"p", cron="* * * * *", timezone="Mars/Olympus"),
+        ScheduleSpec("x", b"p", every=1, misfire="sometimes"),
+        ScheduleSpec("", b"p", every=1),
+        ScheduleSpec("a@b", b"p", every=1),
+    ):
+        with pytest.raises(ValueError):
+            store.put_schedule(bad, T0)
+    assert store.schedules() == []
+
+
+def test_schedules_and_their_fires_survive_a_restart(durable: Stores) -> None:
+    b = durable.open()
+    b.put_schedule(every("s", 10, misfire="all"), T0)
+    b.put_schedule(every("p", 10), T0)
+    b.pause_schedule("p", True, T0)
+    b.fire_schedules(T0 + 10)
+    b.commit()
+    b = durable.reopen(b, now=T0 + 31)
+    assert b.fire_schedules(T0 + 31) == [fire_id("s", T0 + 20), fire_id("s", T0 + 30)]
+    assert state(b, fire_id("s", T0 + 10)) is TaskState.PENDING  # the fire before is kept
+    assert {s.id: s.paused for s in b.schedules()} == {"p": True, "s": False}

@@ -16,9 +16,10 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .. import dispatch
+from .. import dispatch, schedules
 from ..backend import Backend
 from ..dispatch import Policy
+from ..schedules import Schedule, ScheduleSpec
 from ..states import (
     DEFAULT_QUEUE,
     SLOTS,
@@ -116,6 +117,8 @@ class MemoryBackend(Backend):
         self._rng = random.Random(seed)
         self._tasks: dict[str, _Task] = {}
         self._queues: dict[str, _Queue] = {}
+        self._schedules: dict[str, tuple[Schedule, bytes]] = {}  # id -> (schedule, payload)
+        self._next_fire: float | None = None  # earliest next_fire of a running schedule
         self._scheduled: list[tuple[float, int, str]] = []  # heap of (not_before, seq, id)
         self._by_node: dict[str, dict[str, bool]] = {}  # node -> {task id: suspect?}
         self._suspects: dict[str, int] = {}  # node -> suspects it holds (at most 1)
@@ -141,6 +144,9 @@ class MemoryBackend(Backend):
 
     def _on_queue(self, q: _Queue) -> None:
         """A queue's settings changed."""
+
+    def _on_schedule(self, schedule_id: str) -> None:
+        """A schedule was declared, changed, fired or deleted."""
 
     def _payload_of(self, rec: _Task) -> bytes | None:
         """The payload of a dead task about to be requeued."""
@@ -646,8 +652,91 @@ class MemoryBackend(Backend):
     def queues(self) -> list[QueueInfo]:
         return [self._queue_info(q) for _, q in sorted(self._queues.items())]
 
+    # -- schedules --------------------------------------------------------------
+    def put_schedule(self, spec: ScheduleSpec, now: float) -> Schedule:
+        schedules.check(spec)
+        old = self._schedules.get(spec.id)
+        old_s = old[0] if old is not None else None
+        keep = old_s is not None and (old_s.cron, old_s.every, old_s.timezone) == (
+            spec.cron,
+            spec.every,
+            spec.timezone,
+        )
+        paused = old_s.paused if old_s is not None else False
+        anchor = old_s.anchor if keep and old_s is not None else now
+        if keep and old_s is not None:
+            nxt = old_s.next_fire
+        else:
+            nxt = None if paused else schedules.next_fire(spec, anchor, now)
+        sch = Schedule(
+            spec.id,
+            spec.cron,
+            spec.every,
+            spec.queue,
+            int(spec.priority),
+            spec.misfire,
+            spec.timezone,
+            paused,
+            anchor,
+            nxt,
+            old_s.last_fire if old_s is not None else None,
+        )
+        self._set_schedule(sch, spec.payload)
+        return sch
+
+    def _set_schedule(self, sch: Schedule, payload: bytes) -> None:
+        self._schedules[sch.id] = (sch, payload)
+        self._on_schedule(sch.id)
+        self._recount_fires()
+
+    def _recount_fires(self) -> None:
+        fires = [s.next_fire for s, _ in self._schedules.values() if s.next_fire is not None]
+        self._next_fire = min(fires) if fires else None
+
+    def schedules(self) -> list[Schedule]:
+        return [s for _, (s, _) in sorted(self._schedules.items())]
+
+    def pause_schedule(self, schedule_id: str, paused: bool, now: float) -> Schedule | None:
+        got = self._schedules.get(schedule_id)
+        if got is None:
+            return None
+        sch, payload = got
+        if paused:
+            sch = sch._replace(paused=True, next_fire=None)
+        elif sch.paused:  # fires missed while paused are not run
+            sch = sch._replace(paused=False, next_fire=schedules.next_fire(sch, sch.anchor, now))
+        self._set_schedule(sch, payload)
+        return sch
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        if self._schedules.pop(schedule_id, None) is None:
+            return False
+        self._on_schedule(schedule_id)
+        self._recount_fires()
+        return True
+
+    def fire_schedules(self, now: float) -> list[str]:
+        if self._next_fire is None or now < self._next_fire:
+            return []
+        fired: list[str] = []
+        for sch, payload in list(self._schedules.values()):
+            if sch.next_fire is None or sch.next_fire > now:
+                continue
+            times, nxt = schedules.due_fires(sch, now)
+            ids = [schedules.fire_id(sch.id, t) for t in times]
+            self.submit(
+                [SubmitSpec(i, payload, queue=sch.queue, priority=sch.priority) for i in ids],
+                now,
+            )
+            fired += ids
+            last = times[-1] if times else sch.last_fire
+            self._set_schedule(sch._replace(next_fire=nxt, last_fire=last), payload)
+        return fired
+
     def next_ready(self, now: float) -> float | None:
         due = self.next_due()
+        if self._next_fire is not None:
+            due = self._next_fire if due is None else min(due, self._next_fire)
         for q in self._queues.values():
             if q.rate is None or q.paused or not self._head(q):
                 continue

@@ -29,6 +29,7 @@ from pyqueue.errors import StoreLocked
 
 from .. import dispatch
 from ..dispatch import Policy
+from ..schedules import Schedule
 from ..states import TERMINAL, TaskState
 from .memory import MemoryBackend, _Queue, _Task
 
@@ -93,6 +94,21 @@ _update_row = operator.attrgetter(
     "expires", "ended", "ready", "seq",
 )  # fmt: skip
 _META_TABLE = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)"
+_SCHEDULES_TABLE = """
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    payload BLOB NOT NULL,
+    cron TEXT,
+    every REAL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    misfire TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    paused INTEGER NOT NULL,
+    anchor REAL NOT NULL,
+    next_fire REAL,
+    last_fire REAL
+)"""
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -143,6 +159,7 @@ class SQLiteBackend(MemoryBackend):
         self._dirty: dict[str, None] = {}
         self._deleted: list[int] = []  # seqs purged since the last commit
         self._queues_dirty: set[str] = set()  # queues whose settings changed
+        self._schedules_dirty: set[str] = set()  # schedules declared, changed or deleted
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = _lock_store(self.path)
         try:
@@ -155,6 +172,7 @@ class SQLiteBackend(MemoryBackend):
             self._db.execute(_EXPIRY_INDEX)
             self._db.execute(_META_TABLE)
             self._db.execute(_QUEUES_TABLE)
+            self._db.execute(_SCHEDULES_TABLE)
             self._load(now)
         except BaseException:
             self.close()
@@ -185,6 +203,9 @@ class SQLiteBackend(MemoryBackend):
 
     def _on_queue(self, q: _Queue) -> None:
         self._queues_dirty.add(q.name)
+
+    def _on_schedule(self, schedule_id: str) -> None:
+        self._schedules_dirty.add(schedule_id)
 
     def _payload_of(self, rec: _Task) -> bytes | None:
         if rec.payload is None and self._db is not None:
@@ -219,6 +240,25 @@ class SQLiteBackend(MemoryBackend):
             q = self._queue(name)
             q.rate, q.paused, q.stamp = rate, bool(paused), now
             q.tokens = 0.0 if rate is None else dispatch.bucket_capacity(rate)
+        for (
+            sid,
+            payload,
+            cron,
+            every,
+            queue,
+            prio,
+            misfire,
+            tz,
+            paused,
+            anchor,
+            nxt,
+            last,
+        ) in self._db.execute("SELECT * FROM schedules"):
+            sch = Schedule(
+                sid, cron, every, queue, prio, misfire, tz, bool(paused), anchor, nxt, last
+            )
+            self._schedules[sid] = (sch, payload)
+        self._recount_fires()
         requeued = 0
         deaths: list[tuple[float, int, str, int]] = []  # (ended, seq, id, attempts)
         tasks, counts = self._tasks, self._counts
@@ -277,7 +317,7 @@ class SQLiteBackend(MemoryBackend):
     # -- durability -----------------------------------------------------------
     def commit(self) -> None:
         if self._db is None or not (
-            self._new or self._dirty or self._deleted or self._queues_dirty
+            self._new or self._dirty or self._deleted or self._queues_dirty or self._schedules_dirty
         ):
             return
         tasks = self._tasks
@@ -303,6 +343,8 @@ class SQLiteBackend(MemoryBackend):
                     "INSERT OR REPLACE INTO queues (name, rate_limit, paused) VALUES (?,?,?)",
                     [(n, queues[n].rate, int(queues[n].paused)) for n in self._queues_dirty],
                 )
+            if self._schedules_dirty:
+                self._write_schedules(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -311,6 +353,29 @@ class SQLiteBackend(MemoryBackend):
         self._dirty.clear()
         self._deleted.clear()
         self._queues_dirty.clear()
+        self._schedules_dirty.clear()
+
+    def _write_schedules(self, db: sqlite3.Connection) -> None:
+        rows, gone = [], []
+        for sid in self._schedules_dirty:
+            got = self._schedules.get(sid)
+            if got is None:
+                gone.append((sid,))
+                continue
+            s, payload = got
+            rows.append(
+                (s.id, payload, s.cron, s.every, s.queue, s.priority, s.misfire, s.timezone,
+                 int(s.paused), s.anchor, s.next_fire, s.last_fire)
+            )  # fmt: skip
+        if gone:
+            db.executemany("DELETE FROM schedules WHERE id=?", gone)
+        if rows:
+            db.executemany(
+                "INSERT OR REPLACE INTO schedules (id, payload, cron, every, queue, priority,"
+                " misfire, timezone, paused, anchor, next_fire, last_fire)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def close(self) -> None:
         if self._db is not None:
