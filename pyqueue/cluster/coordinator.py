@@ -738,6 +738,13 @@ class CoordinatorCore:
     def _dispatch(self) -> None:
         backend = self.backend
         wall = self.clock.time()
+        fired = backend.fire_schedules(wall)
+        if fired:
+            log.info(
+                "%d schedule fire(s) submitted",
+                len(fired),
+                extra={"event": "schedule_fired", "tasks": fired[:10]},
+            )
         backend.promote_due(wall)
         demands = {
             node_id: Demand(peer.capacity, peer.queues, peer.strict)
@@ -866,6 +873,7 @@ class CoordinatorCore:
         tasks = st.as_dict()["tasks"]
         assert isinstance(tasks, dict)
         now = self.clock.monotonic()
+        wall = self.clock.time()
         return {
             "nodes": [
                 {
@@ -884,6 +892,32 @@ class CoordinatorCore:
             "tasks": tasks,
             "completions": {v.value: n for v, n in st.completions.items()},
             "purged": st.purged,
+            "queues": [
+                {
+                    "name": q.name,
+                    "rate_limit": q.rate_limit,
+                    "paused": q.paused,
+                    "tasks": {s.name.lower(): n for s, n in q.counts.items()},
+                    "oldest_pending_s": (
+                        None if q.oldest_ready is None else round(wall - q.oldest_ready, 3)
+                    ),
+                }
+                for q in self.backend.queues()
+            ],
+            "schedules": [
+                {
+                    "id": s.id,
+                    "cron": s.cron,
+                    "every": s.every,
+                    "queue": s.queue,
+                    "timezone": s.timezone,
+                    "misfire": s.misfire,
+                    "paused": s.paused,
+                    "next_fire": s.next_fire,
+                    "last_fire": s.last_fire,
+                }
+                for s in self.backend.schedules()
+            ],
             "peers": len(self.peers),
             "rejected_peers": self.rejected,
         }
