@@ -22,14 +22,15 @@ from typing import Any, Callable, Generic, TypeVar
 
 from . import protocol as P
 from .channel import Channel
-from .protocol import MsgType
+from .messages import AppMessage
 
 __all__ = ["Outbox"]
 
 log = logging.getLogger("pyqueue.cluster.outbox")
 
 K = TypeVar("K", bound=Hashable)
-Row = list[Any]
+#: one row of a batch message (a SubmitSpec, a Completion)
+Row = Any
 
 
 class Outbox(Generic[K]):
@@ -39,10 +40,10 @@ class Outbox(Generic[K]):
     ----------
     channel : Channel
         Where rows are sent; call :meth:`on_connect` from its ``on_connect``.
-    mtype : MsgType
-        The message that carries a batch: ``{field: [row, ...]}``.
-    field : str
-        The body's key for the batch.
+    message : callable
+        ``message(rows)``: the message that carries a batch (a class of
+        :mod:`~pyqueue.cluster.messages`, such as ``Submit``); its
+        ``to_body()`` is what is sent.
     key : callable
         ``key(row)``: the row's identity (a task id, or an id and a token).
     size : callable
@@ -64,8 +65,7 @@ class Outbox(Generic[K]):
     def __init__(
         self,
         channel: Channel,
-        mtype: MsgType,
-        field: str,
+        message: Callable[[list[Row]], AppMessage],
         *,
         key: Callable[[Row], K],
         size: Callable[[Row], int],
@@ -74,8 +74,7 @@ class Outbox(Generic[K]):
         name: str = "outbox",
     ) -> None:
         self.channel = channel
-        self.mtype = mtype
-        self.field = field
+        self._message = message
         self._key = key
         self._size = size
         self._on_rejected = on_rejected
@@ -183,12 +182,12 @@ class Outbox(Generic[K]):
         for batch in P.split_batches(rows, self._size, max_bytes):
             corr = channel.next_corr()
             try:
-                data = channel.encode(self.mtype, {self.field: batch}, corr)
+                data = self._encode(batch, corr)
             except Exception as exc:  # a row the coordinator could never take
                 batch = self._reject_unencodable(batch, exc)
                 if not batch:
                     continue
-                data = channel.encode(self.mtype, {self.field: batch}, corr)
+                data = self._encode(batch, corr)
             with self.lock:
                 if generation != channel.generation:
                     return  # reconnected meanwhile: on_connect queued these again
@@ -198,13 +197,17 @@ class Outbox(Generic[K]):
                     self._inflight.pop(corr, None)
                 return  # still unacknowledged: resent after the reconnect
 
+    def _encode(self, rows: list[Row], corr: int = 0) -> bytes:
+        msg = self._message(rows)
+        return self.channel.encode(msg.TYPE, msg.to_body(), corr)
+
     def _reject_unencodable(self, batch: list[Row], exc: BaseException) -> list[Row]:
         """Drop (and hand to ``on_rejected``) the rows that do not encode on
         their own; return the others.  Re-raises ``exc`` if every row does."""
         kept: list[Row] = []
         for row in batch:
             try:
-                self.channel.encode(self.mtype, {self.field: [row]})
+                self._encode([row])
             except Exception as row_exc:
                 k = self._key(row)
                 with self.lock:

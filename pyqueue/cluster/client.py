@@ -27,26 +27,27 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from pyqueue import _aio as aio
 from pyqueue._aio import await_handle
-from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskDead, TaskLost
+from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskDead, TaskLost, UnexpectedMessage
 
+from . import messages as M
 from . import protocol as P
 from ._outbox import Outbox
 from .channel import Channel
 from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
 from .serialize import decode_result, encode_call
-from .states import TERMINAL, TaskState
+from .states import TERMINAL, Outcome, SubmitSpec, TaskState
 
 __all__ = ["Client", "ClusterTask"]
 
 log = logging.getLogger("pyqueue.cluster.client")
 
 _MISSING = object()
-_STATES = tuple(TaskState)  # by value: cheaper than calling the enum per row
+_Reply = TypeVar("_Reply", bound=M.AppMessage)
 
 #: tasks purged per PURGE request (the coordinator caps it too)
 _PURGE_BATCH = 10_000
@@ -87,13 +88,12 @@ class _SerialSet:
         return out
 
 
-def _submit_key(row: list[Any]) -> str:
-    tid: str = row[0]
-    return tid
+def _submit_key(row: SubmitSpec) -> str:
+    return row.id
 
 
-def _submit_size(row: list[Any]) -> int:
-    return len(row[0]) + len(row[1]) + 32
+def _submit_size(row: SubmitSpec) -> int:
+    return len(row.id) + len(row.payload) + 32
 
 
 class ClusterTask:
@@ -312,7 +312,8 @@ class Client:
         # WeakValueDictionary); an entry goes when its task's outcome arrives.
         self._tasks: dict[str, weakref.ref[ClusterTask]] = {}
         self._waits: set[int] = set()
-        self._replies: dict[int, queue.SimpleQueue[dict[str, Any]]] = {}
+        # correlation id -> the reply class expected, and where it goes
+        self._replies: dict[int, tuple[type[M.AppMessage], queue.SimpleQueue[M.AppMessage]]] = {}
         # what results() with no argument yields: the ids we made, as serial
         # numbers, and the ids callers chose
         self._unyielded_serials = _SerialSet()
@@ -334,8 +335,7 @@ class Client:
         )
         self.outbox: Outbox[str] = Outbox(
             self.channel,
-            MsgType.SUBMIT,
-            "tasks",
+            M.Submit,
             key=_submit_key,
             size=_submit_size,
             on_rejected=self._on_rejected,
@@ -438,15 +438,18 @@ class Client:
             raise ValueError("task_id must be a non-empty string of at most 512 characters")
         else:
             serial, tid = -1, task_id
-        row = [
+        row = SubmitSpec(
             tid,
             payload,
             int(retries),
             float(backoff),
             time.time() + delay if delay > 0 else 0.0,
-        ]
-        if result_ttl is not None:
-            row.append(float(result_ttl))
+            None if result_ttl is None else float(result_ttl),
+        )
+        # refused here, not by the coordinator: a refused row would be resent forever
+        problem = M.spec_problem(row)
+        if problem is not None:
+            raise ValueError(f"cannot submit task {tid}: {problem}")
         with self._lock:
             handle = self._handle(tid)
             if handle is None:
@@ -571,20 +574,21 @@ class Client:
             return self._changed.wait_for(pred, timeout)
 
     # -- admin -------------------------------------------------------------------------
-    def _request(
-        self, mtype: MsgType, body: dict[str, Any], timeout: float | None
-    ) -> dict[str, Any]:
+    def _request(self, request: M.AppMessage, reply: type[_Reply], timeout: float | None) -> _Reply:
         deadline = None if timeout is None else time.monotonic() + timeout
+        mtype, body = request.TYPE, request.to_body()
         while True:
             corr = self.channel.next_corr()
-            q: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+            q: queue.SimpleQueue[M.AppMessage] = queue.SimpleQueue()
             with self._lock:
-                self._replies[corr] = q
+                self._replies[corr] = (reply, q)
             try:
                 if self.channel.send(mtype, body, corr):
                     try:
                         # A reply lost to a reconnect is retried after a bounded wait.
-                        return q.get(timeout=min(_left(deadline) or 5.0, 5.0))
+                        got = q.get(timeout=min(_left(deadline) or 5.0, 5.0))
+                        assert isinstance(got, reply)  # the reader checked its type
+                        return got
                     except queue.Empty:
                         pass
                 elif not self.channel.wait_connected(min(_left(deadline) or 1.0, 1.0)):
@@ -596,25 +600,40 @@ class Client:
                 raise TimeoutError(f"no reply to {mtype.name} within {timeout} s")
 
     def _cancel(self, ids: list[str], timeout: float | None, terminate: bool) -> list[bool]:
-        reply = self._request(MsgType.CANCEL, {"ids": ids, "terminate": terminate}, timeout)
-        return [bool(x) for x in reply["cancelled"]]
+        return self._request(M.Cancel(ids, terminate), M.CancelAck, timeout).cancelled
 
     def status(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """The coordinator's status: nodes, queue depth, in flight, dead, counters."""
-        return self._request(MsgType.STATUS, {}, timeout)
+        return self._request(M.Status(), M.StatusReply, timeout).to_body()
 
     def dead_tasks(self, limit: int = 100, timeout: float | None = 10.0) -> list[dict[str, Any]]:
-        """Summaries of dead-lettered tasks."""
-        return list(self._request(MsgType.DEAD_LIST, {"limit": limit}, timeout)["tasks"])
+        """Summaries of dead-lettered tasks.
+
+        Raises
+        ------
+        ValueError
+            If ``limit`` is not a non-negative int.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        reply = self._request(M.DeadList(limit), M.DeadReply, timeout)
+        tasks: list[dict[str, Any]] = reply.to_body()["tasks"]
+        return tasks
 
     def requeue(self, ids: list[str], timeout: float | None = 10.0) -> list[bool]:
         """Requeue dead-lettered tasks; True for each one requeued.
 
         Get handles for them with :meth:`wait_for`.
+
+        Raises
+        ------
+        ValueError
+            If an id is not a task id (a non-empty string of at most 512 characters).
         """
-        return [
-            bool(x) for x in self._request(MsgType.REQUEUE, {"ids": list(ids)}, timeout)["requeued"]
-        ]
+        ids = list(ids)
+        for tid in ids:
+            _check_id(tid)
+        return self._request(M.Requeue(ids), M.RequeueAck, timeout).requeued
 
     def purge(
         self,
@@ -644,13 +663,20 @@ class Client:
                 return total
 
     def wait_for(self, task_id: str) -> ClusterTask:
-        """A handle for a task submitted elsewhere (or requeued) that ends later."""
+        """A handle for a task submitted elsewhere (or requeued) that ends later.
+
+        Raises
+        ------
+        ValueError
+            If ``task_id`` is not a non-empty string of at most 512 characters.
+        """
+        _check_id(task_id)
         with self._lock:
             handle = self._handle(task_id)
             if handle is None:
                 handle = ClusterTask(task_id, self, acked=True)
                 self._tasks[task_id] = weakref.ref(handle)
-        self.channel.send(MsgType.WAIT, {"ids": [task_id]})
+        self.channel.send(M.Wait.TYPE, M.Wait([task_id]).to_body())
         return handle
 
     # -- channel callbacks ------------------------------------------------------------
@@ -659,7 +685,7 @@ class Client:
             corr = self.channel.next_corr()
             with self._lock:
                 self._waits.add(corr)
-            self.channel.send(MsgType.WAIT, {"ids": batch}, corr)
+            self.channel.send(M.Wait.TYPE, M.Wait(batch).to_body(), corr)
 
     def _on_connect(self) -> None:
         with self._lock:
@@ -672,15 +698,20 @@ class Client:
         self._send_waits(waiting)
 
     def _on_message(self, msg: P.Message) -> None:
+        # A bad body raises MalformedFrame here: the channel drops the
+        # connection and makes a new one, as for any protocol error, and
+        # every unacknowledged submit is resent.
         if msg.type == MsgType.RESULTS:
-            rows = msg.body["results"]
+            rows = msg.body.get("results") if isinstance(msg.body, dict) else None
             try:
-                self._on_results(rows)
+                self._on_results(M.Results.from_body(msg.body).results)
             finally:  # taken, even if handling failed: the window must reopen
-                self.channel.send(MsgType.RESULTS_TAKEN, {"n": len(rows)})
+                n = len(rows) if isinstance(rows, list) else 0
+                self.channel.send(MsgType.RESULTS_TAKEN, {"n": n})
         elif msg.type == MsgType.SUBMIT_ACK and msg.corr in self._waits:
-            self._on_wait_reply(msg.corr, msg.body.get("unknown", []))
+            self._on_wait_reply(msg.corr, M.WaitAck.from_body(msg.body).unknown)
         elif msg.type == MsgType.SUBMIT_ACK:
+            M.SubmitAck.from_body(msg.body)  # checked before its rows are forgotten
             acked = self.outbox.acked(msg.corr)
             if acked is None:
                 return
@@ -694,9 +725,15 @@ class Client:
                 self._changed.notify_all()
         else:
             with self._lock:
-                q = self._replies.get(msg.corr)
-            if q is not None:
-                q.put(msg.body)
+                waiting = self._replies.get(msg.corr)
+            if waiting is None:
+                return  # a reply nobody waits for any more (timed out, or resent)
+            reply, q = waiting
+            if msg.type != reply.TYPE:
+                raise UnexpectedMessage(
+                    f"{msg.type.name} in answer to a request that expects {reply.TYPE.name}"
+                )
+            q.put(reply.from_body(msg.body))
 
     def _on_wait_reply(self, corr: int, unknown: list[str]) -> None:
         # Acknowledged tasks the coordinator no longer knows: it restarted
@@ -721,13 +758,12 @@ class Client:
             )
         _run_callbacks(finished)
 
-    def _on_results(self, rows: list[list[Any]]) -> None:
+    def _on_results(self, rows: list[Outcome]) -> None:
         finished = []
         with self._lock:
             pop = self._tasks.pop
-            for tid, state, data, error in rows:
+            for tid, st, data, error in rows:
                 self.outbox.discard(tid)  # ended: no need to resubmit it
-                st = _STATES[state]
                 if st not in TERMINAL:
                     continue
                 ref = pop(tid, None)
@@ -739,7 +775,7 @@ class Client:
             self._changed.notify_all()
         _run_callbacks(finished)
 
-    def _on_rejected(self, tid: str, row: list[Any], exc: BaseException) -> None:
+    def _on_rejected(self, tid: str, row: SubmitSpec, exc: BaseException) -> None:
         # A submit the coordinator could never take: its handle fails with the reason.
         with self._lock:
             ref = self._tasks.pop(tid, None)
@@ -759,6 +795,12 @@ def _run_callbacks(finished: list[tuple[ClusterTask, list[Callable[[ClusterTask]
                 cb(h)
             except Exception:
                 log.exception("done callback of task %s failed", h.id)
+
+
+def _check_id(task_id: object) -> None:
+    problem = M.id_problem(task_id)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _left(deadline: float | None) -> float | None:

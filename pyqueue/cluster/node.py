@@ -45,12 +45,14 @@ from typing import Any
 
 from pyqueue.errors import PayloadTooLarge, TaskCancelled
 
+from . import messages as M
 from . import protocol as P
 from ._outbox import Outbox
 from .channel import Channel
 from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
 from .serialize import encode_exception, run_payload
+from .states import Completion, Lease, Release, Verdict
 
 __all__ = ["Node", "_make_executor"]
 
@@ -81,12 +83,12 @@ def _make_executor(workers: int, kind: str = "pyqueue") -> cf.Executor:
 Key = tuple[str, int]
 
 
-def _done_key(row: list[Any]) -> Key:
-    return (row[0], row[1])
+def _done_key(row: Completion) -> Key:
+    return (row.id, row.token)
 
 
-def _done_size(row: list[Any]) -> int:
-    return len(row[0]) + len(row[3] or b"") + len(row[4] or "") + 32
+def _done_size(row: Completion) -> int:
+    return len(row.id) + len(row.value or b"") + len(row.error or "") + 32
 
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
@@ -197,8 +199,7 @@ class Node:
         )
         self.outbox: Outbox[Key] = Outbox(
             self.channel,
-            MsgType.DONE,
-            "results",
+            M.Done,
             key=_done_key,
             size=_done_size,
             on_rejected=self._on_rejected,
@@ -293,7 +294,7 @@ class Node:
             cap = self._free_capacity()
             # Anything we were going to release belonged to the dead connection.
             self._release.clear()
-        self.channel.send(MsgType.READY, {"capacity": cap, "name": self.name})
+        self.channel.send(M.Ready.TYPE, M.Ready(cap, self.name).to_body())
         if len(self.outbox):
             log.info(
                 "node %s resending %d unacknowledged result(s)",
@@ -304,32 +305,37 @@ class Node:
         self.outbox.on_connect()
 
     def _on_message(self, msg: P.Message) -> None:
+        # A bad body raises MalformedFrame here: the channel drops the
+        # connection and makes a new one, as for any protocol error, and
+        # every unacknowledged result is resent.
         if msg.type == MsgType.TASKS:
-            self._on_tasks(msg.body["tasks"])
+            self._on_tasks(M.Tasks.from_body(msg.body).tasks)
         elif msg.type == MsgType.DONE_ACK:
+            verdicts = M.DoneAck.from_body(msg.body).status  # before the rows are forgotten
             acked = self.outbox.acked(msg.corr)
             if acked is None:
                 return
-            for (key, _), verdict in zip(acked, msg.body["status"]):
-                self.stats[verdict] = self.stats.get(verdict, 0) + 1
-                if verdict != "accepted":
+            for (key, _), verdict in zip(acked, verdicts):
+                said = verdict.value
+                self.stats[said] = self.stats.get(said, 0) + 1
+                if verdict is not Verdict.ACCEPTED:
                     log.info(
                         "node %s: result of task %s (attempt %d) answered %s",
                         self.name,
                         key[0],
                         key[1],
-                        verdict,
-                        extra={"event": "late_result", "task": key[0], "verdict": verdict},
+                        said,
+                        extra={"event": "late_result", "task": key[0], "verdict": said},
                     )
         elif msg.type == MsgType.REVOKE:
-            self._on_revoke(msg.corr, msg.body["tasks"])
+            self._on_revoke(msg.corr, M.Revoke.from_body(msg.body).tasks)
         else:
             log.warning("node %s: unexpected message %s", self.name, msg.type.name)
 
-    def _on_tasks(self, rows: list[list[Any]]) -> None:
+    def _on_tasks(self, rows: list[Lease]) -> None:
         if self._stopping.is_set():
             with self._lock:
-                self._release.extend(((str(r[0]), int(r[1])), False) for r in rows)
+                self._release.extend(((r.id, r.token), False) for r in rows)
             self.outbox.wake()
             return
         submit = self.executor.submit
@@ -343,21 +349,21 @@ class Node:
             if len(self._held) > self.stats["max_held"]:
                 self.stats["max_held"] = len(self._held)
 
-    def _on_revoke(self, corr: int, rows: list[list[Any]]) -> None:
-        outcomes = []
+    def _on_revoke(self, corr: int, rows: list[M.Revocation]) -> None:
+        outcomes: list[M.RevokeOutcome] = []
         with self._lock:
             for tid, token, terminate in rows:
-                key = (str(tid), int(token))
+                key = (tid, token)
                 fut = self._held.get(key)
                 if fut is None:
-                    outcomes.append("unknown")  # finished: its result is on the way
+                    outcomes.append(M.RevokeOutcome.UNKNOWN)  # finished: its result is on the way
                 elif fut.cancel():
                     del self._held[key]
                     if key in self._old_gen:
                         self._old_gen.discard(key)
                         self._credit_dirty = True
                     self.stats["revoked"] += 1
-                    outcomes.append("revoked")
+                    outcomes.append(M.RevokeOutcome.REVOKED)
                 elif terminate:
                     if key not in self._terminating:
                         self._terminating.add(key)
@@ -366,10 +372,10 @@ class Node:
                         if ident is not None:
                             _raise_in_thread(ident, TaskCancelled)
                         self.stats["terminated"] += 1
-                    outcomes.append("terminating")
+                    outcomes.append(M.RevokeOutcome.TERMINATING)
                 else:
-                    outcomes.append("running")
-        self.channel.send(MsgType.REVOKE_ACK, {"outcomes": outcomes}, corr)
+                    outcomes.append(M.RevokeOutcome.RUNNING)
+        self.channel.send(M.RevokeAck.TYPE, M.RevokeAck(outcomes).to_body(), corr)
 
     # -- worker threads ----------------------------------------------------------------
     def _run_task(self, key: Key, payload: bytes) -> tuple[bool, bytes, str | None, str, float]:
@@ -431,7 +437,7 @@ class Node:
             error = error[: _MAX_ERROR_TEXT // 2] + "\n[...]\n" + error[-_MAX_ERROR_TEXT // 2 :]
         if not ok:
             self._log_failure(key, fn_name, error, cancelled)
-        row = [key[0], key[1], ok, value, error, cancelled]
+        row = Completion(key[0], key[1], ok, value, error, cancelled)
         with self._lock:
             self._held.pop(key, None)
             if key in self._old_gen:
@@ -460,10 +466,10 @@ class Node:
             log.debug("traceback of task %s (attempt %d):\n%s", key[0], key[1], text)
 
     # -- sender thread ---------------------------------------------------------------
-    def _on_rejected(self, key: Key, row: list[Any], exc: BaseException) -> None:
+    def _on_rejected(self, key: Key, row: Completion, exc: BaseException) -> None:
         # A result that cannot be encoded at all: send the failure instead.
         value, error = encode_exception(exc)
-        self.outbox.put([key[0], key[1], False, value, error, False])
+        self.outbox.put(Completion(key[0], key[1], False, value, error, False))
 
     def _send_control(self) -> None:
         """Send a changed capacity and pending releases (sender thread, or stop())."""
@@ -474,17 +480,17 @@ class Node:
                 self._credit_dirty = False
                 credit = self._free_capacity()
         if credit is not None:
-            self.channel.send(MsgType.CREDIT, {"capacity": credit})
+            self.channel.send(M.Credit.TYPE, M.Credit(credit).to_body())
         if release:
-            rows = [[k[0], k[1], started] for k, started in release]
-            for batch in P.split_batches(rows, lambda r: len(r[0]) + 16):
-                if self.channel.send(MsgType.RELEASE, {"tasks": batch}):
+            rows = [Release(k[0], k[1], started) for k, started in release]
+            for batch in P.split_batches(rows, lambda r: len(r.id) + 16):
+                if self.channel.send(M.Release.TYPE, M.Release(batch).to_body()):
                     self.stats["released"] += len(batch)
 
     def _heartbeat_loop(self) -> None:
         period = self.timings.heartbeat
         while not self._stopped.wait(period):
             try:
-                self.channel.send(MsgType.HEARTBEAT, {})
+                self.channel.send(M.Heartbeat.TYPE, M.Heartbeat().to_body())
             except Exception:  # keep beating: a silent node would be declared dead
                 log.exception("node %s: heartbeat failed", self.name)
