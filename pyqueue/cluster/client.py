@@ -654,10 +654,11 @@ class Client:
             raise ValueError("purge needs finished_before, dead=True, or both")
         if finished_before is not None and not isinstance(finished_before, (int, float)):
             raise TypeError("finished_before is wall-clock seconds (a float), as time.time()")
-        body = {"finished_before": finished_before, "dead": dead, "limit": _PURGE_BATCH}
+        before = None if finished_before is None else float(finished_before)
+        request = M.Purge(before, dead, _PURGE_BATCH)
         total = 0
         while True:
-            n = int(self._request(MsgType.PURGE, body, timeout)["purged"])
+            n = self._request(request, M.PurgeAck, timeout).purged
             total += n
             if n < _PURGE_BATCH:
                 return total

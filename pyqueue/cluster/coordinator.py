@@ -52,18 +52,18 @@ from typing import Any, Callable, Protocol
 
 from pyqueue.errors import MalformedFrame, ProtocolError, UnexpectedMessage
 
+from . import messages as M
 from . import protocol as P
 from .backend import Backend
 from .backends.memory import MemoryBackend
 from .config import DEFAULT_TIMINGS, Timings
 from .protocol import MsgType
+from .schedules import Schedule
 from .states import (
     DEFAULT_QUEUE,
     TERMINAL,
-    Completion,
     Demand,
-    Release,
-    SubmitSpec,
+    QueueInfo,
     TaskState,
     Verdict,
 )
@@ -72,7 +72,6 @@ __all__ = ["CoordinatorCore", "PeerState", "Link", "Clock"]
 
 log = logging.getLogger("pyqueue.cluster.coordinator")
 
-_MAX_ID = 512
 #: consecutive failed flushes after which every connection is re-made
 _FLUSH_FAILURES_BEFORE_RESET = 3
 #: a flush that carried this many submits and completions means we are busy...
@@ -117,6 +116,12 @@ def _task_size(row: list[Any]) -> int:
 
 def _result_size(row: list[Any]) -> int:
     return len(row[0]) + len(row[2] or b"") + len(row[3] or "") + 16
+
+
+def _schedule_row(s: Schedule) -> dict[str, Any]:
+    row = s._asdict()
+    del row["anchor"]
+    return row
 
 
 def _last_line(text: str | None) -> str:
@@ -177,6 +182,10 @@ class PeerState:
         """Queue a message; written after the next commit."""
         self.outbox.append(self.core.encode(mtype, body, corr))
         self.core.schedule_flush()
+
+    def send(self, msg: M.AppMessage, corr: int = 0) -> None:
+        """Queue a typed message; written after the next commit."""
+        self.queue(msg.TYPE, msg.to_body(), corr)
 
 
 class CoordinatorCore:
@@ -373,15 +382,8 @@ class CoordinatorCore:
         handler = self._handlers.get(msg.type)
         if handler is None:
             raise UnexpectedMessage(f"{msg.type.name} is not a request the coordinator serves")
-        try:
-            handler(self, peer, msg)
-        except ProtocolError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            # a body of the wrong shape (typed messages will say so in one place)
-            raise MalformedFrame(
-                f"bad {msg.type.name} body: {exc.__class__.__name__}: {exc}"
-            ) from None
+        # a bad body raises MalformedFrame in messages.py; anything else is ours
+        handler(self, peer, msg)
         self.schedule_flush()
 
     def _apply_later(self, peer: PeerState, msg: P.Message, failures: int) -> None:
@@ -406,39 +408,17 @@ class CoordinatorCore:
         return peer.node_id
 
     def _h_submit(self, peer: PeerState, msg: P.Message) -> None:
-        specs = []
-        for row in msg.body["tasks"]:
-            tid, payload, retries, backoff, not_before = row[:5]
-            ttl = row[5] if len(row) > 5 else None
-            if (
-                not isinstance(tid, str)
-                or not tid
-                or len(tid) > _MAX_ID
-                or not isinstance(payload, bytes)
-            ):
-                raise MalformedFrame("task rows need a non-empty string id and bytes payload")
-            specs.append(
-                SubmitSpec(
-                    tid,
-                    payload,
-                    int(retries),
-                    float(backoff),
-                    float(not_before),
-                    None if ttl is None else float(ttl),
-                )
-            )
+        specs = M.Submit.from_body(msg.body).tasks
         self._rows += len(specs)
         states = self.backend.submit(specs, self.clock.time())
         for spec, st in zip(specs, states):
             self._subscribe(peer, spec.id)
             if st in TERMINAL:
                 self._push_now.append((peer, spec.id))
-        peer.queue(MsgType.SUBMIT_ACK, {"states": [int(s) for s in states]}, msg.corr)
+        peer.send(M.SubmitAck(states), msg.corr)
 
     def _h_wait(self, peer: PeerState, msg: P.Message) -> None:
-        ids = msg.body["ids"]
-        if not all(isinstance(tid, str) for tid in ids):
-            raise MalformedFrame("ids must be strings")
+        ids = M.Wait.from_body(msg.body).ids
         unknown = []
         for tid, info in zip(ids, self.backend.info(ids)):
             if info is None:
@@ -448,13 +428,13 @@ class CoordinatorCore:
             if info.state in TERMINAL:
                 self._push_now.append((peer, tid))
         if msg.corr:
-            peer.queue(MsgType.SUBMIT_ACK, {"unknown": unknown}, msg.corr)
+            peer.send(M.WaitAck(unknown), msg.corr)
 
     def _h_cancel(self, peer: PeerState, msg: P.Message) -> None:
-        ids = [str(t) for t in msg.body["ids"]]
-        terminate = bool(msg.body.get("terminate", False))
+        request = M.Cancel.from_body(msg.body)
+        ids, terminate = request.ids, request.terminate
         req = _CancelRequest(peer, msg.corr, len(ids))
-        revoke: dict[str, list[list[Any]]] = {}
+        revoke: dict[str, list[M.Revocation]] = {}
         backend = self.backend
         now = self.clock.time()
         for i, (tid, info) in enumerate(zip(ids, backend.info(ids))):
@@ -463,26 +443,27 @@ class CoordinatorCore:
                 req.answers[i] = info is not None and info.state is TaskState.CANCELLED
             elif info.state is TaskState.LEASED and info.node in self.nodes:
                 self._cancel_waits.setdefault(tid, []).append((req, i, terminate))
-                revoke.setdefault(info.node, []).append([tid, info.token, terminate])
+                revoke.setdefault(info.node, []).append(M.Revocation(tid, info.token, terminate))
             else:
                 req.answers[i] = backend.cancel([tid], now)[0]
         for node, rows in revoke.items():
             corr = next(self._corr) & 0xFFFFFFFF or 1
-            self._revokes[corr] = (node, [(r[0], r[1]) for r in rows])
-            self.nodes[node].queue(MsgType.REVOKE, {"tasks": rows}, corr)
+            self._revokes[corr] = (node, [(r.id, r.token) for r in rows])
+            self.nodes[node].send(M.Revoke(rows), corr)
         self._answer_if_certain(req)
 
     def _h_revoke_ack(self, peer: PeerState, msg: P.Message) -> None:
         node = self._need_node(peer, msg)
+        outcomes = M.RevokeAck.from_body(msg.body).outcomes
         entry = self._revokes.pop(msg.corr, None)
         if entry is None or entry[0] != node:
             return  # from before a reconnect: the node-loss path settled those
         backend = self.backend
         now = self.clock.time()
-        for (tid, token), outcome in zip(entry[1], msg.body["outcomes"]):
-            if outcome == "revoked":
+        for (tid, token), outcome in zip(entry[1], outcomes):
+            if outcome is M.RevokeOutcome.REVOKED:
                 backend.revoked(node, tid, token, now)  # ends CANCELLED: settled in _push_results
-            elif outcome == "running":
+            elif outcome is M.RevokeOutcome.RUNNING:
                 self._settle_cancel(tid, False, only_plain=True)
             # "terminating" and "unknown": the task's completion settles it
             self._cancel_if_off_lease(tid)
@@ -515,28 +496,34 @@ class CoordinatorCore:
     def _answer_if_certain(self, req: _CancelRequest) -> None:
         if None in req.answers or req.peer.closed:
             return
-        req.peer.queue(MsgType.CANCEL_ACK, {"cancelled": req.answers}, req.corr)
+        req.peer.send(M.CancelAck([bool(a) for a in req.answers]), req.corr)
 
     def _h_status(self, peer: PeerState, msg: P.Message) -> None:
+        M.Status.from_body(msg.body)
         peer.queue(MsgType.STATUS_REPLY, self.status(), msg.corr)
 
     def _h_dead(self, peer: PeerState, msg: P.Message) -> None:
-        limit = int(msg.body.get("limit", 100))
-        tasks = [info.summary() for info in self.backend.dead(limit)]
-        peer.queue(MsgType.DEAD_REPLY, {"tasks": tasks}, msg.corr)
+        limit = M.DeadList.from_body(msg.body).limit
+        tasks = [
+            M.TaskSummary(i.id, i.state, i.attempts, i.failures, i.lost, i.error)
+            for i in self.backend.dead(limit)
+        ]
+        peer.send(M.DeadReply(tasks), msg.corr)
 
     def _h_requeue(self, peer: PeerState, msg: P.Message) -> None:
-        ids = [str(t) for t in msg.body["ids"]]
-        requeued = self.backend.requeue_dead(ids, self.clock.time())
-        peer.queue(MsgType.REQUEUE_ACK, {"requeued": requeued}, msg.corr)
+        ids = M.Requeue.from_body(msg.body).ids
+        peer.send(M.RequeueAck(self.backend.requeue_dead(ids, self.clock.time())), msg.corr)
 
     def _h_ready(self, peer: PeerState, msg: P.Message) -> None:
+        ready = M.Ready.from_body(msg.body)
         if peer.role != "node":
             raise UnexpectedMessage("READY from a peer that did not say it is a node")
         if peer.node_id is None:
             peer.node_id = f"{peer.name or 'node'}#{next(self._node_ids)}"
             self.nodes[peer.node_id] = peer
-        peer.capacity = max(0, int(msg.body["capacity"]))
+        peer.capacity = ready.capacity
+        peer.queues = dict(ready.queues)
+        peer.strict = ready.strict
         peer.last_heard = self.clock.monotonic()
         log.info(
             "node %s ready with capacity %d",
@@ -551,33 +538,21 @@ class CoordinatorCore:
         )
 
     def _h_credit(self, peer: PeerState, msg: P.Message) -> None:
+        capacity = M.Credit.from_body(msg.body).capacity
         self._need_node(peer, msg)
-        peer.capacity = max(0, int(msg.body["capacity"]))
+        peer.capacity = capacity
 
     def _h_heartbeat(self, peer: PeerState, msg: P.Message) -> None:
         # Answered at once, not after a commit: it only says "I am here".
+        M.Heartbeat.from_body(msg.body)
         if peer.node_id is not None:
             peer.last_heard = self.clock.monotonic()
         if not peer.closed:
             peer.link.write(self._heartbeat_ack)
 
     def _h_done(self, peer: PeerState, msg: P.Message) -> None:
+        rows = M.Done.from_body(msg.body).results
         node = self._need_node(peer, msg)
-        rows = []
-        for row in msg.body["results"]:
-            tid, token, ok, value, error = row[:5]
-            if value is not None and not isinstance(value, bytes):
-                raise MalformedFrame("result values must be bytes")
-            rows.append(
-                Completion(
-                    str(tid),
-                    int(token),
-                    bool(ok),
-                    value,
-                    None if error is None else str(error),
-                    bool(row[5]) if len(row) > 5 else False,
-                )
-            )
         self._rows += len(rows)
         verdicts = self.backend.complete(node, rows, self.clock.time())
         cancel_waits = self._cancel_waits
@@ -603,21 +578,18 @@ class CoordinatorCore:
                 )
             if row.id in cancel_waits:
                 self._cancel_if_off_lease(row.id)
-        peer.queue(MsgType.DONE_ACK, {"status": [v.value for v in verdicts]}, msg.corr)
+        peer.send(M.DoneAck(verdicts), msg.corr)
 
     def _h_release(self, peer: PeerState, msg: P.Message) -> None:
+        rows = M.Release.from_body(msg.body).tasks
         node = self._need_node(peer, msg)
-        rows = [
-            Release(str(r[0]), int(r[1]), bool(r[2]) if len(r) > 2 else False)
-            for r in msg.body["tasks"]
-        ]
         self.backend.release(node, rows, self.clock.time())
         for row in rows:
             if row.id in self._cancel_waits:
                 self._cancel_if_off_lease(row.id)
 
     def _h_results_taken(self, peer: PeerState, msg: P.Message) -> None:
-        n = int(msg.body["n"])
+        n = M.ResultsTaken.from_body(msg.body).n
         sizes = peer._sent_sizes
         while n > 0 and sizes:  # the client takes whole RESULTS messages, in order
             rows, nbytes = sizes.popleft()
@@ -628,24 +600,77 @@ class CoordinatorCore:
             self._windowed.add(peer)
 
     def _h_purge(self, peer: PeerState, msg: P.Message) -> None:
-        body = msg.body
-        before = body.get("finished_before")
-        limit = max(0, min(int(body.get("limit", _PURGE_BATCH)), _PURGE_BATCH))
+        req = M.Purge.from_body(msg.body)
         n = self.backend.purge(
             self.clock.time(),
-            finished_before=None if before is None else float(before),
-            dead=bool(body.get("dead", False)),
-            limit=limit,
+            finished_before=req.finished_before,
+            dead=req.dead,
+            limit=min(req.limit, _PURGE_BATCH),
         )
         log.info(
             "%s purged %d task(s) (finished before %s%s)",
             peer.describe(),
             n,
-            before,
-            ", dead ones" if body.get("dead") else "",
+            req.finished_before,
+            ", dead ones" if req.dead else "",
             extra={"event": "operator_purge", "count": n, "peer": peer.addr},
         )
-        peer.queue(MsgType.PURGE_ACK, {"purged": n}, msg.corr)
+        peer.send(M.PurgeAck(n), msg.corr)
+
+    def _h_configure_queue(self, peer: PeerState, msg: P.Message) -> None:
+        req = M.ConfigureQueue.from_body(msg.body)
+        current = {q.name: q for q in self.backend.queues()}.get(req.name)
+        rate = req.rate_limit
+        if rate is M.KEEP:
+            rate = current.rate_limit if current is not None else None
+        paused = req.paused
+        if paused is M.KEEP:
+            paused = current.paused if current is not None else False
+        info = self.backend.configure_queue(
+            req.name, rate_limit=rate, paused=paused, now=self.clock.time()
+        )
+        log.info(
+            "%s set queue %s: rate limit %s, %s",
+            peer.describe(),
+            req.name,
+            "none" if rate is None else f"{rate:g}/s",
+            "paused" if paused else "running",
+            extra={"event": "queue_configured", "queue": req.name, "peer": peer.addr},
+        )
+        peer.send(M.QueueInfoReply(self._queue_row(info, self.clock.time())), msg.corr)
+
+    def _h_schedule(self, peer: PeerState, msg: P.Message) -> None:
+        spec = M.SetSchedule.from_body(msg.body).spec
+        try:
+            sch = self.backend.put_schedule(spec, self.clock.time())
+        except ValueError as exc:  # the client checks first; an older one may not
+            raise MalformedFrame(f"bad SCHEDULE body: {exc}") from None
+        peer.send(M.ScheduleInfo(_schedule_row(sch)), msg.corr)
+
+    def _h_schedule_ctl(self, peer: PeerState, msg: P.Message) -> None:
+        req = M.ScheduleCtl.from_body(msg.body)
+        row = None
+        if req.action == "delete":
+            self.backend.delete_schedule(req.id)
+        else:
+            sch = self.backend.pause_schedule(req.id, req.action == "pause", self.clock.time())
+            row = None if sch is None else _schedule_row(sch)
+        peer.send(M.ScheduleInfo(row), msg.corr)
+
+    def _h_schedules(self, peer: PeerState, msg: P.Message) -> None:
+        M.Schedules.from_body(msg.body)
+        rows = [_schedule_row(s) for s in self.backend.schedules()]
+        peer.send(M.ScheduleList(rows), msg.corr)
+
+    @staticmethod
+    def _queue_row(q: QueueInfo, wall: float) -> dict[str, Any]:
+        return {
+            "name": q.name,
+            "rate_limit": q.rate_limit,
+            "paused": q.paused,
+            "tasks": {s.name.lower(): n for s, n in q.counts.items()},
+            "oldest_pending_s": None if q.oldest_ready is None else round(wall - q.oldest_ready, 3),
+        }
 
     _handlers: dict[MsgType, Callable[[CoordinatorCore, PeerState, P.Message], None]] = {
         MsgType.SUBMIT: _h_submit,
@@ -662,6 +687,10 @@ class CoordinatorCore:
         MsgType.REVOKE_ACK: _h_revoke_ack,
         MsgType.RESULTS_TAKEN: _h_results_taken,
         MsgType.PURGE: _h_purge,
+        MsgType.CONFIGURE_QUEUE: _h_configure_queue,
+        MsgType.SCHEDULE: _h_schedule,
+        MsgType.SCHEDULE_CTL: _h_schedule_ctl,
+        MsgType.SCHEDULES: _h_schedules,
     }
 
     # -- batching --------------------------------------------------------------
@@ -892,32 +921,8 @@ class CoordinatorCore:
             "tasks": tasks,
             "completions": {v.value: n for v, n in st.completions.items()},
             "purged": st.purged,
-            "queues": [
-                {
-                    "name": q.name,
-                    "rate_limit": q.rate_limit,
-                    "paused": q.paused,
-                    "tasks": {s.name.lower(): n for s, n in q.counts.items()},
-                    "oldest_pending_s": (
-                        None if q.oldest_ready is None else round(wall - q.oldest_ready, 3)
-                    ),
-                }
-                for q in self.backend.queues()
-            ],
-            "schedules": [
-                {
-                    "id": s.id,
-                    "cron": s.cron,
-                    "every": s.every,
-                    "queue": s.queue,
-                    "timezone": s.timezone,
-                    "misfire": s.misfire,
-                    "paused": s.paused,
-                    "next_fire": s.next_fire,
-                    "last_fire": s.last_fire,
-                }
-                for s in self.backend.schedules()
-            ],
             "peers": len(self.peers),
             "rejected_peers": self.rejected,
+            "queues": [self._queue_row(q, wall) for q in self.backend.queues()],
+            "schedules": [_schedule_row(s) for s in self.backend.schedules()],
         }

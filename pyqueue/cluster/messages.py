@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import enum
 import math
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -91,7 +92,20 @@ from pyqueue.errors import MalformedFrame, UnexpectedMessage
 
 from . import states as S
 from .protocol import Message, MsgType
-from .states import SLOTS, Completion, Lease, Outcome, SubmitSpec, TaskState, Verdict
+from .schedules import ScheduleSpec
+from .states import (
+    DEFAULT_QUEUE,
+    DEFAULT_SERVED,
+    SLOTS,
+    Completion,
+    Lease,
+    Outcome,
+    SubmitSpec,
+    TaskState,
+    Verdict,
+)
+
+_DQ = DEFAULT_QUEUE
 
 __all__ = [
     "MAX_ID",
@@ -125,6 +139,19 @@ __all__ = [
     "Revoke",
     "RevokeAck",
     "HeartbeatAck",
+    "ResultsTaken",
+    "Purge",
+    "PurgeAck",
+    "KEEP",
+    "ConfigureQueue",
+    "QueueInfoReply",
+    "SetSchedule",
+    "ScheduleCtl",
+    "ScheduleInfo",
+    "Schedules",
+    "ScheduleList",
+    "queue_problem",
+    "MAX_QUEUE",
     "CLASSES",
     "decode",
     "spec_problem",
@@ -135,6 +162,11 @@ __all__ = [
 MAX_ID = 512
 #: longest node name in READY (as in HELLO)
 MAX_NAME = 256
+#: longest queue name, and the characters one may have
+MAX_QUEUE = 128
+_QUEUE_CHARS = frozenset(string.ascii_letters + string.digits + "_.:-")
+#: priorities run from -_PRIORITY to _PRIORITY
+_PRIORITY = 2**31 - 1
 _I64 = 2**63
 _INF = math.inf
 _STATES = tuple(TaskState)  # by value
@@ -314,7 +346,8 @@ def _row(row: object, lengths: tuple[int, ...]) -> list[Any]:
     if type(row) is not list:
         raise _Bad(f"row must be a list, got {_type_name(row)}")
     if len(row) not in lengths:
-        want = " or ".join(str(n) for n in lengths)
+        names = [str(n) for n in lengths]
+        want = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
         raise _Bad(f"row must have {want} fields, got {len(row)}")
     return row
 
@@ -385,8 +418,8 @@ def _counts(x: object, what: str) -> dict[str, int]:
 
 
 def _spec_row(row: object) -> SubmitSpec:
-    r = _row(row, (5, 6))
-    ttl = r[5] if len(r) == 6 else None
+    r = _row(row, (5, 6, 8))
+    ttl = r[5] if len(r) >= 6 else None
     return SubmitSpec(
         _id(r[0]),
         _payload(r[1]),
@@ -394,7 +427,36 @@ def _spec_row(row: object) -> SubmitSpec:
         _real(r[3], "backoff"),
         _real(r[4], "not_before"),
         None if ttl is None else _real(ttl, "result_ttl"),
+        _queue_name(r[6]) if len(r) == 8 else DEFAULT_QUEUE,
+        _priority(r[7]) if len(r) == 8 else 0,
     )
+
+
+def queue_problem(name: object) -> str | None:
+    """Why ``name`` is not a queue name (1 to :data:`MAX_QUEUE` characters of
+    letters, digits and ``_.:-``), or None."""
+    if type(name) is not str:
+        return f"queue name must be a str, got {_type_name(name)}"
+    if not 0 < len(name) <= MAX_QUEUE or not _QUEUE_CHARS.issuperset(name):
+        return (
+            f"queue name {_shown(name)} must be 1 to {MAX_QUEUE} letters, digits"
+            " or '_', '.', ':', '-'"
+        )
+    return None
+
+
+def _queue_name(x: object) -> str:
+    why = queue_problem(x)
+    if why is not None:
+        raise _Bad(why)
+    assert type(x) is str
+    return x
+
+
+def _priority(x: object) -> int:
+    if type(x) is not int or not -_PRIORITY <= x <= _PRIORITY:
+        raise _Bad(f"priority must be an int in [-{_PRIORITY}, {_PRIORITY}], got {_shown(x)}")
+    return x
 
 
 def _payload(x: object) -> bytes:
@@ -498,7 +560,7 @@ def spec_problem(spec: SubmitSpec) -> str | None:
     coordinator refuses would be resent after every reconnect.
     """
     try:
-        _spec_row(list(spec) if spec.result_ttl is not None else list(spec[:5]))
+        _spec_row(list(spec))
     except _Bad as exc:
         return str(exc)
     return None
@@ -519,6 +581,23 @@ class AppMessage:
 
     def to_body(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+
+_E = TypeVar("_E", bound="_EmptyBody")
+
+
+class _EmptyBody(AppMessage):
+    """A message whose body is ``{}`` (other keys are ignored)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_body(cls: type[_E], body: object) -> _E:
+        _map(body, cls.TYPE)
+        return cls()
+
+    def to_body(self) -> dict[str, Any]:
+        return {}
 
 
 def _ids_from(mtype: MsgType, body: object, key: str) -> list[str]:
@@ -554,15 +633,23 @@ class Submit(AppMessage):
                     and type(not_before) is float
                     and 0.0 <= not_before < _INF
                 ):
-                    append(new(SubmitSpec, (tid, payload, retries, backoff, not_before, None)))
+                    append(
+                        new(SubmitSpec, (tid, payload, retries, backoff, not_before, None, _DQ, 0))
+                    )
                     continue
             append(_slow(t, "tasks", rows, _spec_row, row))
         return cls(out)
 
     def to_body(self) -> dict[str, Any]:
+        # as short as the row allows: queue and priority only when not the defaults
         return {
             "tasks": [
-                [s[0], s[1], s[2], s[3], s[4]] if s[5] is None else list(s) for s in self.tasks
+                list(s)
+                if s[6] != _DQ or s[7]
+                else [s[0], s[1], s[2], s[3], s[4]]
+                if s[5] is None
+                else [s[0], s[1], s[2], s[3], s[4], s[5]]
+                for s in self.tasks
             ]
         }
 
@@ -712,18 +799,10 @@ class CancelAck(AppMessage):
 
 
 @dataclass(**SLOTS)
-class Status(AppMessage):
+class Status(_EmptyBody):
     """STATUS, client -> coordinator: ``{}``."""
 
     TYPE: ClassVar[MsgType] = MsgType.STATUS
-
-    @classmethod
-    def from_body(cls, body: object) -> Status:
-        _map(body, MsgType.STATUS)
-        return cls()
-
-    def to_body(self) -> dict[str, Any]:
-        return {}
 
 
 _STATUS_KEYS = (
@@ -736,6 +815,8 @@ _STATUS_KEYS = (
     "purged",
     "peers",
     "rejected_peers",
+    "queues",
+    "schedules",
 )
 
 
@@ -757,6 +838,8 @@ class StatusReply(AppMessage):
     purged: int
     peers: int
     rejected_peers: int
+    queues: list[dict[str, Any]] = field(default_factory=list)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -775,6 +858,10 @@ class StatusReply(AppMessage):
                 _count(_get(b, "purged", t), "purged"),
                 _count(_get(b, "peers", t), "peers"),
                 _count(_get(b, "rejected_peers", t), "rejected_peers"),
+                _each(t, "queues", _list(b, "queues", t), _queue_map) if "queues" in b else [],
+                _each(t, "schedules", _list(b, "schedules", t), _schedule_map)
+                if "schedules" in b
+                else [],
                 _extra(b, _STATUS_KEYS, "body"),
             )
         except _Bad as exc:
@@ -802,6 +889,8 @@ class StatusReply(AppMessage):
             "purged": self.purged,
             "peers": self.peers,
             "rejected_peers": self.rejected_peers,
+            "queues": list(self.queues),
+            "schedules": list(self.schedules),
             **{k: v for k, v in self.extra.items() if k not in _STATUS_KEYS},
         }
 
@@ -893,14 +982,28 @@ def _capacity(mtype: MsgType, b: dict[Any, Any]) -> int:
         raise _malformed(mtype, "", str(exc)) from None
 
 
+def _weights(x: object) -> dict[str, int]:
+    if type(x) is not dict or not x:
+        raise _Bad(f"queues must be a non-empty map of name to weight, got {_shown(x)}")
+    out = {}
+    for name, weight in x.items():
+        if type(weight) is not int or not 0 < weight < _I64:
+            raise _Bad(f"queue {_shown(name)}: weight must be an int > 0, got {_shown(weight)}")
+        out[_queue_name(name)] = weight
+    return out
+
+
 @dataclass(**SLOTS)
 class Ready(AppMessage):
-    """READY, node -> coordinator: ``{"capacity": n, "name": str}`` (``name``
-    may be left out: "")."""
+    """READY, node -> coordinator: ``{"capacity": n, "name": str, "queues":
+    {name: weight}, "strict": bool}`` (``name`` may be left out: "";
+    ``queues``: the default queue; ``strict``: False)."""
 
     TYPE: ClassVar[MsgType] = MsgType.READY
     capacity: int
     name: str = ""
+    queues: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SERVED)
+    strict: bool = False
 
     @classmethod
     def from_body(cls, body: object) -> Ready:
@@ -909,12 +1012,18 @@ class Ready(AppMessage):
         capacity = _capacity(t, b)
         try:
             name = _str(b.get("name", ""), "name", MAX_NAME)
+            queues = _weights(b["queues"]) if "queues" in b else DEFAULT_SERVED
+            strict = _flag(b.get("strict", False), "strict")
         except _Bad as exc:
             raise _malformed(t, "", str(exc)) from None
-        return cls(capacity, name)
+        return cls(capacity, name, queues, strict)
 
     def to_body(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "name": self.name}
+        body: dict[str, Any] = {"capacity": self.capacity, "name": self.name}
+        if dict(self.queues) != dict(DEFAULT_SERVED) or self.strict:
+            body["queues"] = dict(self.queues)
+            body["strict"] = self.strict
+        return body
 
 
 @dataclass(**SLOTS)
@@ -1030,18 +1139,10 @@ class Release(AppMessage):
 
 
 @dataclass(**SLOTS)
-class Heartbeat(AppMessage):
+class Heartbeat(_EmptyBody):
     """HEARTBEAT, node or client -> coordinator: ``{}``."""
 
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
-
-    @classmethod
-    def from_body(cls, body: object) -> Heartbeat:
-        _map(body, MsgType.HEARTBEAT)
-        return cls()
-
-    def to_body(self) -> dict[str, Any]:
-        return {}
 
 
 @dataclass(**SLOTS)
@@ -1093,18 +1194,281 @@ class RevokeAck(AppMessage):
 
 
 @dataclass(**SLOTS)
-class HeartbeatAck(AppMessage):
+class HeartbeatAck(_EmptyBody):
     """HEARTBEAT_ACK, coordinator -> node or client: ``{}``."""
 
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT_ACK
 
+
+def _one(mtype: MsgType, body: object, key: str, check: Callable[[Any], _T]) -> _T:
+    try:
+        return check(_get(_map(body, mtype), key, mtype))
+    except _Bad as exc:
+        raise _malformed(mtype, key, str(exc)) from None
+
+
+@dataclass(**SLOTS)
+class ResultsTaken(AppMessage):
+    """RESULTS_TAKEN, client -> coordinator: ``{"n": rows}``: the client took
+    that many result rows, which reopens its result window."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RESULTS_TAKEN
+    n: int
+
     @classmethod
-    def from_body(cls, body: object) -> HeartbeatAck:
-        _map(body, MsgType.HEARTBEAT_ACK)
-        return cls()
+    def from_body(cls, body: object) -> ResultsTaken:
+        return cls(_one(MsgType.RESULTS_TAKEN, body, "n", lambda x: _count(x, "n")))
 
     def to_body(self) -> dict[str, Any]:
-        return {}
+        return {"n": self.n}
+
+
+@dataclass(**SLOTS)
+class Purge(AppMessage):
+    """PURGE, client -> coordinator: ``{"finished_before": time|nil, "dead":
+    bool, "limit": n}``: forget finished (and dead) tasks now."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PURGE
+    finished_before: float | None
+    dead: bool
+    limit: int
+
+    @classmethod
+    def from_body(cls, body: object) -> Purge:
+        t = MsgType.PURGE
+        b = _map(body, t)
+        try:
+            before = b.get("finished_before")
+            return cls(
+                None if before is None else _real(before, "finished_before"),
+                _flag(b.get("dead", False), "dead"),
+                _count(_get(b, "limit", t), "limit"),
+            )
+        except _Bad as exc:
+            raise _malformed(t, "", str(exc)) from None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"finished_before": self.finished_before, "dead": self.dead, "limit": self.limit}
+
+
+@dataclass(**SLOTS)
+class PurgeAck(AppMessage):
+    """PURGE_ACK, coordinator -> client: ``{"purged": n}``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PURGE_ACK
+    purged: int
+
+    @classmethod
+    def from_body(cls, body: object) -> PurgeAck:
+        return cls(_one(MsgType.PURGE_ACK, body, "purged", lambda x: _count(x, "purged")))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"purged": self.purged}
+
+
+#: "leave it as it is", for a setting CONFIGURE_QUEUE does not change
+KEEP: Any = enum.Enum("Keep", "KEEP").KEEP  # type: ignore[attr-defined]
+
+
+@dataclass(**SLOTS)
+class ConfigureQueue(AppMessage):
+    """CONFIGURE_QUEUE, client -> coordinator: ``{"name": str, "rate_limit":
+    per-second|nil, "paused": bool}``; a key left out keeps that setting."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CONFIGURE_QUEUE
+    name: str
+    rate_limit: Any = KEEP  # float | None | KEEP
+    paused: Any = KEEP  # bool | KEEP
+
+    @classmethod
+    def from_body(cls, body: object) -> ConfigureQueue:
+        t = MsgType.CONFIGURE_QUEUE
+        b = _map(body, t)
+        try:
+            name = _queue_name(_get(b, "name", t))
+            rate = b.get("rate_limit", KEEP)
+            if rate is not KEEP and rate is not None:
+                rate = _real(rate, "rate_limit")
+                if rate <= 0:
+                    raise _Bad(f"rate_limit must be > 0 per second or nil, got {rate}")
+            paused = b.get("paused", KEEP)
+            if paused is not KEEP:
+                paused = _flag(paused, "paused")
+        except _Bad as exc:
+            raise _malformed(t, "", str(exc)) from None
+        return cls(name, rate, paused)
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": self.name}
+        if self.rate_limit is not KEEP:
+            body["rate_limit"] = self.rate_limit
+        if self.paused is not KEEP:
+            body["paused"] = self.paused
+        return body
+
+
+def _info_map(x: object, what: str) -> dict[str, Any]:
+    if type(x) is not dict or not all(type(k) is str for k in x):
+        raise _Bad(f"{what} must be a map with str keys, got {_type_name(x)}")
+    return x
+
+
+def _opt(x: object, check: Callable[[object, str], _T], what: str) -> _T | None:
+    return None if x is None else check(x, what)
+
+
+def _queue_map(x: object) -> dict[str, Any]:
+    """A queue as status shows it: name, rate_limit, paused, tasks, oldest_pending_s."""
+    d = _info_map(x, "queue")
+    return {
+        "name": _queue_name(_need(d, "name")),
+        "rate_limit": _opt(_need(d, "rate_limit"), _real, "rate_limit"),
+        "paused": _flag(_need(d, "paused"), "paused"),
+        "tasks": _counts(_need(d, "tasks"), "tasks"),
+        "oldest_pending_s": _opt(_need(d, "oldest_pending_s"), _real, "oldest_pending_s"),
+    }
+
+
+def _schedule_map(x: object) -> dict[str, Any]:
+    """A schedule as status shows it (:class:`~pyqueue.cluster.schedules.Schedule`'s fields)."""
+    d = _info_map(x, "schedule")
+    return {
+        "id": _str(_need(d, "id"), "id", 200),
+        "cron": _opt(_need(d, "cron"), _str, "cron"),
+        "every": _opt(_need(d, "every"), _real, "every"),
+        "queue": _queue_name(_need(d, "queue")),
+        "priority": _priority(_need(d, "priority")),
+        "misfire": _str(_need(d, "misfire"), "misfire"),
+        "timezone": _str(_need(d, "timezone"), "timezone"),
+        "paused": _flag(_need(d, "paused"), "paused"),
+        "next_fire": _opt(_need(d, "next_fire"), _real, "next_fire"),
+        "last_fire": _opt(_need(d, "last_fire"), _real, "last_fire"),
+    }
+
+
+@dataclass(**SLOTS)
+class QueueInfoReply(AppMessage):
+    """QUEUE_INFO, coordinator -> client: ``{"queue": {...}}``, a queue's
+    settings and counts as ``status`` shows them."""
+
+    TYPE: ClassVar[MsgType] = MsgType.QUEUE_INFO
+    queue: dict[str, Any]
+
+    @classmethod
+    def from_body(cls, body: object) -> QueueInfoReply:
+        return cls(_one(MsgType.QUEUE_INFO, body, "queue", _queue_map))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"queue": self.queue}
+
+
+_MISFIRES = ("coalesce", "skip", "all")
+
+
+@dataclass(**SLOTS)
+class SetSchedule(AppMessage):
+    """SCHEDULE, client -> coordinator: declare or update a recurring task:
+    ``{"id", "payload", "cron": str|nil, "every": seconds|nil, "queue",
+    "priority", "misfire", "timezone"}``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SCHEDULE
+    spec: ScheduleSpec
+
+    @classmethod
+    def from_body(cls, body: object) -> SetSchedule:
+        t = MsgType.SCHEDULE
+        b = _map(body, t)
+        try:
+            cron = b.get("cron")
+            every = b.get("every")
+            misfire = _str(_get(b, "misfire", t), "misfire")
+            if misfire not in _MISFIRES:
+                raise _Bad(f"misfire must be one of {_MISFIRES}, got {_shown(misfire)}")
+            spec = ScheduleSpec(
+                _str(_get(b, "id", t), "id", 200),
+                _payload(_get(b, "payload", t)),
+                None if cron is None else _str(cron, "cron", 200),
+                None if every is None else _real(every, "every"),
+                _queue_name(_get(b, "queue", t)),
+                _priority(_get(b, "priority", t)),
+                misfire,
+                _str(_get(b, "timezone", t), "timezone", 64),
+            )
+        except _Bad as exc:
+            raise _malformed(t, "", str(exc)) from None
+        return cls(spec)
+
+    def to_body(self) -> dict[str, Any]:
+        return dict(self.spec._asdict())
+
+
+@dataclass(**SLOTS)
+class ScheduleCtl(AppMessage):
+    """SCHEDULE_CTL, client -> coordinator: ``{"id": str, "action": "pause" |
+    "resume" | "delete"}``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SCHEDULE_CTL
+    id: str
+    action: str
+
+    @classmethod
+    def from_body(cls, body: object) -> ScheduleCtl:
+        t = MsgType.SCHEDULE_CTL
+        b = _map(body, t)
+        try:
+            sid = _str(_get(b, "id", t), "id", 200)
+            action = _str(_get(b, "action", t), "action")
+            if action not in ("pause", "resume", "delete"):
+                raise _Bad(f"action must be pause, resume or delete, got {_shown(action)}")
+        except _Bad as exc:
+            raise _malformed(t, "", str(exc)) from None
+        return cls(sid, action)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"id": self.id, "action": self.action}
+
+
+@dataclass(**SLOTS)
+class ScheduleInfo(AppMessage):
+    """SCHEDULE_INFO, coordinator -> client: ``{"schedule": {...}|nil}`` (nil:
+    no such schedule, or it was just deleted)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SCHEDULE_INFO
+    schedule: dict[str, Any] | None
+
+    @classmethod
+    def from_body(cls, body: object) -> ScheduleInfo:
+        def check(x: object) -> dict[str, Any] | None:
+            return None if x is None else _schedule_map(x)
+
+        return cls(_one(MsgType.SCHEDULE_INFO, body, "schedule", check))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"schedule": self.schedule}
+
+
+@dataclass(**SLOTS)
+class Schedules(_EmptyBody):
+    """SCHEDULES, client -> coordinator: ``{}``: list every schedule."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SCHEDULES
+
+
+@dataclass(**SLOTS)
+class ScheduleList(AppMessage):
+    """SCHEDULE_LIST, coordinator -> client: ``{"schedules": [{...}, ...]}``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SCHEDULE_LIST
+    schedules: list[dict[str, Any]]
+
+    @classmethod
+    def from_body(cls, body: object) -> ScheduleList:
+        t = MsgType.SCHEDULE_LIST
+        items = _list(_map(body, t), "schedules", t)
+        return cls(_each(t, "schedules", items, _schedule_map))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"schedules": list(self.schedules)}
 
 
 #: any of the message classes (what :func:`decode` may return)
@@ -1132,6 +1496,16 @@ AnyMessage = Union[
     Revoke,
     RevokeAck,
     HeartbeatAck,
+    ResultsTaken,
+    Purge,
+    PurgeAck,
+    ConfigureQueue,
+    QueueInfoReply,
+    SetSchedule,
+    ScheduleCtl,
+    ScheduleInfo,
+    Schedules,
+    ScheduleList,
 ]
 
 #: the class of each application message type (SUBMIT_ACK: :class:`SubmitAck`;

@@ -157,6 +157,13 @@ class MsgType(enum.IntEnum):
     RESULTS_TAKEN = 22  # {"n": rows}: the client took n result rows (opens its window)
     PURGE = 23  # {"finished_before": float|None, "dead": bool, "limit": n}
     PURGE_ACK = 24  # {"purged": n}
+    CONFIGURE_QUEUE = 25  # {"name": str, "rate_limit"?: float|None, "paused"?: bool}
+    QUEUE_INFO = 26  # {"queue": {name, rate_limit, paused, tasks, oldest_ready}}
+    SCHEDULE = 27  # {"id", "payload", "cron"|"every", "queue", "priority", "misfire", "timezone"}
+    SCHEDULE_CTL = 28  # {"id": str, "action": "pause"|"resume"|"delete"}
+    SCHEDULE_INFO = 29  # {"schedule": {...}|None}
+    SCHEDULES = 50  # {}
+    SCHEDULE_LIST = 51  # {"schedules": [{...}, ...]}
     # node <-> coordinator
     READY = 30  # {"capacity": n, "name": str}
     TASKS = 31  # {"tasks": [[id, token, payload], ...]}

@@ -347,12 +347,14 @@ def test_an_operator_purge_removes_finished_and_dead_tasks(clock):
         TaskState.DEAD,
         TaskState.PENDING,
     ]
-    corr = client.send(MsgType.PURGE, {"finished_before": clock.wall - 50, "dead": False})
+    corr = client.send(
+        MsgType.PURGE, {"finished_before": clock.wall - 50, "dead": False, "limit": 100}
+    )
     core.flush()
     (ack,) = client.of(MsgType.PURGE_ACK)
     assert (ack.corr, ack.body) == (corr, {"purged": 1})
     assert states(core, "old", "poison", "fresh") == [None, TaskState.DEAD, TaskState.PENDING]
-    client.send(MsgType.PURGE, {"finished_before": None, "dead": True})
+    client.send(MsgType.PURGE, {"finished_before": None, "dead": True, "limit": 100})
     core.flush()
     assert [m.body for m in client.of(MsgType.PURGE_ACK)] == [{"purged": 1}]
     assert states(core, "poison", "fresh") == [None, TaskState.PENDING]

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyqueue.cluster import messages as M
-from pyqueue.cluster.coordinator import Coordinator
 from pyqueue.cluster.protocol import Message, MsgType
+from pyqueue.cluster.schedules import ScheduleSpec
+from pyqueue.cluster.server import Coordinator
 from pyqueue.cluster.states import (
     Completion,
     Lease,
@@ -32,6 +33,25 @@ def wire(body: dict[str, Any]) -> Any:
     return msgpack.unpackb(msgpack.packb(body, use_bin_type=True), raw=False, use_list=True)
 
 
+QUEUE = {
+    "name": "high",
+    "rate_limit": None,
+    "paused": False,
+    "tasks": {"pending": 3},
+    "oldest_pending_s": 1.5,
+}
+SCHEDULE = {
+    "id": "a",
+    "cron": "0 3 * * *",
+    "every": None,
+    "queue": "default",
+    "priority": 0,
+    "misfire": "coalesce",
+    "timezone": "UTC",
+    "paused": False,
+    "next_fire": 1.7e9,
+    "last_fire": None,
+}
 NODE = M.NodeStatus("n#1", "127.0.0.1:5", 4, 2, 3, 0.25)
 SAMPLES: list[M.AppMessage] = [
     M.Submit(
@@ -95,6 +115,23 @@ SAMPLES: list[M.AppMessage] = [
     M.Revoke([M.Revocation("a", 1, False), M.Revocation("b", 2, True)]),
     M.RevokeAck(list(M.RevokeOutcome)),
     M.HeartbeatAck(),
+    M.Submit([SubmitSpec("q", b"p", 0, 1.0, 0.0, None, "high", -3)]),
+    M.Ready(2, "n", {"high": 6, "low": 1}, True),
+    M.ResultsTaken(12),
+    M.Purge(1.7e9, True, 10_000),
+    M.Purge(None, True, 5),
+    M.PurgeAck(3),
+    M.ConfigureQueue("high", 20.0, False),
+    M.ConfigureQueue("high", None),
+    M.ConfigureQueue("high"),
+    M.QueueInfoReply(QUEUE),
+    M.SetSchedule(ScheduleSpec("nightly", b"p", cron="0 3 * * *", timezone="Europe/Riga")),
+    M.SetSchedule(ScheduleSpec("tick", b"p", every=1.5, queue="q", priority=2, misfire="all")),
+    M.ScheduleCtl("nightly", "pause"),
+    M.ScheduleInfo(SCHEDULE),
+    M.ScheduleInfo(None),
+    M.Schedules(),
+    M.ScheduleList([SCHEDULE, {**SCHEDULE, "id": "b", "cron": None, "every": 2.5}]),
 ]
 
 
@@ -212,8 +249,8 @@ BAD: list[tuple[type[M.AppMessage], Any, str]] = [
     (M.Submit, {"tasks": {"a": 1}}, "tasks: must be a list"),
     (M.Submit, {"tasks": [("a", b"p", 0, 1.0, 0.0)]}, r"tasks\[0\]: row must be a list"),
     (M.Submit, {"tasks": [OK_SUBMIT, "row"]}, r"tasks\[1\]: row must be a list"),
-    (M.Submit, {"tasks": [OK_SUBMIT[:4]]}, "must have 5 or 6 fields, got 4"),
-    (M.Submit, {"tasks": [[*OK_SUBMIT, None, 1]]}, "must have 5 or 6 fields, got 7"),
+    (M.Submit, {"tasks": [OK_SUBMIT[:4]]}, "must have 5, 6 or 8 fields, got 4"),
+    (M.Submit, {"tasks": [[*OK_SUBMIT, None, 1]]}, "must have 5, 6 or 8 fields, got 7"),
     (M.Submit, {"tasks": [_with(OK_SUBMIT, 0, "")]}, "task id must not be empty"),
     (M.Submit, {"tasks": [_with(OK_SUBMIT, 0, "x" * 513)]}, "longer than 512"),
     (M.Submit, {"tasks": [_with(OK_SUBMIT, 0, 7)]}, "task id must be a str, got int"),
@@ -314,6 +351,37 @@ BAD: list[tuple[type[M.AppMessage], Any, str]] = [
     (M.Revoke, {"tasks": [["a", 1, 0]]}, "terminate must be a bool, got int"),
     (M.RevokeAck, {"outcomes": ["dropped"]}, r"outcomes\[0\]: outcome must be one of"),
     (M.RevokeAck, {}, "missing 'outcomes'"),
+    # queues and priorities in SUBMIT and READY
+    (M.Submit, {"tasks": [["a", b"p", 0, 1.0, 0.0, None, "bad name!", 0]]}, "queue name"),
+    (M.Submit, {"tasks": [["a", b"p", 0, 1.0, 0.0, None, "q", 2**40]]}, "priority must be"),
+    (M.Submit, {"tasks": [["a", b"p", 0, 1.0, 0.0, None, "q"]]}, "5, 6 or 8 fields, got 7"),
+    (M.Ready, {"capacity": 1, "queues": {}}, "queues must be a non-empty map"),
+    (M.Ready, {"capacity": 1, "queues": {"q": 0}}, "weight must be an int > 0"),
+    (M.Ready, {"capacity": 1, "queues": {"q": 1}, "strict": 1}, "strict must be a bool"),
+    # result window, purge
+    (M.ResultsTaken, {"n": -1}, "n must be in"),
+    (M.ResultsTaken, {}, "missing 'n'"),
+    (M.Purge, {"finished_before": "yesterday", "dead": False, "limit": 1}, "must be a number"),
+    (M.Purge, {"finished_before": None, "dead": False}, "missing 'limit'"),
+    (M.PurgeAck, {"purged": True}, "purged must be an int"),
+    # queue settings
+    (M.ConfigureQueue, {"name": ""}, "queue name"),
+    (M.ConfigureQueue, {"name": "q", "rate_limit": 0}, "rate_limit must be > 0"),
+    (M.ConfigureQueue, {"name": "q", "paused": "yes"}, "paused must be a bool"),
+    (M.QueueInfoReply, {"queue": [1]}, "queue must be a map"),
+    (M.QueueInfoReply, {"queue": {**QUEUE, "rate_limit": float("nan")}}, "must be finite"),
+    # schedules
+    (M.SetSchedule, {"id": "s"}, "missing"),
+    (
+        M.SetSchedule,
+        {**ScheduleSpec("s", b"p", every=1)._asdict(), "misfire": "often"},
+        "misfire must be one of",
+    ),
+    (M.SetSchedule, {**ScheduleSpec("s", b"p", every=1)._asdict(), "payload": "x"}, "payload"),
+    (M.ScheduleCtl, {"id": "s", "action": "explode"}, "action must be"),
+    (M.ScheduleInfo, {"schedule": 3}, "schedule must be a map"),
+    (M.Schedules, [], "must be a map"),
+    (M.ScheduleList, {"schedules": [1]}, r"schedules\[0\]"),
 ]
 
 
