@@ -1,4 +1,4 @@
-"""Command line: `python -m pyqueue demo|coordinator|node|status|purge`."""
+"""Command line: `python -m pyqueue demo|coordinator|node|status|purge|queue|schedules`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("demo", "coordinator", "node", "status", "purge")
+    commands = ("demo", "coordinator", "node", "status", "purge", "queue", "schedules")
     if not argv or argv[0] not in commands:
         parser = argparse.ArgumentParser(prog="pyqueue")
         parser.add_argument("command", choices=commands)

@@ -22,6 +22,7 @@ import datetime
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -348,6 +349,12 @@ def _node_preflight(a: argparse.Namespace) -> tuple[bytes, ssl.SSLContext | None
         raise _StartupError(f"--grace {a.grace:g}: must be >= 0")
     if a.max_restarts < 0 or a.restart_window <= 0:
         raise _StartupError("--max-restarts must be >= 0 and --restart-window > 0")
+    from .node import parse_queues
+
+    try:
+        parse_queues(a.queues)
+    except ValueError as exc:
+        raise _StartupError(f"--queues {a.queues}: {exc}") from None
     return _load_key(a), _client_ssl(a), _import_paths(a)
 
 
@@ -382,6 +389,17 @@ def main_node(argv: list[str] | None = None) -> int:
         " (default: $PYQUEUE_NODE_EXECUTOR, else pyqueue; %(default)s here)",
     )
     p.add_argument("--name", default=None, help="node name (default HOST:PID)")
+    p.add_argument(
+        "--queues",
+        default="default",
+        metavar="NAME[:WEIGHT],...",
+        help="queues to serve, with weights (e.g. high:6,default:3,low:1; default %(default)s)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="drain higher-weight queues first instead of weighted random choice",
+    )
     p.add_argument(
         "--path",
         action="append",
@@ -451,7 +469,7 @@ def _run_node(
     paths: list[str],
     supervisor: int | None,
 ) -> int:
-    from .node import Node
+    from .node import Node, parse_queues
     from .supervisor import block_child_signals, serve_until_signalled
 
     block_child_signals()  # before any thread starts: they all inherit the mask
@@ -468,6 +486,8 @@ def _run_node(
             timings=_timings(a),
             ssl_context=ctx,
             executor=a.executor,
+            queues=parse_queues(a.queues),
+            strict=a.strict,
         )
     node.start()
     return serve_until_signalled(node.stop, a.grace, supervisor, node.name)
@@ -558,6 +578,93 @@ def main_purge(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _rate(text: str) -> float:
+    """``100/s``, ``6000/m``, ``10/h`` or a plain number (per second), as per second."""
+    number, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if per is None or not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate: a number > 0 per second, minute or hour (100/s, 6000/m)"
+        )
+    return value / per
+
+
+@_cli("queue")
+def main_queue(argv: list[str] | None = None) -> int:
+    """``pyqueue queue NAME [--rate 100/s | --no-rate] [--pause | --resume]``."""
+    from . import messages as M
+
+    p = argparse.ArgumentParser(
+        prog="pyqueue queue", description="Show or change a queue's rate limit and pause."
+    )
+    p.add_argument("name", help="the queue")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=_rate, help="at most this many task starts: 100/s, 6000/m")
+    rate.add_argument("--no-rate", action="store_true", help="lift the rate limit")
+    pause = p.add_mutually_exclusive_group()
+    pause.add_argument("--pause", action="store_true", help="start nothing from it")
+    pause.add_argument("--resume", action="store_true", help="start its tasks again")
+    a = _parse_admin(p, argv)
+    why = M.queue_problem(a.name)
+    if why is not None:
+        p.error(why)
+    request = M.ConfigureQueue(a.name)
+    if a.rate is not None or a.no_rate:
+        request.rate_limit = a.rate
+    if a.pause or a.resume:
+        request.paused = a.pause
+    with _admin_client(a, "queue") as client:
+        q = client._configure_queue(request, a.timeout)
+    rate_text = "no rate limit" if q["rate_limit"] is None else f"{q['rate_limit']:g}/s"
+    counts = ", ".join(f"{k} {v}" for k, v in q["tasks"].items() if v)
+    print(f"queue {q['name']}: {'paused' if q['paused'] else 'running'}, {rate_text}; {counts}")
+    return 0
+
+
+@_cli("schedules")
+def main_schedules(argv: list[str] | None = None) -> int:
+    """``pyqueue schedules [--pause ID | --resume ID | --delete ID]``."""
+    p = argparse.ArgumentParser(
+        prog="pyqueue schedules", description="List, pause, resume or delete schedules."
+    )
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--pause", metavar="ID", help="stop this schedule firing")
+    act.add_argument("--resume", metavar="ID", help="let it fire again")
+    act.add_argument("--delete", metavar="ID", help="forget it (fired tasks stay)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    a = _parse_admin(p, argv)
+    with _admin_client(a, "schedules") as client:
+        try:
+            if a.pause:
+                client.pause_schedule(a.pause, a.timeout)
+            elif a.resume:
+                client.resume_schedule(a.resume, a.timeout)
+            elif a.delete and not client.unschedule(a.delete, a.timeout):
+                raise KeyError(f"no schedule {a.delete!r}")
+        except KeyError as exc:
+            raise _StartupError(str(exc.args[0])) from None
+        rows = client.schedules(a.timeout)
+    if a.json:
+        print(json.dumps([s._asdict() for s in rows], indent=2))
+        return 0
+    for s in rows:
+        when = s.cron if s.cron is not None else f"every {s.every:g} s"
+        nxt = "paused" if s.paused or s.next_fire is None else _utc(s.next_fire)
+        last = "never" if s.last_fire is None else _utc(s.last_fire)
+        print(f"{s.id:<24} {when:<20} {s.timezone:<16} next {nxt:<25} last {last}")
+    if not rows:
+        print("no schedules")
+    return 0
+
+
+def _utc(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 @_cli("status")
 def main_status(argv: list[str] | None = None) -> int:
     """``pyqueue status``: nodes, queue depth, in flight, dead."""
@@ -596,6 +703,8 @@ _COMMANDS = {
     "node": main_node,
     "status": main_status,
     "purge": main_purge,
+    "queue": main_queue,
+    "schedules": main_schedules,
 }
 
 
@@ -604,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in _COMMANDS:
         print(
-            "usage: python -m pyqueue.cluster.cli {coordinator,node,status,purge} [options]",
+            f"usage: python -m pyqueue.cluster.cli {{{','.join(_COMMANDS)}}} [options]",
             file=sys.stderr,
         )
         return 2

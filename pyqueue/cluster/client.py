@@ -17,8 +17,10 @@ the coordinator if ``results()`` asks for it later.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
+import math
 import os
 import queue
 import ssl
@@ -39,8 +41,10 @@ from ._outbox import Outbox
 from .channel import Channel
 from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
+from .schedules import Schedule, ScheduleSpec
+from .schedules import check as check_schedule
 from .serialize import decode_result, encode_call
-from .states import TERMINAL, Outcome, SubmitSpec, TaskState
+from .states import DEFAULT_QUEUE, TERMINAL, Outcome, SubmitSpec, TaskState
 
 __all__ = ["Client", "ClusterTask"]
 
@@ -48,6 +52,35 @@ log = logging.getLogger("pyqueue.cluster.client")
 
 _MISSING = object()
 _Reply = TypeVar("_Reply", bound=M.AppMessage)
+
+
+def _check_queue(name: object) -> None:
+    why = M.queue_problem(name)
+    if why is not None:
+        raise ValueError(why)
+
+
+def _not_before(delay: float, eta: float | datetime.datetime | None) -> float:
+    """The wall-clock time a task may run from (0.0: at once)."""
+    if eta is not None:
+        if delay:
+            raise ValueError("give delay= or eta=, not both")
+        if isinstance(eta, datetime.datetime):
+            if eta.tzinfo is None or eta.utcoffset() is None:
+                raise ValueError(
+                    "eta= must be an aware datetime (with tzinfo), or epoch seconds;"
+                    " a naive one has no single meaning"
+                )
+            return eta.timestamp()
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
+            raise ValueError(f"eta= must be an aware datetime or epoch seconds, not {eta!r}")
+        return float(eta) if eta > time.time() else 0.0
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise ValueError(f"delay= is a number of seconds, not {delay!r}")
+    if delay < 0:
+        raise ValueError(f"delay= must not be negative, got {delay}")
+    return time.time() + delay if delay > 0 else 0.0
+
 
 #: tasks purged per PURGE request (the coordinator caps it too)
 _PURGE_BATCH = 10_000
@@ -385,6 +418,9 @@ class Client:
         backoff: float = 1.0,
         delay: float = 0.0,
         result_ttl: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        eta: float | datetime.datetime | None = None,
     ) -> ClusterTask:
         """Submit with options.
 
@@ -396,19 +432,32 @@ class Client:
             Delay before the first retry; doubles each time, with jitter.
         delay : float
             Seconds to wait before the task may run (it starts SCHEDULED).
+        eta : datetime or float, optional
+            Or the time it may run from: an aware datetime, or epoch seconds
+            (``time.time()``).  Not both ``delay`` and ``eta``.
         result_ttl : float, optional
             Keep this task's result this long after it ends (default: the
             coordinator's ``--result-ttl``, 1 hour); then it is purged, and
             submitting its id again starts a new task.
+        queue : str
+            The named queue it waits in; only nodes serving that queue run it.
+        priority : int
+            Higher runs first within its queue (FIFO among equals).
 
         Raises
         ------
         PayloadTooLarge
             If the pickled call is larger than the cluster's ``max_payload``.
         ValueError
-            If ``task_id`` is not a non-empty string of at most 512 characters.
+            If ``task_id`` is not a non-empty string of at most 512 characters,
+            a queue name is not 1-128 of letters, digits and ``_.:-``, ``delay``
+            is negative, or ``eta`` is a naive datetime.
         """
-        return self._submit(fn, args, kwargs, task_id, retries, backoff, delay, True, result_ttl)
+        not_before = _not_before(delay, eta)
+        return self._submit(
+            fn, args, kwargs, task_id, retries, backoff, not_before, True, result_ttl,
+            queue, priority,
+        )  # fmt: skip
 
     def _submit(
         self,
@@ -418,9 +467,11 @@ class Client:
         task_id: str | None,
         retries: int,
         backoff: float,
-        delay: float,
+        not_before: float,
         yield_later: bool,
         result_ttl: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
     ) -> ClusterTask:
         if self._closed.is_set():
             raise RuntimeError("client is closed")
@@ -443,8 +494,10 @@ class Client:
             payload,
             int(retries),
             float(backoff),
-            time.time() + delay if delay > 0 else 0.0,
+            not_before,
             None if result_ttl is None else float(result_ttl),
+            queue,
+            priority,
         )
         # refused here, not by the coordinator: a refused row would be resent forever
         problem = M.spec_problem(row)
@@ -634,6 +687,110 @@ class Client:
         for tid in ids:
             _check_id(tid)
         return self._request(M.Requeue(ids), M.RequeueAck, timeout).requeued
+
+    # -- queues and schedules -------------------------------------------------------
+    def configure_queue(
+        self,
+        name: str,
+        rate_limit: float | None = None,
+        paused: bool = False,
+        timeout: float | None = 10.0,
+    ) -> dict[str, Any]:
+        """Set a queue's rate limit (tasks started per second over every node;
+        None: no limit) and pause; kept in the coordinator's store.  Returns
+        the queue as ``status()["queues"]`` shows it.
+
+        Raises
+        ------
+        ValueError
+            For a bad queue name, or a rate that is not a number > 0.
+        """
+        _check_queue(name)
+        if rate_limit is not None:
+            if isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float)):
+                raise ValueError(f"rate_limit= is tasks per second, not {rate_limit!r}")
+            if not (math.isfinite(rate_limit) and rate_limit > 0):
+                raise ValueError(f"rate_limit= must be a finite number > 0, not {rate_limit}")
+            rate_limit = float(rate_limit)
+        if not isinstance(paused, bool):
+            raise ValueError(f"paused= is True or False, not {paused!r}")
+        return self._configure_queue(M.ConfigureQueue(name, rate_limit, paused), timeout)
+
+    def _configure_queue(self, request: M.ConfigureQueue, timeout: float | None) -> dict[str, Any]:
+        return self._request(request, M.QueueInfoReply, timeout).queue
+
+    def schedule(
+        self,
+        schedule_id: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        misfire: str = "coalesce",
+        timezone: str = "UTC",
+        timeout: float | None = 10.0,
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` on a schedule: a 5-field ``cron``
+        expression in ``timezone``, or ``every`` so many seconds.
+
+        Each fire is one task with the id ``"<schedule_id>@<fire time, UTC>"``,
+        so a fire never runs twice.  ``misfire`` says what happens to fires
+        missed while no coordinator ran: ``"coalesce"`` (one run for all),
+        ``"skip"`` (none), ``"all"`` (each, up to 1000).  Declaring an id again
+        updates that schedule.
+
+        Raises
+        ------
+        ValueError
+            Before anything is sent, for a bad cron expression, time zone,
+            period, misfire policy, queue name or id.
+        """
+        payload = encode_call(fn, args, kwargs or {})
+        spec = ScheduleSpec(schedule_id, payload, cron, every, queue, priority, misfire, timezone)
+        check_schedule(spec)
+        _check_queue(queue)
+        if every is not None:
+            spec = spec._replace(every=float(every))
+        row = self._request(M.SetSchedule(spec), M.ScheduleInfo, timeout).schedule
+        assert row is not None
+        return Schedule(**row)
+
+    def schedules(self, timeout: float | None = 10.0) -> list[Schedule]:
+        """Every schedule, by id."""
+        rows = self._request(M.Schedules(), M.ScheduleList, timeout).schedules
+        return [Schedule(**row) for row in rows]
+
+    def _schedule_ctl(
+        self, schedule_id: str, action: str, timeout: float | None
+    ) -> Schedule | None:
+        if not isinstance(schedule_id, str) or not schedule_id:
+            raise ValueError(f"a schedule id is a non-empty str, not {schedule_id!r}")
+        row = self._request(M.ScheduleCtl(schedule_id, action), M.ScheduleInfo, timeout).schedule
+        return None if row is None else Schedule(**row)
+
+    def pause_schedule(self, schedule_id: str, timeout: float | None = 10.0) -> Schedule:
+        """Stop a schedule firing until :meth:`resume_schedule`; KeyError if unknown."""
+        got = self._schedule_ctl(schedule_id, "pause", timeout)
+        if got is None:
+            raise KeyError(f"no schedule {schedule_id!r}")
+        return got
+
+    def resume_schedule(self, schedule_id: str, timeout: float | None = 10.0) -> Schedule:
+        """Let a paused schedule fire again (what fell while paused is not run)."""
+        got = self._schedule_ctl(schedule_id, "resume", timeout)
+        if got is None:
+            raise KeyError(f"no schedule {schedule_id!r}")
+        return got
+
+    def unschedule(self, schedule_id: str, timeout: float | None = 10.0) -> bool:
+        """Delete a schedule (the tasks it fired stay); False if there was none."""
+        before = {s.id for s in self.schedules(timeout)}
+        self._schedule_ctl(schedule_id, "delete", timeout)
+        return schedule_id in before
 
     def purge(
         self,

@@ -119,9 +119,7 @@ def _result_size(row: list[Any]) -> int:
 
 
 def _schedule_row(s: Schedule) -> dict[str, Any]:
-    row = s._asdict()
-    del row["anchor"]
-    return row
+    return dict(s._asdict())
 
 
 def _last_line(text: str | None) -> str:

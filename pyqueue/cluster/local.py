@@ -12,12 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyqueue
 
 from .client import Client
 from .config import DEFAULT_TIMINGS, FAST_TIMINGS, generate_key
+from .node import served_queues
 
 # `python -m` (and `-c`'s "") would put the working directory first on the
 # child's path, where a source checkout's unbuilt `pyqueue` folder could shadow
@@ -88,6 +90,9 @@ class LocalCluster:
         Retention (see :class:`~pyqueue.cluster.dispatch.Policy`): seconds a
         finished task is kept (1 hour), seconds a dead one is kept (7 days),
         and how many dead ones at most (100,000).
+    queues, strict : optional
+        The queues every node serves, with weights, and whether strictly by
+        weight (see :class:`~pyqueue.cluster.node.Node`); default: "default".
 
     Examples
     --------
@@ -111,9 +116,13 @@ class LocalCluster:
         result_ttl: float | None = None,
         dead_ttl: float | None = None,
         max_dead: int | None = None,
+        queues: Mapping[str, int] | Iterable[str] | None = None,
+        strict: bool = False,
     ) -> None:
         if nodes < 1 or workers < 1:
             raise ValueError("nodes and workers must be at least 1")
+        self.queues = served_queues(queues)  # ValueError here, not in a node process
+        self.strict = strict
         self.n_nodes = nodes
         self.workers = workers
         self.store = store
@@ -201,10 +210,18 @@ class LocalCluster:
         return self._client
 
     def add_node(
-        self, name: str | None = None, workers: int | None = None
+        self,
+        name: str | None = None,
+        workers: int | None = None,
+        queues: Mapping[str, int] | Iterable[str] | None = None,
+        strict: bool | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start one more node process."""
+        """Start one more node process (serving the cluster's queues unless told)."""
+        served = self.queues if queues is None else served_queues(queues)
         args = ["node", "--connect", self.address, "--workers", str(workers or self.workers)]
+        args += ["--queues", ",".join(f"{q}:{w}" for q, w in served.items())]
+        if self.strict if strict is None else strict:
+            args.append("--strict")
         if self.prefetch is not None:
             args += ["--prefetch", str(self.prefetch)]
         if self.fast:

@@ -1341,6 +1341,7 @@ def _schedule_map(x: object) -> dict[str, Any]:
         "misfire": _str(_need(d, "misfire"), "misfire"),
         "timezone": _str(_need(d, "timezone"), "timezone"),
         "paused": _flag(_need(d, "paused"), "paused"),
+        "anchor": _real(_need(d, "anchor"), "anchor"),
         "next_fire": _opt(_need(d, "next_fire"), _real, "next_fire"),
         "last_fire": _opt(_need(d, "last_fire"), _real, "last_fire"),
     }

@@ -41,6 +41,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyqueue.errors import PayloadTooLarge, TaskCancelled
@@ -52,7 +53,7 @@ from .channel import Channel
 from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
 from .serialize import encode_exception, run_payload
-from .states import Completion, Lease, Release, Verdict
+from .states import DEFAULT_SERVED, Completion, Lease, Release, Verdict
 
 __all__ = ["Node", "_make_executor"]
 
@@ -99,6 +100,38 @@ def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
     return n == 1
 
 
+def served_queues(queues: Mapping[str, int] | Iterable[str] | None) -> dict[str, int]:
+    """The queues a node serves, with their weights, checked (ValueError)."""
+    if queues is None:
+        return dict(DEFAULT_SERVED)
+    if isinstance(queues, str):
+        raise ValueError("queues= is a list of names or a mapping of name to weight, not a str")
+    pairs = queues.items() if isinstance(queues, Mapping) else ((q, 1) for q in queues)
+    out: dict[str, int] = {}
+    for name, weight in pairs:
+        why = M.queue_problem(name)
+        if why is not None:
+            raise ValueError(why)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ValueError(f"queue {name!r}: weight must be an int >= 1, not {weight!r}")
+        out[name] = weight
+    if not out:
+        raise ValueError("a node must serve at least one queue")
+    return out
+
+
+def parse_queues(text: str) -> dict[str, int]:
+    """``"high:6,default:3,low:1"`` (a weight left out is 1) as a mapping."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, weight = part.strip().partition(":")
+        try:
+            out[name] = int(weight) if sep else 1
+        except ValueError:
+            raise ValueError(f"queue {name!r}: weight {weight!r} is not an integer") from None
+    return served_queues(out)
+
+
 class Node:
     """Run tasks leased from a coordinator.
 
@@ -125,6 +158,14 @@ class Node:
         Largest result sent back; a larger one fails its task with
         :class:`~pyqueue.errors.PayloadTooLarge`.  The coordinator's own
         limit, if smaller, wins.
+    queues : mapping or iterable, optional
+        The named queues this node serves, with weights (``{"high": 6,
+        "default": 3, "low": 1}``) or without (each weight 1); default: the
+        ``"default"`` queue only.  A task in a queue it does not serve never
+        comes here.
+    strict : bool
+        Drain higher-weight queues first, instead of choosing among the
+        non-empty ones at random in proportion to their weights.
 
     Thread safety
     -------------
@@ -143,7 +184,11 @@ class Node:
         timings: Timings = DEFAULT_TIMINGS,
         ssl_context: ssl.SSLContext | None = None,
         max_payload: int = P.DEFAULT_MAX_PAYLOAD,
+        queues: Mapping[str, int] | Iterable[str] | None = None,
+        strict: bool = False,
     ) -> None:
+        self.queues = served_queues(queues)
+        self.strict = bool(strict)
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
@@ -294,7 +339,8 @@ class Node:
             cap = self._free_capacity()
             # Anything we were going to release belonged to the dead connection.
             self._release.clear()
-        self.channel.send(M.Ready.TYPE, M.Ready(cap, self.name).to_body())
+        ready = M.Ready(cap, self.name, self.queues, self.strict)
+        self.channel.send(M.Ready.TYPE, ready.to_body())
         if len(self.outbox):
             log.info(
                 "node %s resending %d unacknowledged result(s)",

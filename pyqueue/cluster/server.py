@@ -206,6 +206,7 @@ class Coordinator:
         self.address = (addr[0], addr[1])
         self.backend.describe_owner(f"{addr[0]}:{addr[1]}")
         self.core.started()
+        self.core.schedule_flush()  # schedules due and tasks falling due start the clock
         self._ticker = self._loop.call_later(self.core.timings.sweep, self._tick)
         log.info(
             "coordinator listening on %s:%s",

@@ -196,6 +196,11 @@ class Harness:
                     out[line.split()[0]] += 1
         return out
 
+    def start_order(self) -> list[str]:
+        """Task ids in the order they started, when one node process ran them all."""
+        (f,) = self.exec_dir.glob("*.log")
+        return [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+
     @staticmethod
     def log(proc: subprocess.Popen[bytes]) -> str:
         return Path(proc.logfile).read_text(errors="replace")[-4000:]  # type: ignore[attr-defined]

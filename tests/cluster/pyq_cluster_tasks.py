@@ -156,3 +156,20 @@ def started_then_wait(started_path: str, gate_path: str, timeout: float = 30.0) 
             raise TimeoutError(gate_path)
         time.sleep(0.005)
     return True
+
+
+def started_at() -> float:
+    """The wall-clock time the task started."""
+    _record()
+    return time.time()
+
+
+def wait_for_file(path: str, timeout: float) -> bool:
+    """Hold a slot until ``path`` exists (the test's gate), at most ``timeout``."""
+    _record()
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True

@@ -49,6 +49,7 @@ SCHEDULE = {
     "misfire": "coalesce",
     "timezone": "UTC",
     "paused": False,
+    "anchor": 1.6e9,
     "next_fire": 1.7e9,
     "last_fire": None,
 }
