@@ -21,10 +21,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--samples", type=int, default=4_000_000)
         parser.add_argument("--blocks", type=int, default=2000)
         parser.add_argument("--records", type=int, default=200_000)
+        parser.add_argument(
+            "--cluster-tasks",
+            type=int,
+            default=24,
+            help="pure-Python tasks for the LocalCluster stage (0 skips it)",
+        )
         args = parser.parse_args(rest)
         from pyqueue import _demo
 
-        _demo.run(samples=args.samples, blocks=args.blocks, records=args.records)
+        _demo.run(
+            samples=args.samples,
+            blocks=args.blocks,
+            records=args.records,
+            cluster_tasks=args.cluster_tasks,
+        )
         return 0
     from pyqueue.cluster import cli
 

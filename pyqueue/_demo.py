@@ -8,6 +8,12 @@ are collected in completion order (fan-in) with a progress bar.
 Stage 3 (Python lane, small tasks): many short records are parsed one task
 each, fanned out and fanned in, where per-task overhead is what counts.
 Stages 2 and 3 run again on ThreadPoolExecutor on the same machine.
+Stage 4 (cluster): pure-Python CPU-bound tasks, which hold the GIL and so
+gain nothing from threads, run serially and then on a LocalCluster of two
+node processes (each its own interpreter); the processes are stopped after.
+
+Progress is drawn by ``rich``: a live bar on a terminal, and only the final
+state of each bar (no control codes) when stdout is a file or a pipe.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import time
 import zlib
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import pyqueue
 from pyqueue import kernels
@@ -34,23 +42,42 @@ def _parse(record: str) -> int:
     return len(key) * int(value)
 
 
-def _progress(done: int, total: int, started: float) -> None:
-    width = 30
-    filled = width * done // total
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    sys.stdout.write(
-        f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} blocks {rate:,.0f}/s"
+def _cpu_work(steps: int) -> int:
+    """Pure-Python CPU-bound work: the GIL is held from start to end."""
+    total = 0
+    for i in range(steps):
+        total += i * i % 7
+    return total
+
+
+def _progress(console: Console, unit: str) -> Progress:
+    """A progress bar on ``console``; rich draws it live on a terminal and
+    prints only its final state elsewhere (a CI log gets one plain line)."""
+    return Progress(
+        TextColumn("  "),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=console,
     )
-    if done == total:
-        sys.stdout.write("\n")
-    sys.stdout.flush()
 
 
 def run(
-    samples: int = 4_000_000, blocks: int = 2000, block_kib: int = 64, records: int = 200_000
+    samples: int = 4_000_000,
+    blocks: int = 2000,
+    block_kib: int = 64,
+    records: int = 200_000,
+    cluster_tasks: int = 24,
+    cluster_steps: int = 300_000,
 ) -> dict[str, float]:
-    """Run the pipeline; print what it did and how fast; return the figures."""
+    """Run the pipeline; print what it did and how fast; return the figures.
+
+    ``cluster_tasks=0`` skips stage 4 (the LocalCluster)."""
     workers = pyqueue.cpu_count()
+    # The console writes through sys.stdout as it is now, so its lines and
+    # print()'s stay in order (and a test's capture sees both).
+    console = Console(file=sys.stdout)
     print(f"pyqueue {pyqueue.__version__} demo on {workers} core(s)")
     rng = np.random.default_rng(2026)
     figures: dict[str, float] = {}
@@ -85,10 +112,11 @@ def run(
         t0 = time.perf_counter()
         tasks = q.submit_many(_digest, parts)
         digests = {}
-        for n, task in enumerate(q.results(tasks), 1):
-            digests[id(task)] = task.result()
-            if n % 50 == 0 or n == blocks:
-                _progress(n, blocks, t0)
+        with _progress(console, "blocks") as progress:
+            bar = progress.add_task("", total=blocks)
+            for task in q.results(tasks):
+                digests[id(task)] = task.result()
+                progress.advance(bar)
         ours = time.perf_counter() - t0
         pq_sizes = sorted(v[0] for v in digests.values())
 
@@ -124,9 +152,53 @@ def run(
         f"{records / ours_small:,.0f} tasks/s, ThreadPoolExecutor "
         f"{records / theirs_small:,.0f} tasks/s: {theirs_small / ours_small:.1f}x"
     )
+    if cluster_tasks > 0:
+        _cluster_stage(console, cluster_tasks, cluster_steps, figures)
     total_mb = blocks * block_kib / 1024
+    cluster_done = f", {cluster_tasks} pure-Python tasks on 2 processes" if cluster_tasks else ""
     print(
         f"done: {samples:,} native items, {total_mb:,.0f} MiB hashed, {records:,} records "
-        "parsed; every result checked against the serial or ThreadPoolExecutor run"
+        f"parsed{cluster_done}; every result checked against the serial or "
+        "ThreadPoolExecutor run"
     )
     return figures
+
+
+def _cluster_stage(console: Console, tasks: int, steps: int, figures: dict[str, float]) -> None:
+    """Stage 4: pure-Python CPU work serially, then on a two-node LocalCluster."""
+    from pyqueue.cluster import LocalCluster
+
+    work = [steps + i for i in range(tasks)]  # distinct arguments, distinct results
+    print(
+        f"stage 4  pure-Python CPU work, {tasks} tasks x {steps:,} steps: serial in this "
+        "process, then on a LocalCluster of 2 node processes"
+    )
+    t0 = time.perf_counter()
+    cluster = LocalCluster(nodes=2, workers=1)
+    with cluster:
+        start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        expected = [_cpu_work(n) for n in work]
+        serial = time.perf_counter() - t0
+        client = cluster.client
+        t0 = time.perf_counter()
+        handles = [client.submit(_cpu_work, n) for n in work]
+        with _progress(console, "tasks") as progress:
+            bar = progress.add_task("", total=tasks)
+            for _ in client.results(handles):
+                progress.advance(bar)
+        got = [h.result() for h in handles]
+        remote = time.perf_counter() - t0
+    stopped = [cluster.coordinator, *cluster.nodes]
+    if got != expected:
+        raise AssertionError("the cluster and the serial run disagree")
+    if any(p is None or p.poll() is None for p in stopped):
+        raise AssertionError("a cluster process is still running after close()")
+    figures["cluster_tasks_per_s"] = tasks / remote
+    figures["cluster_speedup_vs_serial"] = serial / remote
+    figures["cluster_start_s"] = start
+    print(
+        f"         serial {serial:.2f} s, LocalCluster {remote:.2f} s: "
+        f"{serial / remote:.2f}x (cluster start {start:.2f} s, not counted); "
+        "coordinator and 2 nodes stopped"
+    )

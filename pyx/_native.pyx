@@ -21,7 +21,7 @@ One extension module, one file per concern (included below, in this order):
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.list cimport PyList_GET_ITEM
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.pycapsule cimport (PyCapsule_CheckExact, PyCapsule_GetName,
                                 PyCapsule_GetPointer, PyCapsule_New)
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF

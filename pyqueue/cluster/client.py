@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, TypeVar, cast, overload
 
 from pyqueue import _aio as aio
 from pyqueue._aio import await_handle
@@ -46,7 +46,15 @@ from .schedules import check as check_schedule
 from .serialize import decode_result, encode_call
 from .states import DEFAULT_QUEUE, TERMINAL, Outcome, SubmitSpec, TaskState
 
+if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; only the type checker needs it
+    from typing import ParamSpec
+
+    Params = ParamSpec("Params")
+
 __all__ = ["Client", "ClusterTask"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 log = logging.getLogger("pyqueue.cluster.client")
 
@@ -129,7 +137,7 @@ def _submit_size(row: SubmitSpec) -> int:
     return len(row.id) + len(row.payload) + 32
 
 
-class ClusterTask:
+class ClusterTask(Generic[T_co]):
     """Handle of one submitted task.
 
     Thread safety
@@ -158,7 +166,7 @@ class ClusterTask:
         self._data: bytes | None = None
         self._error: str | None = None
         self._value: Any = _MISSING
-        self._callbacks: list[Callable[[ClusterTask], None]] | None = None
+        self._callbacks: list[Callable[[ClusterTask[T_co]], None]] | None = None
         self._lost = False
 
     def __repr__(self) -> str:
@@ -184,7 +192,7 @@ class ClusterTask:
         """True if the task ended cancelled."""
         return self._state is TaskState.CANCELLED
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, T_co]:
         """``await task``: its value, on any running loop (see :mod:`pyqueue._aio`).
 
         Cancelling the awaiting coroutine does not cancel the task; a
@@ -196,7 +204,7 @@ class ClusterTask:
         if self._state is None and not self._client._wait(lambda: self._state is not None, timeout):
             raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T_co:
         """The task's return value.
 
         Raises
@@ -221,7 +229,7 @@ class ClusterTask:
         kind, value = self._value
         if kind == "raise":
             raise value
-        return value
+        return cast(T_co, value)
 
     def _decode(self) -> Any:
         st = self._state
@@ -280,7 +288,7 @@ class ClusterTask:
         self._client._cancelled_here(self)  # certain now: no need to wait for the push
         return True
 
-    def add_done_callback(self, fn: Callable[[ClusterTask], None]) -> None:
+    def add_done_callback(self, fn: Callable[[ClusterTask[T_co]], None]) -> None:
         """Call ``fn(self)`` when the task ends (at once if it has)."""
         with self._client._lock:
             if self._state is None:
@@ -292,7 +300,7 @@ class ClusterTask:
 
     def _finish(
         self, state: TaskState, data: bytes | None, error: str | None
-    ) -> list[Callable[[ClusterTask], None]]:
+    ) -> list[Callable[[ClusterTask[T_co]], None]]:
         """Record the outcome (the client's lock is held); return the callbacks to run."""
         self._data = data
         self._error = error
@@ -343,7 +351,7 @@ class Client:
         # Handles of tasks not yet ended, held weakly: a dropped handle costs nothing.
         # A plain dict of weak references (no callbacks: cheaper than a
         # WeakValueDictionary); an entry goes when its task's outcome arrives.
-        self._tasks: dict[str, weakref.ref[ClusterTask]] = {}
+        self._tasks: dict[str, weakref.ref[ClusterTask[Any]]] = {}
         self._waits: set[int] = set()
         # correlation id -> the reply class expected, and where it goes
         self._replies: dict[int, tuple[type[M.AppMessage], queue.SimpleQueue[M.AppMessage]]] = {}
@@ -397,9 +405,20 @@ class Client:
         self.channel.close()
 
     # -- submit ---------------------------------------------------------------
+    # Two overloads because PEP 612 allows no keyword-only parameter between
+    # ``*args: P.args`` and ``**kwargs: P.kwargs``: with ``task_id`` only the
+    # result type is inferred; without it the arguments are checked against ``fn``.
+    @overload
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, task_id: str | None = None, **kwargs: Any
-    ) -> ClusterTask:
+        self, fn: Callable[..., T], /, *args: Any, task_id: str, **kwargs: Any
+    ) -> ClusterTask[T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[Params, T], /, *args: Params.args, **kwargs: Params.kwargs
+    ) -> ClusterTask[T]: ...
+    def submit(  # task_id: Any, as signature 2's kwargs could hold any (checked in _submit)
+        self, fn: Callable[..., T], /, *args: Any, task_id: Any = None, **kwargs: Any
+    ) -> ClusterTask[T]:
         """Submit ``fn(*args, **kwargs)``; returns its handle at once.
 
         ``task_id`` makes the submit idempotent: submitting an id the
@@ -409,7 +428,7 @@ class Client:
 
     def submit_call(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., T],
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         *,
@@ -421,7 +440,7 @@ class Client:
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
         eta: float | datetime.datetime | None = None,
-    ) -> ClusterTask:
+    ) -> ClusterTask[T]:
         """Submit with options.
 
         Parameters
@@ -461,7 +480,7 @@ class Client:
 
     def _submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., T],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
         task_id: str | None,
@@ -472,7 +491,7 @@ class Client:
         result_ttl: float | None = None,
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
-    ) -> ClusterTask:
+    ) -> ClusterTask[T]:
         if self._closed.is_set():
             raise RuntimeError("client is closed")
         payload = encode_call(fn, args, kwargs or {})
@@ -521,13 +540,13 @@ class Client:
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         window: int = 10000,
-    ) -> Iterator[Any]:
+    ) -> Iterator[T]:
         """Like ``map(fn, *iterables)``: results in order, at most ``window`` tasks ahead."""
-        pending: deque[ClusterTask] = deque()
+        pending: deque[ClusterTask[T]] = deque()
         deadline = None if timeout is None else time.monotonic() + timeout
         submit = self._submit
         for args in zip(*iterables):
@@ -537,9 +556,17 @@ class Client:
         while pending:
             yield pending.popleft().result(_left(deadline))
 
+    @overload
     def results(
-        self, tasks: Iterable[ClusterTask] | None = None, timeout: float | None = None
-    ) -> Iterator[ClusterTask]:
+        self, tasks: None = None, timeout: float | None = None
+    ) -> Iterator[ClusterTask[Any]]: ...
+    @overload
+    def results(
+        self, tasks: Iterable[ClusterTask[T]], timeout: float | None = None
+    ) -> Iterator[ClusterTask[T]]: ...
+    def results(
+        self, tasks: Iterable[ClusterTask[T]] | None = None, timeout: float | None = None
+    ) -> Iterator[ClusterTask[Any]]:
         """Yield tasks in completion order.
 
         With no argument: every task submitted through this client that was
@@ -557,7 +584,7 @@ class Client:
             todo = self._take_unyielded()
         else:
             todo = list(tasks)
-        done_q: queue.SimpleQueue[ClusterTask] = queue.SimpleQueue()
+        done_q: queue.SimpleQueue[ClusterTask[Any]] = queue.SimpleQueue()
         for t in todo:
             t.add_done_callback(done_q.put)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -567,7 +594,7 @@ class Client:
             except queue.Empty:
                 raise TimeoutError(f"results() timed out after {timeout} s") from None
 
-    def _take_unyielded(self) -> list[ClusterTask]:
+    def _take_unyielded(self) -> list[ClusterTask[Any]]:
         fetch = []
         with self._lock:
             prefix = self._prefix
@@ -586,7 +613,7 @@ class Client:
         self._send_waits(fetch)
         return todo
 
-    def _cancelled_here(self, handle: ClusterTask) -> None:
+    def _cancelled_here(self, handle: ClusterTask[Any]) -> None:
         with self._lock:
             if handle._state is not None:
                 return
@@ -596,18 +623,26 @@ class Client:
         _run_callbacks([(handle, cbs)])
 
     def as_completed(
-        self, tasks: Iterable[ClusterTask], timeout: float | None = None
-    ) -> AsyncIterator[ClusterTask]:
+        self, tasks: Iterable[ClusterTask[T]], timeout: float | None = None
+    ) -> AsyncIterator[ClusterTask[T]]:
         """``async for t in client.as_completed(tasks)``: in completion order."""
         return aio.as_completed(tasks, timeout)
 
+    @overload
     async def gather(
-        self, tasks: Iterable[ClusterTask], *, return_exceptions: bool = False
+        self, tasks: Iterable[ClusterTask[T]], *, return_exceptions: Literal[False] = False
+    ) -> list[T]: ...
+    @overload
+    async def gather(
+        self, tasks: Iterable[ClusterTask[T]], *, return_exceptions: bool
+    ) -> list[T | BaseException]: ...
+    async def gather(
+        self, tasks: Iterable[ClusterTask[T]], *, return_exceptions: bool = False
     ) -> list[Any]:
         """``await client.gather(tasks)``: their values, in the order given."""
         return await aio.gather(tasks, return_exceptions=return_exceptions)
 
-    def _handle(self, task_id: str) -> ClusterTask | None:
+    def _handle(self, task_id: str) -> ClusterTask[Any] | None:
         ref = self._tasks.get(task_id)
         return ref() if ref is not None else None
 
@@ -820,7 +855,7 @@ class Client:
             if n < _PURGE_BATCH:
                 return total
 
-    def wait_for(self, task_id: str) -> ClusterTask:
+    def wait_for(self, task_id: str) -> ClusterTask[Any]:
         """A handle for a task submitted elsewhere (or requeued) that ends later.
 
         Raises
@@ -946,7 +981,9 @@ class Client:
         _run_callbacks([(h, cbs)])
 
 
-def _run_callbacks(finished: list[tuple[ClusterTask, list[Callable[[ClusterTask], None]]]]) -> None:
+def _run_callbacks(
+    finished: list[tuple[ClusterTask[Any], list[Callable[[ClusterTask[Any]], None]]]],
+) -> None:
     for h, cbs in finished:
         for cb in cbs:
             try:

@@ -180,3 +180,10 @@ def run_py():
 def clean():
     """``clean(proc, rc=0)``: assert exit code and an empty stderr."""
     return assert_clean
+
+
+@pytest.fixture
+def child_setup() -> tuple[dict[str, str], str]:
+    """``(env, cwd)`` for a child a test starts itself (a different command
+    line, a terminal, a session of its own): as ``run_child`` uses them."""
+    return child_env(), PYQUEUE_ROOT

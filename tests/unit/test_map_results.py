@@ -37,8 +37,17 @@ def test_map_several_iterables_stops_at_shortest(q):
     assert list(q.map(pow, [2, 3, 4], [2, 2])) == [4, 9]
 
 
-def test_map_reraises_at_position(q):
-    it = q.map(fail_on_3, range(10), chunksize=2)
+# A list's chunks take the engine's list fast path (one vectorcall per item into
+# a list of the final size); a range's or a tuple's take the general loop.  Both
+# must keep the results before a failure and raise at its position.
+INPUTS = pytest.mark.parametrize(
+    "source", [range(10), list(range(10)), tuple(range(10))], ids=["range", "list", "tuple"]
+)
+
+
+@INPUTS
+def test_map_reraises_at_position(q, source):
+    it = q.map(fail_on_3, source, chunksize=2)
     assert [next(it) for _ in range(3)] == [0, 10, 20]
     with pytest.raises(ValueError, match="three"):
         next(it)
@@ -149,13 +158,14 @@ def test_map_keeps_every_item_when_a_look_ahead_push_fails(occupy):
         q.shutdown()
 
 
-def test_map_function_raising_stop_iteration_is_an_error_not_the_end(q):
+@INPUTS
+def test_map_function_raising_stop_iteration_is_an_error_not_the_end(q, source):
     def stop_at_3(x):
         if x == 3:
             raise StopIteration
         return x
 
-    it = q.map(stop_at_3, range(10), chunksize=2)
+    it = q.map(stop_at_3, source, chunksize=2)
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="StopIteration"):
         next(it)
