@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import queue
 import ssl
@@ -48,6 +49,16 @@ log = logging.getLogger("pyqueue.cluster.client")
 
 _MISSING = object()
 _Reply = TypeVar("_Reply", bound=M.AppMessage)
+
+
+def _check_time_limit(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"time_limit= is a number of seconds or None, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"time_limit= must be a finite number of seconds > 0, got {value!r}")
+
 
 #: tasks purged per PURGE request (the coordinator caps it too)
 _PURGE_BATCH = 10_000
@@ -385,6 +396,7 @@ class Client:
         backoff: float = 1.0,
         delay: float = 0.0,
         result_ttl: float | None = None,
+        time_limit: float | None = None,
     ) -> ClusterTask:
         """Submit with options.
 
@@ -400,15 +412,26 @@ class Client:
             Keep this task's result this long after it ends (default: the
             coordinator's ``--result-ttl``, 1 hour); then it is purged, and
             submitting its id again starts a new task.
+        time_limit : float, optional
+            Seconds the task may run on its node (default: no limit).  Past
+            it, :class:`~pyqueue.errors.TaskTimeout` is raised inside the task;
+            if it is still running ``--time-limit-grace`` seconds later (stuck
+            in C code), its node is replaced and the task fails with
+            ``TaskTimeout`` all the same.  A failure, so ``retries`` applies.
 
         Raises
         ------
         PayloadTooLarge
             If the pickled call is larger than the cluster's ``max_payload``.
         ValueError
-            If ``task_id`` is not a non-empty string of at most 512 characters.
+            If ``task_id`` is not a non-empty string of at most 512 characters,
+            or ``time_limit`` is not a finite number of seconds > 0.
         """
-        return self._submit(fn, args, kwargs, task_id, retries, backoff, delay, True, result_ttl)
+        _check_time_limit(time_limit)
+        return self._submit(
+            fn, args, kwargs, task_id, retries, backoff, delay, True, result_ttl,
+            time_limit=time_limit,
+        )  # fmt: skip
 
     def _submit(
         self,
@@ -421,10 +444,11 @@ class Client:
         delay: float,
         yield_later: bool,
         result_ttl: float | None = None,
+        time_limit: float | None = None,
     ) -> ClusterTask:
         if self._closed.is_set():
             raise RuntimeError("client is closed")
-        payload = encode_call(fn, args, kwargs or {})
+        payload = encode_call(fn, args, kwargs or {}, time_limit)
         limit = self.channel.max_payload
         if len(payload) > limit:
             raise PayloadTooLarge(
