@@ -130,3 +130,30 @@ def test_a_task_stuck_with_the_gil_released_reports_itself_and_is_replaced(harne
     assert "stuck past its time limit; replacing this worker" in log
     assert "replacing it now (not counted as a crash)" in log
     assert "does not respond" not in log and "crashed" not in log
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, "5"])
+def test_a_bad_time_limit_grace_is_a_value_error(bad):
+    from pyqueue.cluster.node import Node
+
+    with pytest.raises(ValueError, match="time_limit_grace"):
+        Node("127.0.0.1:1", key=b"k" * 32, time_limit_grace=bad)
+
+
+def test_the_deadline_board_shows_only_complete_overdue_records():
+    from pyqueue.cluster.supervisor import _SLOT, DeadlineBoard, Overdue
+
+    board = DeadlineBoard.create(3)
+    try:
+        board.post(0, "a" * 512, 7, 100.0, 1.5, 2.0)
+        board.post(2, "späť", 1, 300.0, 1.0, 5.0)
+        assert board.overdue(99.0) == []
+        assert board.overdue(100.0) == [Overdue("a" * 512, 7, 1.5, 2.0)]
+        assert board.overdue(1e9) == [Overdue("a" * 512, 7, 1.5, 2.0), Overdue("späť", 1, 1.0, 5.0)]
+        board.clear(0)
+        assert board.overdue(1e9) == [Overdue("späť", 1, 1.0, 5.0)]
+        # a record caught half-written (odd sequence number) is skipped, not misread
+        board._mem[2 * _SLOT] |= 1
+        assert board.overdue(1e9) == []
+    finally:
+        board.close()
