@@ -32,6 +32,7 @@ __all__ = [
     "TaskCancelled",
     "TaskDead",
     "TaskLost",
+    "TaskTimeout",
     "UnexpectedMessage",
     "VersionError",
 ]
@@ -190,6 +191,15 @@ class TaskLost(TaskDead):
 
 class TaskCancelled(ClusterError, CancelledError):
     """The task was cancelled before it completed."""
+
+
+class TaskTimeout(ClusterError, TimeoutError):
+    """The task ran past its ``time_limit`` (see ``Client.submit_call``).
+
+    Raised inside the task when its limit passes (the soft limit), and by
+    ``result()`` for a task that ended with it: a failure like any other, so
+    ``retries=`` applies, never a loss.
+    """
 
 
 class RemoteTaskError(ClusterError, RuntimeError):

@@ -24,6 +24,7 @@ from pyqueue.errors import (
     TaskCancelled,
     TaskDead,
     TaskLost,
+    TaskTimeout,
     UnexpectedMessage,
     VersionError,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "KeyNotFound",
     "TaskDead",
     "TaskLost",
+    "TaskTimeout",
     "TaskCancelled",
     "RemoteTaskError",
 ]

@@ -10,7 +10,10 @@ line on stderr, ``pyqueue <command>: <message>``, and exit code 2.
 ``pyqueue node`` is a :class:`~pyqueue.cluster.supervisor.Supervisor` whose
 child (the same command line plus ``--no-supervise``) is the node: it is
 restarted after a crash, and on SIGTERM it stops leasing, gives its running
-tasks ``--grace`` seconds and hands back the rest before it exits.
+tasks ``--grace`` seconds and hands back the rest before it exits.  A task
+still running ``--time-limit-grace`` seconds past its ``time_limit`` gets its
+worker replaced (see :mod:`pyqueue.cluster.node`); the supervisor reports it
+FAILED itself when the worker is wedged.
 """
 
 from __future__ import annotations
@@ -347,6 +350,8 @@ def _node_preflight(a: argparse.Namespace) -> tuple[bytes, ssl.SSLContext | None
         raise _StartupError(f"--prefetch {a.prefetch}: must be >= 0")
     if a.grace < 0:
         raise _StartupError(f"--grace {a.grace:g}: must be >= 0")
+    if not a.time_limit_grace >= 0 or a.time_limit_grace == float("inf"):
+        raise _StartupError(f"--time-limit-grace {a.time_limit_grace:g}: must be a finite >= 0")
     if a.max_restarts < 0 or a.restart_window <= 0:
         raise _StartupError("--max-restarts must be >= 0 and --restart-window > 0")
     from .node import parse_queues
@@ -416,6 +421,14 @@ def main_node(argv: list[str] | None = None) -> int:
         " handed back (default %(default)g)",
     )
     p.add_argument(
+        "--time-limit-grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds a task past its time_limit may still run (after TaskTimeout was"
+        " raised in it) before its worker is replaced (default %(default)g)",
+    )
+    p.add_argument(
         "--max-restarts",
         type=int,
         default=5,
@@ -441,23 +454,50 @@ def main_node(argv: list[str] | None = None) -> int:
     _setup_logging(a.log_level, a.log_json)
     key, ctx, paths = _node_preflight(a)
     if not a.no_supervise:
-        return _supervise(a, argv)
+        return _supervise(a, argv, key, ctx)
     return _run_node(a, key, ctx, paths, supervisor)
 
 
-def _supervise(a: argparse.Namespace, argv: list[str]) -> int:
+def _supervise(
+    a: argparse.Namespace, argv: list[str], key: bytes, ctx: ssl.SSLContext | None
+) -> int:
     from .local import cli_command
-    from .supervisor import Supervisor
+    from .node import report_stuck, stuck_completion
+    from .supervisor import Overdue, Supervisor
 
     # A stable name: the node keeps its name across restarts of its child.
     name = a.name or f"{socket.gethostname()}:{os.getpid()}"
     child_args = [*argv, "--name", name, "--no-supervise"]
+    log = logging.getLogger("pyqueue.cluster.supervisor")
+
+    def on_wedged(overdue: list[Overdue], pid: int) -> None:
+        # while the wedged worker lives, its connection holds these leases
+        what = f"its worker process (pid {pid}) was wedged and has been replaced"
+        rows = [stuck_completion(r.task_id, r.token, r.limit, r.grace, what) for r in overdue]
+        verdicts = report_stuck(
+            a.connect, rows, key=key, name=f"{name}/supervisor", ssl_context=ctx,
+            timings=_timings(a), timeout=10.0,
+        )  # fmt: skip
+        if verdicts is None:
+            log.error(
+                "node %s: the coordinator did not answer the report of the stuck task(s)", name
+            )
+            return
+        for r, v in zip(overdue, verdicts):
+            log.warning(
+                "node %s: reported task %s (attempt %d) FAILED with TaskTimeout: %s",
+                name, r.task_id, r.token, v.value,
+                extra={"event": "stuck_reported", "task": r.task_id, "verdict": v.value},
+            )  # fmt: skip
+
     supervisor = Supervisor(
         cli_command("node", *child_args),
         name=name,
         max_restarts=a.max_restarts,
         restart_window=a.restart_window,
         grace=a.grace,
+        deadline_slots=a.workers,
+        on_wedged=on_wedged,
     )
     return supervisor.run()
 
@@ -470,7 +510,13 @@ def _run_node(
     supervisor: int | None,
 ) -> int:
     from .node import Node, parse_queues
-    from .supervisor import block_child_signals, serve_until_signalled
+    from .supervisor import (
+        EXIT_TIME_LIMIT,
+        DeadlineBoard,
+        _exit,
+        block_child_signals,
+        serve_until_signalled,
+    )
 
     block_child_signals()  # before any thread starts: they all inherit the mask
     # Like `python -m`, and like LocalCluster's nodes: the user's modules next to them.
@@ -488,6 +534,9 @@ def _run_node(
             executor=a.executor,
             queues=parse_queues(a.queues),
             strict=a.strict,
+            time_limit_grace=a.time_limit_grace,
+            deadlines=DeadlineBoard.from_env() if supervisor is not None else None,
+            on_stuck=functools.partial(_exit, EXIT_TIME_LIMIT),
         )
     node.start()
     return serve_until_signalled(node.stop, a.grace, supervisor, node.name)

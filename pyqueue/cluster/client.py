@@ -90,6 +90,15 @@ def _not_before(delay: float, eta: float | datetime.datetime | None) -> float:
     return time.time() + delay if delay > 0 else 0.0
 
 
+def _check_time_limit(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"time_limit= is a number of seconds or None, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"time_limit= must be a finite number of seconds > 0, got {value!r}")
+
+
 #: tasks purged per PURGE request (the coordinator caps it too)
 _PURGE_BATCH = 10_000
 
@@ -440,6 +449,7 @@ class Client:
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
         eta: float | datetime.datetime | None = None,
+        time_limit: float | None = None,
     ) -> ClusterTask[T]:
         """Submit with options.
 
@@ -462,6 +472,12 @@ class Client:
             The named queue it waits in; only nodes serving that queue run it.
         priority : int
             Higher runs first within its queue (FIFO among equals).
+        time_limit : float, optional
+            Seconds the task may run on its node (default: no limit).  Past
+            it, :class:`~pyqueue.errors.TaskTimeout` is raised inside the task;
+            if it is still running ``--time-limit-grace`` seconds later (stuck
+            in C code), its node is replaced and the task fails with
+            ``TaskTimeout`` all the same.  A failure, so ``retries`` applies.
 
         Raises
         ------
@@ -470,12 +486,14 @@ class Client:
         ValueError
             If ``task_id`` is not a non-empty string of at most 512 characters,
             a queue name is not 1-128 of letters, digits and ``_.:-``, ``delay``
-            is negative, or ``eta`` is a naive datetime.
+            is negative, ``eta`` is a naive datetime, or ``time_limit`` is not a
+            finite number of seconds > 0.
         """
         not_before = _not_before(delay, eta)
+        _check_time_limit(time_limit)
         return self._submit(
             fn, args, kwargs, task_id, retries, backoff, not_before, True, result_ttl,
-            queue, priority,
+            queue, priority, time_limit,
         )  # fmt: skip
 
     def _submit(
@@ -491,10 +509,11 @@ class Client:
         result_ttl: float | None = None,
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
+        time_limit: float | None = None,
     ) -> ClusterTask[T]:
         if self._closed.is_set():
             raise RuntimeError("client is closed")
-        payload = encode_call(fn, args, kwargs or {})
+        payload = encode_call(fn, args, kwargs or {}, time_limit)
         limit = self.channel.max_payload
         if len(payload) > limit:
             raise PayloadTooLarge(

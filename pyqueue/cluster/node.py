@@ -28,6 +28,38 @@ asked to terminate it, in which case :class:`~pyqueue.errors.TaskCancelled`
 is raised inside the task's worker thread ("terminating").  A task blocked in
 C code (a long ``time.sleep``, a socket read) sees it only when it returns
 to Python code.
+
+Time limits (``Client.submit_call(..., time_limit=)``, carried in the
+payload): a watchdog thread raises :class:`~pyqueue.errors.TaskTimeout` in
+the task's worker thread when its limit passes (the soft limit, the same
+asynchronous exception as a terminate).  A task that lets it propagate ends
+FAILED with it, an ordinary failure: ``retries=`` applies, no loss is
+charged.  A task still running ``time_limit_grace`` seconds later is stuck
+(in C code that does not return to Python, or it swallowed the exception);
+who reports it depends on whether this process can still run Python code:
+
+* it can (the stuck code released the GIL): the watchdog reports the task
+  FAILED with TaskTimeout over the node's own connection, then the node
+  replaces itself: it stops as on SIGTERM (tasks not started are released,
+  not charged; the running ones get ``time_limit_grace`` seconds, then are
+  given back as lost by shutdown), waits for the acknowledgements and calls
+  ``on_stuck`` (``pyqueue node`` exits with
+  :data:`~pyqueue.cluster.supervisor.EXIT_TIME_LIMIT`; its supervisor starts
+  a new worker at once);
+* it cannot (the stuck code holds the GIL, so no thread here runs): before
+  the task started, its worker thread posted "wedged after start + limit +
+  grace + 1 s" on the :class:`~pyqueue.cluster.supervisor.DeadlineBoard`
+  shared with the supervisor.  Past that time the supervisor reports the task
+  FAILED with TaskTimeout through :func:`report_stuck` (a connection of its
+  own; the coordinator accepts a completion that carries the current lease
+  token from any node, and the wedged process's connection still holds the
+  lease), then SIGKILLs the process and starts a new one.  The coordinator
+  requeues the wedged process's other leases when its connection closes,
+  each charged one loss (which of them had started cannot be asked); they
+  complete on another process.  The node cannot heartbeat while wedged, so
+  ``time_limit + time_limit_grace + 2`` s must stay under the coordinator's
+  dead-node time (``missed_heartbeats * heartbeat``, 15 s by default), or it
+  declares the node dead first and the stuck task is charged a loss instead.
 """
 
 from __future__ import annotations
@@ -35,16 +67,18 @@ from __future__ import annotations
 import concurrent.futures as cf
 import ctypes
 import functools
+import heapq
 import logging
+import math
 import os
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from pyqueue.errors import PayloadTooLarge, TaskCancelled
+from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskTimeout
 
 from . import messages as M
 from . import protocol as P
@@ -55,7 +89,10 @@ from .protocol import MsgType
 from .serialize import encode_exception, run_payload
 from .states import DEFAULT_SERVED, Completion, Lease, Release, Verdict
 
-__all__ = ["Node", "_make_executor"]
+if TYPE_CHECKING:
+    from .supervisor import DeadlineBoard
+
+__all__ = ["Node", "_make_executor", "report_stuck", "stuck_completion"]
 
 log = logging.getLogger("pyqueue.cluster.node")
 
@@ -66,6 +103,10 @@ _PREFETCH_BUDGET = 0.002
 _PREFETCH_START, _PREFETCH_MIN, _PREFETCH_MAX = 8, 1, 256
 #: completions between two looks at the prefetch
 _PREFETCH_TUNE_EVERY = 32
+#: the supervisor takes a node for wedged this long after a stuck task's grace ended
+_WEDGED_MARGIN = 1.0
+#: ... and one that is replacing itself, this long after its stop should have ended
+_REPLACE_MARGIN = 10.0
 
 
 def _make_executor(workers: int, kind: str = "pyqueue") -> cf.Executor:
@@ -132,6 +173,63 @@ def parse_queues(text: str) -> dict[str, int]:
     return served_queues(out)
 
 
+def stuck_completion(task_id: str, token: int, limit: float, grace: float, what: str) -> Completion:
+    """The FAILED completion, with TaskTimeout, of a task stuck past its limit."""
+    exc = TaskTimeout(
+        f"task {task_id} was still running {grace:g} s past its time limit of {limit:g} s"
+        f" (stuck in code that does not return to the interpreter); {what}"
+    )
+    value, error = encode_exception(exc)
+    return Completion(task_id, token, False, value, error, False)
+
+
+def report_stuck(
+    address: str,
+    rows: list[Completion],
+    *,
+    key: bytes,
+    name: str,
+    ssl_context: ssl.SSLContext | None = None,
+    timings: Timings = DEFAULT_TIMINGS,
+    timeout: float = 10.0,
+) -> list[Verdict] | None:
+    """Send ``rows`` (completions of another node's leases) over a connection
+    of our own, as a node with no capacity; the coordinator's verdicts, or
+    None when it did not answer within ``timeout`` seconds."""
+    answered = threading.Event()
+    verdicts: list[Verdict] = []
+    corr = 0
+
+    def on_connect() -> None:
+        channel.send(M.Ready.TYPE, M.Ready(0, name).to_body())
+        for batch in P.split_batches(rows, _done_size):
+            channel.send(M.Done.TYPE, M.Done(batch).to_body(), corr)
+
+    def on_message(msg: P.Message) -> None:
+        if msg.type == MsgType.DONE_ACK and msg.corr == corr:
+            verdicts.extend(M.DoneAck.from_body(msg.body).status)
+            if len(verdicts) >= len(rows):
+                answered.set()
+
+    channel = Channel(
+        address,
+        key,
+        role="node",
+        name=name,
+        on_message=on_message,
+        on_connect=on_connect,
+        ssl_context=ssl_context,
+        timings=timings,
+        keepalive=False,
+    )
+    corr = channel.next_corr()
+    channel.start()
+    try:
+        return verdicts if answered.wait(timeout) else None
+    finally:
+        channel.close()
+
+
 class Node:
     """Run tasks leased from a coordinator.
 
@@ -166,6 +264,17 @@ class Node:
     strict : bool
         Drain higher-weight queues first, instead of choosing among the
         non-empty ones at random in proportion to their weights.
+    time_limit_grace : float
+        Seconds a task past its ``time_limit`` may keep running (after
+        TaskTimeout was raised in it) before it counts as stuck and the node
+        is replaced (see the module docstring); default 5.
+    deadlines : DeadlineBoard, optional
+        Shared with the supervisor, which enforces the hard limit when this
+        process is wedged (``pyqueue node`` passes it on).
+    on_stuck : callable, optional
+        Called (from a thread of the node's) once a stuck task was reported
+        and the node stopped: the process should be replaced now (default:
+        nothing more; :attr:`replace_needed` is set).
 
     Thread safety
     -------------
@@ -186,9 +295,27 @@ class Node:
         max_payload: int = P.DEFAULT_MAX_PAYLOAD,
         queues: Mapping[str, int] | Iterable[str] | None = None,
         strict: bool = False,
+        time_limit_grace: float = 5.0,
+        deadlines: DeadlineBoard | None = None,
+        on_stuck: Callable[[], object] | None = None,
     ) -> None:
         self.queues = served_queues(queues)
         self.strict = bool(strict)
+        if (
+            isinstance(time_limit_grace, bool)
+            or not isinstance(time_limit_grace, (int, float))
+            or not math.isfinite(time_limit_grace)
+            or time_limit_grace < 0
+        ):
+            raise ValueError(
+                f"time_limit_grace must be a finite number >= 0, not {time_limit_grace!r}"
+            )
+        self.time_limit_grace = float(time_limit_grace)
+        self._board = deadlines
+        self._free_slots = list(range(deadlines.slots))[::-1] if deadlines is not None else []
+        self._on_stuck = on_stuck
+        #: set once a task was stuck past its limit: this process should be replaced
+        self.replace_needed = threading.Event()
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
@@ -213,6 +340,12 @@ class Node:
         self._old_gen: set[Key] = set()  # still running from a previous connection
         self._running: dict[Key, int] = {}  # started tasks -> their worker thread
         self._terminating: set[Key] = set()  # TaskCancelled asked for
+        # running tasks with a time limit -> (limit, board slot or -1)
+        self._limited: dict[Key, tuple[float, int]] = {}
+        self._stuck: set[Key] = set()  # reported FAILED while still running
+        self._due: list[tuple[float, int, Key, bool]] = []  # (when, n, key, hard) heap
+        self._due_n = 0
+        self._due_changed = threading.Condition(self._lock)
         self._release: list[tuple[Key, bool]] = []  # (key, started)
         self._credit_dirty = False
         self._stopping = threading.Event()
@@ -228,6 +361,8 @@ class Node:
             "released": 0,
             "revoked": 0,
             "terminated": 0,
+            "timed_out": 0,
+            "stuck": 0,
             "max_held": 0,
         }
         self.channel = Channel(
@@ -254,6 +389,9 @@ class Node:
         self._heart = threading.Thread(
             target=self._heartbeat_loop, name="pyqueue-node-heartbeat", daemon=True
         )
+        self._watchdog = threading.Thread(
+            target=self._limits_loop, name="pyqueue-node-time-limits", daemon=True
+        )
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> Node:
@@ -261,6 +399,7 @@ class Node:
         self.channel.start()
         self.outbox.start()
         self._heart.start()
+        self._watchdog.start()
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -327,6 +466,8 @@ class Node:
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
+        with self._lock:
+            self._due_changed.notify_all()
         log.info("node %s stopped", self.name, extra={"event": "node_stopped", **self.stats})
 
     # -- channel callbacks (reader thread) ---------------------------------------
@@ -431,15 +572,41 @@ class Node:
             self._running[key] = threading.get_ident()
         t0 = time.perf_counter()
         try:
-            return (*run_payload(key[0], key[1], payload), time.perf_counter() - t0)
+            arm = functools.partial(self._arm, key)
+            return (*run_payload(key[0], key[1], payload, arm), time.perf_counter() - t0)
         finally:
             while True:
                 try:
                     with self._lock:
                         self._running.pop(key, None)
+                        limited = self._limited.pop(key, None)
+                        if limited is not None and limited[1] >= 0:
+                            assert self._board is not None
+                            self._board.clear(limited[1])
+                            self._free_slots.append(limited[1])
                     break
-                except TaskCancelled:
+                except (TaskCancelled, TaskTimeout):
                     continue  # arrived after the task returned: too late to stop it
+
+    def _arm(self, key: Key, limit: float, name: str) -> None:
+        """Start ``key``'s time limit (its worker thread, just before it runs)."""
+        now = time.monotonic()
+        with self._lock:
+            slot = self._free_slots.pop() if self._free_slots else -1
+            if slot >= 0:
+                assert self._board is not None
+                kill_at = now + limit + self.time_limit_grace + _WEDGED_MARGIN
+                self._board.post(slot, key[0], key[1], kill_at, limit, self.time_limit_grace)
+            elif self._board is not None:
+                log.warning(
+                    "node %s: no deadline slot free for task %s: if it holds the GIL"
+                    " past its time limit, nothing will stop it",
+                    self.name,
+                    key[0],
+                    extra={"event": "no_deadline_slot", "task": key[0]},
+                )
+            self._limited[key] = (limit, slot)
+            self._push_due(now + limit, key, False)
 
     def _tune_prefetch(self, seconds: float) -> None:
         """Hold about _PREFETCH_BUDGET of work ready (lock held)."""
@@ -456,9 +623,99 @@ class Node:
             self.capacity = self.workers + want
             self._credit_dirty = True
 
+    def _push_due(self, when: float, key: Key, hard: bool) -> None:
+        """Lock held."""
+        self._due_n += 1
+        heapq.heappush(self._due, (when, self._due_n, key, hard))
+        self._due_changed.notify()
+
+    def _limits_loop(self) -> None:
+        """Watchdog thread: the soft limit, then the stuck check, of every limited task."""
+        while not self._stopped.is_set():
+            try:
+                stuck = self._limits_step()
+                for key in stuck:
+                    self._on_stuck_task(key)
+            except Exception:  # keep watching: a dead watchdog would let tasks run forever
+                log.exception("node %s: time-limit watchdog failed", self.name)
+                self._stopped.wait(0.1)
+
+    def _limits_step(self) -> list[Key]:
+        with self._lock:
+            now = time.monotonic()
+            due = self._due
+            if not due or due[0][0] > now:
+                self._due_changed.wait(None if not due else due[0][0] - now)
+                return []
+            stuck = []
+            while due and due[0][0] <= now:
+                when, _, key, hard = heapq.heappop(due)
+                limited = self._limited.get(key)
+                ident = self._running.get(key)
+                if limited is None or ident is None or key in self._stuck:
+                    continue  # it ended meanwhile
+                if hard:
+                    stuck.append(key)
+                    continue
+                self.stats["timed_out"] += 1
+                _raise_in_thread(ident, TaskTimeout)
+                self._push_due(when + self.time_limit_grace, key, True)
+            return stuck
+
+    def _on_stuck_task(self, key: Key) -> None:
+        """``key`` is still running past its limit and grace, and we can run: report
+        it FAILED with TaskTimeout ourselves, then stop and ask to be replaced."""
+        with self._lock:
+            limited = self._limited.get(key)
+            if limited is None or key in self._stuck or key not in self._running:
+                return
+            self._stuck.add(key)
+            self._held.pop(key, None)
+            if key in self._old_gen:
+                self._old_gen.discard(key)
+                self._credit_dirty = True
+            self.stats["stuck"] += 1
+            self.stats["completed"] += 1
+            self.stats["failed"] += 1
+            limit, slot = limited
+            if slot >= 0:  # the supervisor steps in only if our own stop hangs too
+                assert self._board is not None
+                kill_at = time.monotonic() + 2 * self.time_limit_grace + _REPLACE_MARGIN
+                self._board.post(slot, key[0], key[1], kill_at, limit, self.time_limit_grace)
+        row = stuck_completion(
+            key[0], key[1], limit, self.time_limit_grace, "its worker process is replaced"
+        )
+        self._log_failure(key, "?", row.error, False)
+        self.outbox.put(row)
+        if self.replace_needed.is_set():
+            return
+        self.replace_needed.set()
+        log.error(
+            "node %s: task %s (attempt %d) is stuck past its time limit; replacing this worker",
+            self.name,
+            key[0],
+            key[1],
+            extra={"event": "task_stuck", "task": key[0], "attempt": key[1]},
+        )
+        threading.Thread(target=self._replace, name="pyqueue-node-replace", daemon=True).start()
+
+    def _replace(self) -> None:
+        try:
+            self.stop(self.time_limit_grace)
+        except BaseException:
+            log.exception("node %s: error while stopping to be replaced", self.name)
+        finally:
+            if self._on_stuck is not None:
+                self._on_stuck()
+
     def _on_finished(self, key: Key, fut: cf.Future[Any]) -> None:
         if fut.cancelled():
             return
+        with self._lock:
+            if key in self._stuck:  # reported already
+                self._stuck.discard(key)
+                self._terminating.discard(key)
+                return
         try:
             ok, value, error, fn_name, seconds = fut.result()
         except BaseException as exc:  # run_payload never raises; a terminate or executor might

@@ -2,9 +2,12 @@
 
 A call payload is ``pickle((ref, fn_bytes, args, kwargs))`` where exactly one
 of ``ref`` (``"module:qualname"``) and ``fn_bytes`` (cloudpickle of the
-callable) is set.  Only nodes decode payloads, and only after the mutual HMAC
-handshake proved the coordinator holds the key; the coordinator never
-unpickles anything.
+callable) is set, or ``pickle((ref, fn_bytes, args, kwargs, options))`` with a
+dict of per-task options (today only ``"time_limit"``, seconds); options a node
+does not know are ignored, and the 4-tuple is still read as "no options", so
+the coordinator and the wire never look inside.  Only nodes decode payloads,
+and only after the mutual HMAC handshake proved the coordinator holds the
+key; the coordinator never unpickles anything.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from pyqueue.errors import RemoteTaskError
+from pyqueue.errors import RemoteTaskError, TaskTimeout
 
 __all__ = [
     "TaskContext",
     "current_task",
     "encode_call",
     "decode_call",
+    "decode_task",
     "run_payload",
     "encode_exception",
     "decode_result",
@@ -83,8 +87,13 @@ def function_ref(fn: Callable[..., Any]) -> str | None:
     return ref
 
 
-def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Serialize one call for the wire."""
+def encode_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    time_limit: float | None = None,
+) -> bytes:
+    """Serialize one call for the wire (with its time limit, seconds, if any)."""
     ref = function_ref(fn)
     fnb = None
     if ref is None:
@@ -98,7 +107,9 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
                 _by_value_cache[fn] = fnb
             except TypeError:
                 pass
-    item = (ref, fnb, args, kwargs)
+    item: tuple[Any, ...] = (ref, fnb, args, kwargs)
+    if time_limit is not None:
+        item += ({"time_limit": float(time_limit)},)
     try:
         return pickle.dumps(item, _PROTO)
     except Exception:  # lambdas or local classes among the arguments
@@ -128,9 +139,20 @@ def _resolve(ref: str | None, fnb: bytes | None) -> Callable[..., Any]:
 
 
 def decode_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """Inverse of :func:`encode_call` (node side)."""
-    ref, fnb, args, kwargs = pickle.loads(payload)
-    return _resolve(ref, fnb), args, kwargs
+    """Inverse of :func:`encode_call` (node side), without the options."""
+    fn, args, kwargs, _ = decode_task(payload)
+    return fn, args, kwargs
+
+
+def decode_task(
+    payload: bytes,
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], float | None]:
+    """Inverse of :func:`encode_call`: ``(fn, args, kwargs, time_limit)``."""
+    item = pickle.loads(payload)
+    ref, fnb, args, kwargs = item[:4]
+    options = item[4] if len(item) > 4 and isinstance(item[4], dict) else {}
+    limit = options.get("time_limit")
+    return _resolve(ref, fnb), args, kwargs, None if limit is None else float(limit)
 
 
 def encode_exception(exc: BaseException) -> tuple[bytes, str]:
@@ -144,20 +166,34 @@ def encode_exception(exc: BaseException) -> tuple[bytes, str]:
     return data, tb
 
 
-def run_payload(task_id: str, attempt: int, payload: bytes) -> tuple[bool, bytes, str | None, str]:
+def run_payload(
+    task_id: str,
+    attempt: int,
+    payload: bytes,
+    on_start: Callable[[float, str], None] | None = None,
+) -> tuple[bool, bytes, str | None, str]:
     """Run one task; return ``(ok, pickled value or exception, traceback text,
     function name)``.
 
+    ``on_start(time_limit, name)`` is called just before a task that has a
+    time limit runs (the node arms its deadline there).  A
+    :class:`~pyqueue.errors.TaskTimeout` raised into the task without a
+    message (the node's soft limit) gets one saying which limit it passed.
     Never raises for a task's own errors (they become the result).
     """
     _local.ctx = TaskContext(task_id, attempt)
     name = "?"
+    limit = None
     try:
         try:
-            fn, args, kwargs = decode_call(payload)
+            fn, args, kwargs, limit = decode_task(payload)
             name = getattr(fn, "__qualname__", None) or repr(fn)
+            if limit is not None and on_start is not None:
+                on_start(limit, name)
             value = fn(*args, **kwargs)
         except Exception as exc:
+            if isinstance(exc, TaskTimeout) and not exc.args and limit is not None:
+                exc.args = (f"task {task_id} ({name}) ran past its time limit of {limit:g} s",)
             data, tb = encode_exception(exc)
             return False, data, tb, name
         try:

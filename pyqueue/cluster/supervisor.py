@@ -24,6 +24,24 @@ set instead of handlers: there is no window in which a signal is lost, and the s
 (``si_pid``) and origin (``si_code``) are known, which is how a forwarded
 SIGTERM is told apart from one the user sent.
 
+Time limits (the hard limit of ``Client.submit_call(..., time_limit=)``): a
+task stuck in C code that holds the GIL stops every Python thread of its
+process, so the child cannot enforce it itself.  The supervisor can: it
+shares a :class:`DeadlineBoard` (a memfd) with the child, where each worker
+thread posts, before it runs a task with a limit, the time after which the
+child is to be taken for wedged (start + limit + grace + a margin).  The
+child's own watchdog gets the first chance (see :mod:`pyqueue.cluster.node`):
+while it can run, it reports the task FAILED with ``TaskTimeout``, stops
+gracefully and exits with :data:`EXIT_TIME_LIMIT`.  A posted time that
+passes anyway means nothing in the child can run: the supervisor calls its
+``on_wedged`` callback with the overdue tasks (``pyqueue node`` reports them
+FAILED with ``TaskTimeout`` over a connection of its own, while the wedged
+child's connection still holds their leases), then SIGKILLs the child.
+Either way the child is replaced at once, and the replacement is not counted
+as a crash toward ``max_restarts``: each one ends a task attempt that failed
+(retried only when asked), so their number is bounded by the work, unlike a
+crash loop.
+
 SIGSTOP cannot be caught, so it cannot be forwarded: to freeze a supervised
 node, stop its process group (``kill -STOP -PGID``); the child shares its
 supervisor's group.
@@ -34,16 +52,21 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import mmap
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, NamedTuple
 
 __all__ = [
+    "EXIT_TIME_LIMIT",
+    "DeadlineBoard",
+    "Overdue",
     "Supervisor",
     "block_child_signals",
     "describe_exit",
@@ -57,12 +80,123 @@ log = logging.getLogger("pyqueue.cluster.supervisor")
 SUPERVISOR_ENV = "PYQUEUE_SUPERVISOR_PID"
 #: a child exiting with this code failed to start (bad configuration): restarting cannot help
 EXIT_STARTUP_ERROR = 2
+#: a child exiting with this code had a task stuck past its time limit: replace it at once
+EXIT_TIME_LIMIT = 75
+#: environment variable naming the child's DeadlineBoard: "FD:SLOTS"
+DEADLINES_ENV = "PYQUEUE_DEADLINES"
 _PR_SET_PDEATHSIG = 1
 # Signals the supervisor waits for: blocked for the whole of run(), so none is lost.
 _SUPERVISOR_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 # Signals the child waits for; SIGUSR1 is the child's own "stop() has returned".
 _CHILD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 _POLL = 0.5
+
+
+class Overdue(NamedTuple):
+    """A task whose posted deadline passed (see :meth:`DeadlineBoard.overdue`)."""
+
+    task_id: str
+    token: int
+    limit: float
+    grace: float
+
+
+# seq, kill_at (CLOCK_MONOTONIC seconds, 0: free), limit, grace, token, id length
+_HEAD = struct.Struct("<QdddQH")
+_ID_BYTES = 512 * 4  # a task id is at most 512 characters of UTF-8
+_SLOT = (_HEAD.size + _ID_BYTES + 7) // 8 * 8
+
+
+class DeadlineBoard:
+    """Fixed slots in shared memory where a node posts its tasks' deadlines.
+
+    Each slot has one writer (the worker thread that holds it) and one
+    reader (the supervisor), with no lock between two processes: the writer
+    makes the slot's sequence number odd, writes, then makes it even again,
+    and the reader keeps only a slot it read twice with the same even number
+    (a seqlock), so it never acts on half a record.  Times are
+    ``time.monotonic()`` (CLOCK_MONOTONIC), which every process shares.
+
+    Thread safety
+    -------------
+    :meth:`post` and :meth:`clear` on one slot must come from one thread at a time.
+    """
+
+    def __init__(self, fd: int, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a deadline board needs at least one slot")
+        self.fd = fd
+        self.slots = slots
+        self._mem = mmap.mmap(fd, slots * _SLOT)
+
+    @classmethod
+    def create(cls, slots: int) -> DeadlineBoard:
+        """A new board (the supervisor side); its fd is inheritable."""
+        fd = os.memfd_create("pyqueue-deadlines", 0)
+        os.ftruncate(fd, slots * _SLOT)
+        os.set_inheritable(fd, True)
+        return cls(fd, slots)
+
+    @classmethod
+    def from_env(cls) -> DeadlineBoard | None:
+        """The board the supervisor passed down, or None (the child side)."""
+        raw = os.environ.pop(DEADLINES_ENV, None)  # tasks that start nodes must not inherit it
+        if not raw:
+            return None
+        fd, _, slots = raw.partition(":")
+        try:
+            board = cls(int(fd), int(slots))
+        except (ValueError, OSError) as exc:
+            log.warning("ignoring %s=%r: %s", DEADLINES_ENV, raw, exc)
+            return None
+        os.set_inheritable(board.fd, False)
+        return board
+
+    def env_value(self) -> str:
+        return f"{self.fd}:{self.slots}"
+
+    def _write(
+        self, slot: int, kill_at: float, limit: float, grace: float, token: int, tid: bytes
+    ) -> None:
+        off = slot * _SLOT
+        (seq,) = struct.unpack_from("<Q", self._mem, off)
+        struct.pack_into("<Q", self._mem, off, seq | 1)  # odd: being written
+        _HEAD.pack_into(self._mem, off, seq | 1, kill_at, limit, grace, token, len(tid))
+        self._mem[off + _HEAD.size : off + _HEAD.size + len(tid)] = tid
+        struct.pack_into("<Q", self._mem, off, (seq | 1) + 1)  # even again: complete
+
+    def post(
+        self, slot: int, task_id: str, token: int, kill_at: float, limit: float, grace: float
+    ) -> None:
+        """Slot ``slot`` runs ``task_id`` until ``kill_at`` at the latest."""
+        tid = task_id.encode()[:_ID_BYTES]
+        self._write(slot, kill_at, limit, grace, token, tid)
+
+    def clear(self, slot: int) -> None:
+        """Slot ``slot`` runs nothing with a limit."""
+        self._write(slot, 0.0, 0.0, 0.0, 0, b"")
+
+    def overdue(self, now: float) -> list[Overdue]:
+        """The tasks whose ``kill_at`` is past (the supervisor side)."""
+        out = []
+        for slot in range(self.slots):
+            off = slot * _SLOT
+            seq, kill_at, limit, grace, token, n = _HEAD.unpack_from(self._mem, off)
+            if seq & 1 or not 0 < kill_at <= now or n > _ID_BYTES:
+                continue
+            tid = bytes(self._mem[off + _HEAD.size : off + _HEAD.size + n])
+            if struct.unpack_from("<Q", self._mem, off)[0] != seq:
+                continue  # rewritten while we read: look again at the next poll
+            out.append(Overdue(tid.decode(errors="replace"), token, limit, grace))
+        return out
+
+    def reset(self) -> None:
+        """Clear every slot (for a new child)."""
+        self._mem[:] = bytes(len(self._mem))
+
+    def close(self) -> None:
+        self._mem.close()
+        os.close(self.fd)
 
 
 def describe_exit(returncode: int) -> str:
@@ -99,6 +233,13 @@ class Supervisor:
         first delay again.
     env : dict, optional
         The child's environment (default: ours); the supervisor's pid is added.
+    deadline_slots : int
+        Slots of the :class:`DeadlineBoard` shared with the child (its task
+        slots); 0: no board, no hard time limits.
+    on_wedged : callable, optional
+        ``on_wedged(overdue, pid)``: called with the tasks whose posted
+        deadline passed, before the wedged child is killed; it must return
+        within seconds (an exception is logged and the kill goes on).
 
     Notes
     -----
@@ -125,6 +266,8 @@ class Supervisor:
         backoff_max: float = 30.0,
         stable_after: float = 10.0,
         env: dict[str, str] | None = None,
+        deadline_slots: int = 0,
+        on_wedged: Callable[[list[Overdue], int], object] | None = None,
     ) -> None:
         if max_restarts < 0 or restart_window <= 0 or grace < 0:
             raise ValueError("max_restarts and grace must be >= 0, restart_window > 0")
@@ -138,6 +281,11 @@ class Supervisor:
         self.stable_after = stable_after
         self.env = dict(os.environ if env is None else env)
         self.restarts = 0
+        #: children replaced for a task stuck past its time limit (not crashes)
+        self.replaced = 0
+        self.deadline_slots = deadline_slots
+        self.on_wedged = on_wedged
+        self.board: DeadlineBoard | None = None
         self.child: subprocess.Popen[bytes] | None = None
 
     def run(self) -> int:
@@ -148,6 +296,8 @@ class Supervisor:
         startup error.
         """
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        if self.deadline_slots > 0:
+            self.board = DeadlineBoard.create(self.deadline_slots)
         try:
             return self._loop()
         finally:
@@ -156,11 +306,19 @@ class Supervisor:
                 child.kill()  # never leave a child behind, whatever went wrong here
                 child.wait()
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            if self.board is not None:
+                self.board.close()
+                self.board = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(self.env)
         env[SUPERVISOR_ENV] = str(os.getpid())
-        child = subprocess.Popen(self.command, env=env)
+        fds: tuple[int, ...] = ()
+        if self.board is not None:
+            self.board.reset()
+            env[DEADLINES_ENV] = self.board.env_value()
+            fds = (self.board.fd,)
+        child = subprocess.Popen(self.command, env=env, pass_fds=fds)
         log.info(
             "node %s: worker pid %d started",
             self.name,
@@ -199,6 +357,12 @@ class Supervisor:
             if info is None or info.si_signo == signal.SIGCHLD:
                 child = self.child
                 rc = None if child is None else child.poll()
+                if child is not None and rc is None and self._wedged(child):
+                    if kill_at is not None:
+                        return 1  # it was stopping: it stays stopped
+                    self.replaced += 1
+                    next_start = time.monotonic()
+                    continue
                 if child is None or rc is None:
                     # still running (or stopped/continued), or in its backoff
                     if child is not None and kill_at is not None and time.monotonic() >= kill_at:
@@ -228,6 +392,17 @@ class Supervisor:
                         extra={"event": "worker_stopped", "node": self.name, "code": rc},
                     )
                     return 0
+                if rc == EXIT_TIME_LIMIT:
+                    self.replaced += 1
+                    log.warning(
+                        "node %s: worker pid %d had a task stuck past its time limit;"
+                        " replacing it now (not counted as a crash)",
+                        self.name,
+                        child.pid,
+                        extra={"event": "worker_replaced", "node": self.name, "code": rc},
+                    )
+                    next_start = time.monotonic()
+                    continue
                 if rc == EXIT_STARTUP_ERROR:
                     log.error(
                         "node %s: worker failed to start (exit code 2); not restarting",
@@ -297,6 +472,35 @@ class Supervisor:
                 self.grace,
                 extra={"event": "stopping", "node": self.name},
             )
+
+    def _wedged(self, child: subprocess.Popen[bytes]) -> bool:
+        """Kill ``child`` if a task's posted deadline passed (it cannot act
+        itself: a task holds its GIL); True if it was killed."""
+        if self.board is None:
+            return False
+        overdue = self.board.overdue(time.monotonic())
+        if not overdue:
+            return False
+        for row in overdue:
+            log.error(
+                "node %s: task %s (attempt %d) still running %g s past its time limit of %g s"
+                " and worker pid %d does not respond (stuck in C code holding the GIL?);"
+                " replacing the worker",
+                self.name,
+                row.task_id,
+                row.token,
+                row.grace,
+                row.limit,
+                child.pid,
+                extra={"event": "worker_wedged", "node": self.name, "task": row.task_id},
+            )
+        if self.on_wedged is not None:
+            try:
+                self.on_wedged(overdue, child.pid)
+            except Exception:
+                log.exception("node %s: reporting the stuck task(s) failed", self.name)
+        self._kill_child()
+        return True
 
     def _kill_child(self) -> None:
         child = self.child

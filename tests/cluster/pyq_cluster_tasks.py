@@ -173,3 +173,47 @@ def wait_for_file(path: str, timeout: float) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def _mark(path: str) -> None:
+    with open(path, "a") as fh:
+        fh.write("x")
+
+
+def spin_with_finally(finally_path: str, budget: float = 60.0) -> str:
+    """A pure-Python loop (until TaskTimeout, or ``budget`` s); marks ``finally_path``."""
+    _record()
+    end = time.monotonic() + budget
+    try:
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+        return "never interrupted"
+    finally:
+        _mark(finally_path)
+
+
+def sleep_in_c_holding_the_gil(seconds: int) -> str:
+    """libc sleep() called through PyDLL, which keeps the GIL: no thread of
+    this process runs Python code until it returns."""
+    import ctypes
+
+    _record()
+    ctypes.PyDLL(None).sleep(seconds)
+    return "slept"
+
+
+def sleep_releasing_the_gil(seconds: float) -> str:
+    """One long time.sleep: TaskTimeout cannot reach it until it returns."""
+    _record()
+    time.sleep(seconds)
+    return "slept"
+
+
+def done_once(x: int, done_dir: str) -> int:
+    """Record that task x completed (one file per task id; a second completion shows)."""
+    ctx = current_task()
+    assert ctx is not None
+    with open(os.path.join(done_dir, ctx.task_id), "a") as fh:
+        fh.write(f"{x}\n")
+    return x * 10
