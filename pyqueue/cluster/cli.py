@@ -739,6 +739,17 @@ def main_status(argv: list[str] | None = None) -> int:
         )
     print("tasks: " + ", ".join(f"{k} {v}" for k, v in st["tasks"].items()))
     print("completions: " + ", ".join(f"{k} {v}" for k, v in st["completions"].items()))
+    for q in st.get("queues", []):
+        counts = ", ".join(f"{k} {v}" for k, v in q["tasks"].items() if v) or "empty"
+        rate = "" if q["rate_limit"] is None else f", at most {q['rate_limit']:g}/s"
+        age = q["oldest_pending_s"]
+        oldest = "" if age is None else f", oldest waiting {age:.1f} s"
+        paused = " (paused)" if q["paused"] else ""
+        print(f"  queue {q['name']}{paused}: {counts}{rate}{oldest}")
+    for s in st.get("schedules", []):
+        when = s["cron"] if s["cron"] is not None else f"every {s['every']:g} s"
+        nxt = "paused" if s["paused"] or s["next_fire"] is None else _utc(s["next_fire"])
+        print(f"  schedule {s['id']}: {when} ({s['timezone']}), next {nxt}")
     for d in st.get("dead_tasks", []):
         print(
             f"  dead {d['id']}: attempts {d['attempts']} lost {d['lost']}"

@@ -79,10 +79,12 @@ _BUSY_ROWS = 4
 #: ...and then the next one waits until this long after it, so that each commit
 #: and each write carries more (an idle round trip is never delayed)
 _BUSY_FLUSH_GAP = 0.001
+#: messages that change nothing a flush would write (unless results wait for a window)
+_NO_FLUSH = frozenset({MsgType.HEARTBEAT, MsgType.RESULTS_TAKEN})
 #: finished tasks purged per tick, or per operator PURGE message, at most
 _PURGE_BATCH = 10_000
 #: result rows pushed to one client and not yet taken (RESULTS_TAKEN), at most...
-RESULT_WINDOW = 4096
+RESULT_WINDOW = 16384
 #: ...and their bytes: the rest wait in the store, not in the coordinator's buffers
 RESULT_WINDOW_BYTES = 16 << 20
 
@@ -382,7 +384,8 @@ class CoordinatorCore:
             raise UnexpectedMessage(f"{msg.type.name} is not a request the coordinator serves")
         # a bad body raises MalformedFrame in messages.py; anything else is ours
         handler(self, peer, msg)
-        self.schedule_flush()
+        if msg.type not in _NO_FLUSH or peer.results_due:
+            self.schedule_flush()
 
     def _apply_later(self, peer: PeerState, msg: P.Message, failures: int) -> None:
         """Our error while applying ``msg``: log it and apply it again later."""
@@ -846,9 +849,15 @@ class CoordinatorCore:
             size += n
         if not due:
             self._windowed.discard(peer)
-        for batch in P.split_batches(rows, _result_size, self._batch_bytes):
+        if not rows:
+            return
+        if size <= self._batch_bytes and len(rows) <= P.BATCH_COUNT:
+            batches = [rows]  # the common case: sizes are known already
+        else:
+            batches = P.split_batches(rows, _result_size, self._batch_bytes)
+        for batch in batches:
             peer.outbox.append(self.encode(MsgType.RESULTS, {"results": batch}))
-            nbytes = sum(map(_result_size, batch))
+            nbytes = size if len(batches) == 1 else sum(map(_result_size, batch))
             peer._sent_sizes.append((len(batch), nbytes))
             peer.results_out += len(batch)
             peer.results_out_bytes += nbytes

@@ -101,6 +101,14 @@ def test_a_paused_queue_starts_nothing_until_resumed(harness):
     assert all(h.acknowledged(10) for h in held)
     (q,) = [q for q in c.status()["queues"] if q["name"] == "p"]
     assert q["paused"] and q["tasks"]["pending"] == 5
+    shown = subprocess.run(
+        cli_command("status", "--connect", harness.address),
+        env=harness.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "  queue p (paused): pending 5, oldest waiting" in shown.stdout, shown
     out = subprocess.run(
         cli_command("queue", "p", "--resume", "--connect", harness.address),
         env=harness.env,

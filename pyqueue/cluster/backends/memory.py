@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .. import dispatch, schedules
 from ..backend import Backend
@@ -85,20 +86,64 @@ class _Task:
         )
 
 
+_Entry = tuple[int, str]  # (seq, task id): a place in a queue
+
+
 @dataclass(**SLOTS)
 class _Queue:
-    """One named queue: its waiting tasks in dispatch order, its settings."""
+    """One named queue: its waiting tasks in dispatch order, its settings.
+
+    Per priority, fresh submits wait in a FIFO (seq only grows, so appending
+    keeps the order: O(1) per submit), and tasks that come back (requeued,
+    promoted when due, deferred by poison isolation) in a heap by seq, so that
+    each takes its old place.  The head of a level is the smaller of the two
+    heads; the head of the queue is that of its highest level.  Entries of
+    tasks that left (leased, cancelled) are skipped when they reach a head.
+    """
 
     name: str
-    heap: list[tuple[int, int, str]] = field(default_factory=list)  # (-priority, seq, id)
-    # (ready, seq, id) of waiting tasks, for the oldest one's age; stale entries
-    # are skipped, and the heap is rebuilt when they outnumber the live ones
-    ages: list[tuple[float, int, str]] = field(default_factory=list)
+    fresh: dict[int, collections.deque[_Entry]] = field(default_factory=dict)
+    back: dict[int, list[_Entry]] = field(default_factory=dict)
+    levels: list[int] = field(default_factory=list)  # heap of -priority with entries
     counts: list[int] = field(default_factory=lambda: [0] * len(TaskState))
     rate: float | None = None  # leases per second, over all nodes
     paused: bool = False
     tokens: float = 0.0
     stamp: float = 0.0  # when tokens were last counted
+
+    def _level(self, priority: int) -> None:
+        if priority not in self.fresh:
+            self.fresh[priority] = collections.deque()
+            self.back[priority] = []
+            heapq.heappush(self.levels, -priority)
+
+    def push_fresh(self, priority: int, entry: _Entry) -> None:
+        self._level(priority)
+        self.fresh[priority].append(entry)
+
+    def push_back(self, priority: int, entry: _Entry) -> None:
+        self._level(priority)
+        heapq.heappush(self.back[priority], entry)
+
+    def head(self, live: Callable[[_Entry], bool]) -> tuple[int, bool] | None:
+        """(priority, from the FIFO?) of the first live entry, dropping dead ones."""
+        levels = self.levels
+        while levels:
+            p = -levels[0]
+            fresh, back = self.fresh[p], self.back[p]
+            while fresh and not live(fresh[0]):
+                fresh.popleft()
+            while back and not live(back[0]):
+                heapq.heappop(back)
+            if fresh or back:
+                return p, not back or (bool(fresh) and fresh[0][0] < back[0][0])
+            heapq.heappop(levels)  # an empty level goes until a task comes again
+            del self.fresh[p], self.back[p]
+        return None
+
+    def pop(self, where: tuple[int, bool]) -> _Entry:
+        p, from_fifo = where
+        return self.fresh[p].popleft() if from_fifo else heapq.heappop(self.back[p])
 
 
 class MemoryBackend(Backend):
@@ -172,44 +217,36 @@ class MemoryBackend(Backend):
             q = self._queues[name] = _Queue(name)
         return q
 
-    def _wait(self, rec: _Task) -> None:
-        """Put a PENDING task in its queue, at its place (priority, then submit order)."""
+    def _wait(self, rec: _Task, fresh: bool = False) -> None:
+        """Put a PENDING task in its queue, at its place (priority, then submit
+        order); ``fresh``: just submitted, so it goes last among its equals."""
         q = self._queues[rec.queue]
-        heapq.heappush(q.heap, (-rec.priority, rec.seq, rec.id))
-        heapq.heappush(q.ages, (rec.ready, rec.seq, rec.id))
-        if len(q.ages) > 2 * q.counts[TaskState.PENDING] + 1024:
-            self._compact(q)
+        if fresh:
+            q.push_fresh(rec.priority, (rec.seq, rec.id))
+        else:
+            q.push_back(rec.priority, (rec.seq, rec.id))
 
-    def _compact(self, q: _Queue) -> None:
-        """Rebuild a queue's heaps from its waiting tasks: stale entries (tasks
-        leased or cancelled from below the top) never pile up."""
-        tasks = self._tasks
-        live = [
-            rec
-            for _, seq, tid in q.heap
-            if (rec := tasks.get(tid)) is not None
-            and rec.state is TaskState.PENDING
-            and rec.seq == seq
-        ]
-        q.heap = [(-r.priority, r.seq, r.id) for r in live]
-        q.ages = [(r.ready, r.seq, r.id) for r in live]
-        heapq.heapify(q.heap)
-        heapq.heapify(q.ages)
+    def _live(self, entry: _Entry) -> bool:
+        rec = self._tasks.get(entry[1])
+        return rec is not None and rec.state is TaskState.PENDING and rec.seq == entry[0]
 
     def _oldest_ready(self, q: _Queue) -> float | None:
-        ages, tasks = q.ages, self._tasks
-        while ages:
-            ready, seq, tid = ages[0]
-            rec = tasks.get(tid)
-            if (
-                rec is not None
-                and rec.state is TaskState.PENDING
-                and rec.seq == seq
-                and rec.ready == ready
-            ):
-                return ready
-            heapq.heappop(ages)
-        return None
+        """When the longest-waiting task became ready: the first live entry of
+        each FIFO (submitted in time order), and every live returned entry."""
+        oldest: float | None = None
+        tasks = self._tasks
+        for fifo in q.fresh.values():
+            for entry in fifo:
+                if self._live(entry):
+                    ready = tasks[entry[1]].ready
+                    oldest = ready if oldest is None else min(oldest, ready)
+                    break
+        for back in q.back.values():
+            for entry in back:
+                if self._live(entry):
+                    ready = tasks[entry[1]].ready
+                    oldest = ready if oldest is None else min(oldest, ready)
+        return oldest
 
     def _finish(
         self,
@@ -312,7 +349,7 @@ class MemoryBackend(Backend):
                 if scheduled:
                     heapq.heappush(self._scheduled, (rec.not_before, seq, spec.id))
                 else:
-                    self._wait(rec)
+                    self._wait(rec, fresh=True)
             out.append(rec.state)
         return out
 
@@ -325,26 +362,17 @@ class MemoryBackend(Backend):
                 out[node] = Grant(leases, len(held))
         return out
 
-    def _head(self, q: _Queue) -> bool:
-        """Drop stale entries (cancelled, leased, ...) off the top of ``q``; True
-        if a waiting task is left on top."""
-        heap, tasks = q.heap, self._tasks
-        while heap:
-            _, seq, tid = heap[0]
-            rec = tasks.get(tid)
-            if rec is not None and rec.state is TaskState.PENDING and rec.seq == seq:
-                return True
-            heapq.heappop(heap)
-        return False
-
-    def _can_grant(self, q: _Queue, now: float) -> bool:
-        if q.paused or not self._head(q):
-            return False
-        if q.rate is not None:
+    def _can_grant(self, q: _Queue, now: float) -> tuple[int, bool] | None:
+        """Where ``q``'s next task is, if it can grant a lease now."""
+        if q.paused:
+            return None
+        where = q.head(self._live)
+        if where is not None and q.rate is not None:
             q.tokens = dispatch.refill(q.tokens, q.stamp, q.rate, now)
             q.stamp = now
-            return q.tokens >= 1.0
-        return True
+            if q.tokens < 1.0:
+                return None
+        return where
 
     def _lease_one(
         self, node: str, held: dict[str, bool], demand: Demand, now: float
@@ -360,22 +388,26 @@ class MemoryBackend(Backend):
         policy = self.policy
         suspects = self._suspects.get(node, 0)
         out: list[Lease] = []
-        deferred: list[tuple[_Queue, tuple[int, int, str]]] = []
+        deferred: list[tuple[_Queue, int, _Entry]] = []
         single = served[0][0] if len(served) == 1 else None
         while len(out) < n:
             if single is not None:  # the common case: no choice to make
-                q = single if self._can_grant(single, now) else None
+                q = single
+                where = self._can_grant(q, now)
             else:
-                eligible = [(q.name, w) for q, w in served if self._can_grant(q, now)]
+                heads = [(q, w, self._can_grant(q, now)) for q, w in served]
+                eligible = [(q.name, w) for q, w, at in heads if at is not None]
                 name = dispatch.choose_queue(eligible, demand.strict, self._rng)
-                q = None if name is None else queues[name]
-            if q is None:
+                if name is None:
+                    break
+                q, where = next((hq, at) for hq, _, at in heads if hq.name == name)
+            if where is None:
                 break
-            entry = heapq.heappop(q.heap)
-            rec = tasks[entry[2]]
+            entry = q.pop(where)
+            rec = tasks[entry[1]]
             suspect = rec.lost > 0
             if not dispatch.may_lease(suspect, suspects):
-                deferred.append((q, entry))  # keeps its place for another node
+                deferred.append((q, where[0], entry))  # keeps its place for another node
                 continue
             if dispatch.over_cap(policy, rec.attempts, rec.base):
                 cap = policy.max_attempts
@@ -392,8 +424,8 @@ class MemoryBackend(Backend):
             held[rec.id] = suspect
             out.append(Lease(rec.id, rec.attempts, rec.payload))  # type: ignore[arg-type]
         self._suspects[node] = suspects
-        for q, entry in deferred:
-            heapq.heappush(q.heap, entry)
+        for q, priority, entry in deferred:
+            q.push_back(priority, entry)
         return out
 
     def complete(self, node: str, rows: Sequence[Completion], now: float) -> list[Verdict]:
@@ -738,7 +770,7 @@ class MemoryBackend(Backend):
         if self._next_fire is not None:
             due = self._next_fire if due is None else min(due, self._next_fire)
         for q in self._queues.values():
-            if q.rate is None or q.paused or not self._head(q):
+            if q.rate is None or q.paused or q.head(self._live) is None:
                 continue
             q.tokens = dispatch.refill(q.tokens, q.stamp, q.rate, now)
             q.stamp = now

@@ -286,7 +286,7 @@ class SQLiteBackend(MemoryBackend):
             counts[rec.state] += 1
             self._queue(rec.queue).counts[rec.state] += 1
             if rec.state is TaskState.PENDING:
-                self._wait(rec)
+                self._wait(rec, fresh=True)  # rows come in seq order
             elif rec.state is TaskState.SCHEDULED:
                 self._scheduled.append((nb, seq, tid))
             self._seq = max(self._seq, seq + 1)
