@@ -559,6 +559,22 @@ def spec_problem(spec: SubmitSpec) -> str | None:
     For senders: check a row before it goes into an outbox, where a row the
     coordinator refuses would be resent after every reconnect.
     """
+    tid, payload, retries, backoff, not_before, ttl, queue, priority = spec
+    if (  # the common row, checked as Submit.from_body's inline path does
+        type(tid) is str
+        and 0 < len(tid) <= MAX_ID
+        and type(payload) is bytes
+        and type(retries) is int
+        and 0 <= retries < _I64
+        and type(backoff) is float
+        and 0.0 <= backoff < _INF
+        and type(not_before) is float
+        and 0.0 <= not_before < _INF
+        and ttl is None
+        and queue == _DQ
+        and priority == 0
+    ):
+        return None
     try:
         _spec_row(list(spec))
     except _Bad as exc:
