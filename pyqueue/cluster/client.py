@@ -792,10 +792,10 @@ class Client:
         expression in ``timezone``, or ``every`` so many seconds.
 
         Each fire is one task with the id ``"<schedule_id>@<fire time, UTC>"``,
-        so a fire never runs twice.  ``misfire`` says what happens to fires
-        missed while no coordinator ran: ``"coalesce"`` (one run for all),
-        ``"skip"`` (none), ``"all"`` (each, up to 1000).  Declaring an id again
-        updates that schedule.
+        so no time is fired twice (running it is at-least-once).  ``misfire``
+        says what happens to fires missed while no coordinator ran:
+        ``"coalesce"`` (one run for all), ``"skip"`` (none), ``"all"`` (each,
+        up to 1000).  Declaring an id again updates that schedule.
 
         Raises
         ------

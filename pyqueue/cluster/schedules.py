@@ -11,9 +11,9 @@ daylight-saving rules are documented and tested against Debian's cron.
 .. _cronsim: https://pypi.org/project/cronsim/
 
 Each fire is a task whose id derives from the schedule and the fire time
-(:func:`fire_id`), submitted like any other (idempotent on its id), so a fire
-never runs twice: not after a coordinator is killed at the fire time, nor when
-two coordinators share a store.
+(:func:`fire_id`), submitted like any other (idempotent on its id), so no time
+is fired twice: not after a coordinator is killed at the fire time, nor when
+two coordinators share a store.  Running it is at-least-once, as for any task.
 """
 
 from __future__ import annotations

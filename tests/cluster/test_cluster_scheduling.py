@@ -154,7 +154,12 @@ def test_a_schedule_through_a_coordinator_kill_fires_once_per_time(harness, tmp_
     wait_until(lambda: time.time() > up + 2.5, 5, "fires after the restart")
     c2.unschedule("tick")
     runs = harness.executions()
-    assert runs and max(runs.values()) == 1, runs  # no fire ran twice
+    # One task per fire time, so no time is fired twice. A fire that was
+    # running when the coordinator died may run once more (at-least-once:
+    # its completion may not have been committed); no other may.
+    again = {tid for tid, n in runs.items() if n > 1}
+    in_flight = {fire_id("tick", t) for t in _period_times(sch.anchor, down - 1.5, down + 0.05)}
+    assert runs and again <= in_flight and max(runs.values()) <= 2, runs
     period_times = [sch.anchor + k for k in range(1, int(up + 3 - sch.anchor) + 1)]
     gap = [t for t in period_times if down + 0.05 < t < up - 1.0]  # missed, beyond the grace
     ran_in_gap = [t for t in gap if fire_id("tick", t) in runs]
@@ -170,6 +175,11 @@ def test_a_schedule_through_a_coordinator_kill_fires_once_per_time(harness, tmp_
     else:
         assert ran_in_gap == []
     assert any(fire_id("tick", t) in runs for t in period_times if t > up + 0.5)  # it goes on
+
+
+def _period_times(anchor: float, start: float, end: float) -> list[float]:
+    """The fire times of an every-1-s schedule declared at ``anchor`` within (start, end)."""
+    return [anchor + k for k in range(1, int(end - anchor) + 2) if start < anchor + k < end]
 
 
 def test_schedules_are_listed_paused_resumed_and_deleted_from_the_cli(harness):
