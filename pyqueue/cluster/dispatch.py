@@ -133,10 +133,10 @@ def retry_delay(
 
 
 def bucket_capacity(rate: float) -> float:
-    """Tokens a rate-limited queue may save up: a tenth of a second's worth, at
-    least one, so that no one-second window holds more than ``1.1 * rate``
+    """Tokens a rate-limited queue may save up: a twentieth of a second's worth,
+    at least one, so that no one-second window holds more than ``1.05 * rate``
     (plus one) lease grants."""
-    return max(1.0, rate / 10.0)
+    return max(1.0, rate / 20.0)
 
 
 def refill(tokens: float, stamp: float, rate: float, now: float) -> float:

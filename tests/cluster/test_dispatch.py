@@ -215,10 +215,10 @@ def test_choose_queue_weighted_random_follows_the_weights() -> None:
     assert abs(picks.count("b") / len(picks) - 0.75) < 0.03
 
 
-def test_a_bucket_saves_a_tenth_of_a_second_and_refills_at_its_rate() -> None:
-    assert dispatch.bucket_capacity(0.5) == 1.0 and dispatch.bucket_capacity(50.0) == 5.0
-    assert dispatch.refill(0.0, 10.0, 20.0, 10.05) == pytest.approx(1.0)
-    assert dispatch.refill(0.0, 10.0, 20.0, 99.0) == 2.0  # capped
-    assert dispatch.refill(1.5, 10.0, 20.0, 9.0) == 1.5  # a clock going back adds nothing
+def test_a_bucket_saves_a_twentieth_of_a_second_and_refills_at_its_rate() -> None:
+    assert dispatch.bucket_capacity(0.5) == 1.0 and dispatch.bucket_capacity(50.0) == 2.5
+    assert dispatch.refill(0.0, 10.0, 40.0, 10.025) == pytest.approx(1.0)
+    assert dispatch.refill(0.0, 10.0, 40.0, 99.0) == 2.0  # capped
+    assert dispatch.refill(1.5, 10.0, 40.0, 9.0) == 1.5  # a clock going back adds nothing
     assert dispatch.token_at(0.5, 10.0, 20.0) == pytest.approx(10.025)
     assert dispatch.token_at(1.0, 10.0, 20.0) == 10.0
