@@ -196,6 +196,16 @@ class Harness:
                     out[line.split()[0]] += 1
         return out
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``pyqueue ARGS --connect <this cluster>`` to its end; its output as text."""
+        return subprocess.run(
+            cli_command(*args, "--connect", self.address),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def start_order(self) -> list[str]:
         """Task ids in the order they started, when one node process ran them all."""
         (f,) = self.exec_dir.glob("*.log")

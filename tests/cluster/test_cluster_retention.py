@@ -4,14 +4,11 @@ memory and disk once their TTL has passed."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import time
 
 import pyq_cluster_tasks as T
 import pytest
 from pyq_cluster_harness import wait_until
-
-from pyqueue.cluster.local import cli_command
 
 pytestmark = pytest.mark.slow
 
@@ -55,22 +52,10 @@ def test_an_operator_purges_ahead_of_retention_from_the_client_and_the_cli(harne
     st = c.status()
     assert st["tasks"]["succeeded"] == 20 and st["purged"] == 50
     assert [h.result(timeout=5) for h in new][:3] == [1, 2, 5]  # delivered results stay
-    out = subprocess.run(
-        cli_command("purge", "--connect", harness.address, "--older-than", "0"),
-        env=harness.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = harness.cli("purge", "--older-than", "0")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "purged 20 task(s)"
-    refused = subprocess.run(
-        cli_command("purge", "--connect", harness.address),
-        env=harness.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = harness.cli("purge")
     assert refused.returncode == 2 and "say what to purge" in refused.stderr
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
         assert db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0

@@ -14,7 +14,6 @@ import pyq_cluster_tasks as T
 import pytest
 from pyq_cluster_harness import wait_until
 
-from pyqueue.cluster.local import cli_command
 from pyqueue.cluster.schedules import fire_id
 
 pytestmark = pytest.mark.slow
@@ -101,21 +100,9 @@ def test_a_paused_queue_starts_nothing_until_resumed(harness):
     assert all(h.acknowledged(10) for h in held)
     (q,) = [q for q in c.status()["queues"] if q["name"] == "p"]
     assert q["paused"] and q["tasks"]["pending"] == 5
-    shown = subprocess.run(
-        cli_command("status", "--connect", harness.address),
-        env=harness.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = harness.cli("status")
     assert "  queue p (paused): pending 5, oldest waiting" in shown.stdout, shown
-    out = subprocess.run(
-        cli_command("queue", "p", "--resume", "--connect", harness.address),
-        env=harness.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = harness.cli("queue", "p", "--resume")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("queue p: running, no rate limit")
     assert [h.result(timeout=30) for h in held] == [i * i for i in range(5)]
@@ -193,13 +180,7 @@ def test_schedules_are_listed_paused_resumed_and_deleted_from_the_cli(harness):
     assert (nxt.hour, nxt.minute) in ((3, 30), (4, 0))  # 04:00 only on a spring-forward day
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            cli_command("schedules", *args, "--connect", harness.address),
-            env=harness.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return harness.cli("schedules", *args)
 
     out = cli("--pause", "nightly")
     assert out.returncode == 0 and "paused" in out.stdout, out
@@ -230,11 +211,5 @@ def test_bad_scheduling_input_is_refused_before_anything_is_sent(harness):
             call()
     st = c.status()
     assert st["queues"] == [] and st["schedules"] == [] and sum(st["tasks"].values()) == 0
-    bad_rate = subprocess.run(
-        cli_command("queue", "q", "--rate", "fast", "--connect", harness.address),
-        env=harness.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad_rate = harness.cli("queue", "q", "--rate", "fast")
     assert bad_rate.returncode == 2 and "is not a rate" in bad_rate.stderr
