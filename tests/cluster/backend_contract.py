@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import shared_url
 
 from pyqueue.cluster.backend import Backend
 from pyqueue.cluster.backends import MemoryBackend, SQLiteBackend
+from pyqueue.cluster.backends.redis import RedisBackend
 from pyqueue.cluster.dispatch import Policy
 from pyqueue.cluster.schedules import ScheduleSpec, fire_id
 from pyqueue.cluster.states import (
@@ -53,6 +55,14 @@ BACKENDS = [
         True,
         lambda where, policy, seed, now: SQLiteBackend(
             where / "store.db", policy, seed=seed, now=now
+        ),
+    ),
+    # one private redis-server per test process; a location is a key prefix on it
+    Kind(
+        "redis",
+        True,
+        lambda where, policy, seed, now: RedisBackend(
+            shared_url(), policy, prefix=f"pqt{abs(hash(str(where)))}", seed=seed, now=now
         ),
     ),
 ]
