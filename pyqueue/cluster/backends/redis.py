@@ -30,8 +30,10 @@ or power loss loses nothing acknowledged; with ``everysec`` up to about one
 second of changes (submits, completions, leases) can be lost, so an
 acknowledged task may be forgotten.  Leases are stored, so a lease token is
 never issued twice across a coordinator restart; restarting the coordinator
-leaves leases in place (their nodes' loss is declared by the coordinator
-that sees them go).
+is what opening a store means in the contract: every lease goes back to its
+queue without a loss, the completion counters restart, and what expired while
+no coordinator ran is purged.  (Several coordinators over one Redis, issue 13
+part 2, will need leases owned per coordinator instead.)
 
 Jitter for retry backoff is drawn in Python from the seeded generator (one
 draw per failing completion) and passed in; weighted queue choice uses a
@@ -41,6 +43,7 @@ seeded Park-Miller generator inside the lease script.
 from __future__ import annotations
 
 import json
+import time
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -140,8 +143,10 @@ class RedisBackend(Backend):
                 "PURGE",
                 "CONFIGURE",
                 "OLDEST",
+                "RECOVER",
             )
         }
+        self._run("RECOVER", time.time() if now is None else now, [])
 
     def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
         return self._scripts[name](args=[*self._head, _f(now), *args])

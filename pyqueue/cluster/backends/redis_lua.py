@@ -459,3 +459,24 @@ end
 if best then return fmt(best) end
 return false
 """
+
+# At open (a coordinator restart): leases go back without a loss, counters
+# since open restart, and what expired while closed is purged.
+RECOVER = r"""
+redis.call('DEL', P .. ':verd')
+redis.call('SET', P .. ':purged', 0)
+for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  for _, id in ipairs(redis.call('HKEYS', P .. ':n:' .. node)) do
+    if redis.call('HGET', tk(id), 'st') == '2' then requeue(id) end
+  end
+  redis.call('DEL', P .. ':n:' .. node)
+end
+redis.call('DEL', P .. ':nodes', P .. ':sus')
+for _, id in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do
+  local e = redis.call('HGET', tk(id), 'exp')
+  if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
+end
+redis.call('DEL', P .. ':fin')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8])) do forget(id) end
+return 1
+"""
