@@ -43,8 +43,8 @@ seeded Park-Miller generator inside the lease script.
 from __future__ import annotations
 
 import json
-import time
 import random
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -116,7 +116,7 @@ class RedisBackend(Backend):
         except redis.RedisError as e:
             raise RedisUnavailable(f"cannot reach Redis at {url}: {e}") from None
         p = self.policy
-        self._head = [
+        self._head: list[Any] = [
             prefix,
             p.max_lost,
             p.max_attempts,
@@ -155,7 +155,7 @@ class RedisBackend(Backend):
         return ":".join((self.prefix, *parts))
 
     def _qk(self, queue: str, what: str) -> str:
-        return "{%s:%s}:%s" % (self.prefix, queue, what)
+        return f"{{{self.prefix}:{queue}}}:{what}"
 
     # -- Backend ---------------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
