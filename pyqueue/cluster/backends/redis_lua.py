@@ -70,6 +70,19 @@ local function leased_to(id, node, token)
   local t = redis.call('HMGET', tk(id), 'st', 'node', 'att')
   return t[1] == '2' and t[2] == node and tonumber(t[3]) == token
 end
+-- 1 or 0 per id argument, as f says
+local function each_id(f)
+  local out = {}
+  for i = A, #ARGV do
+    if f(ARGV[i]) then out[#out + 1] = 1 else out[#out + 1] = 0 end
+  end
+  return out
+end
+-- a drained finished task counts for retention from now on
+local function drained(id)
+  local e = redis.call('HGET', tk(id), 'exp')
+  if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
+end
 local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
   redis.call('HINCRBY', P .. ':cnt', t[1], -1)
@@ -339,46 +352,32 @@ return out
 """
 
 CANCEL = r"""
-local out = {}
-for i = A, #ARGV do
-  local st = redis.call('HGET', tk(ARGV[i]), 'st')
-  if st == '0' or st == '1' then
-    finish(ARGV[i], 6, false, 'cancelled')
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
+return each_id(function(id)
+  local st = redis.call('HGET', tk(id), 'st')
+  if st ~= '0' and st ~= '1' then return false end
+  finish(id, 6, false, 'cancelled')
+  return true
+end)
 """
 
 REQUEUE_DEAD = r"""
-local out = {}
-for i = A, #ARGV do
-  local id = ARGV[i]
+return each_id(function(id)
   local key = tk(id)
   local t = redis.call('HMGET', key, 'st', 'att', 'pl')
-  if t[1] == '5' and t[3] then
-    redis.call('HSET', key, 'lost', 0, 'fail', 0, 'base', t[2], 'end', 0, 'exp', 0, 'rdy', fmt(NOW))
-    redis.call('HDEL', key, 'err', 'res')
-    redis.call('ZREM', P .. ':dead', id)
-    redis.call('ZREM', P .. ':exp', id)
-    requeue(id)
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
+  if t[1] ~= '5' or not t[3] then return false end
+  redis.call('HSET', key, 'lost', 0, 'fail', 0, 'base', t[2], 'end', 0, 'exp', 0, 'rdy', fmt(NOW))
+  redis.call('HDEL', key, 'err', 'res')
+  redis.call('ZREM', P .. ':dead', id)
+  redis.call('ZREM', P .. ':exp', id)
+  requeue(id)
+  return true
+end)
 """
 
 DRAIN = r"""
 local ids = redis.call('LRANGE', P .. ':fin', 0, -1)
 redis.call('DEL', P .. ':fin')
-for _, id in ipairs(ids) do
-  local e = redis.call('HGET', tk(id), 'exp')
-  if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
-end
+for _, id in ipairs(ids) do drained(id) end
 return ids
 """
 
@@ -472,10 +471,7 @@ for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
   redis.call('DEL', P .. ':n:' .. node)
 end
 redis.call('DEL', P .. ':nodes', P .. ':sus')
-for _, id in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do
-  local e = redis.call('HGET', tk(id), 'exp')
-  if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
-end
+for _, id in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do drained(id) end
 redis.call('DEL', P .. ':fin')
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8])) do forget(id) end
 return 1
