@@ -125,9 +125,8 @@ class RedisBackend(Backend):
             _f(p.backoff_cap),
             p.max_dead,
         ]
-        pre = redis_lua.PRELUDE
         self._scripts = {
-            name: self._r.register_script(pre + getattr(redis_lua, name))
+            name: self._r.register_script(redis_lua.script(getattr(redis_lua, name)))
             for name in (
                 "SUBMIT",
                 "LEASE",

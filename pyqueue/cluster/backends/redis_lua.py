@@ -1,6 +1,7 @@
 """Server-side scripts of the Redis store (Lua, one per atomic operation)."""
 
 # Every script starts with the same ARGV head: prefix, the policy, and now.
+# Its body runs as main(); the counters it changed are written after it.
 PRELUDE = r"""
 local P = ARGV[1]
 local MAXLOST = tonumber(ARGV[2])
@@ -15,11 +16,30 @@ local function tk(id) return P .. ':t:' .. id end
 local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
 local function fmt(x) return string.format('%.17g', x) end
 local function score(pri, seq) return fmt(-pri * 4294967296 + seq) end
+-- counter changes add up here and are written once, at the end of the script
+local D = {}
+local function count(key, field, n)
+  local d = D[key]
+  if not d then d = {}; D[key] = d end
+  field = tostring(field)
+  d[field] = (d[field] or 0) + n
+end
+local function flush()
+  for key, d in pairs(D) do
+    for field, n in pairs(d) do
+      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+    end
+  end
+  D = {}
+end
+local function recount(q, old, new)
+  count(P .. ':cnt', old, -1)
+  count(P .. ':cnt', new, 1)
+  count(qk(q, 'cnt'), old, -1)
+  count(qk(q, 'cnt'), new, 1)
+end
 local function setstate(id, q, old, new)
-  redis.call('HINCRBY', P .. ':cnt', old, -1)
-  redis.call('HINCRBY', P .. ':cnt', new, 1)
-  redis.call('HINCRBY', qk(q, 'cnt'), old, -1)
-  redis.call('HINCRBY', qk(q, 'cnt'), new, 1)
+  recount(q, old, new)
   redis.call('HSET', tk(id), 'st', new)
 end
 local function wait(id)
@@ -36,20 +56,23 @@ end
 local function finish(id, state, result, err)
   local key = tk(id)
   local t = redis.call('HMGET', key, 'st', 'q', 'ttl')
-  redis.call('ZREM', qk(t[2], 'ready'), id)
-  redis.call('ZREM', P .. ':sched', id)
-  setstate(id, t[2], t[1], state)
+  if t[1] == '1' then redis.call('ZREM', qk(t[2], 'ready'), id) end
+  if t[1] == '0' then redis.call('ZREM', P .. ':sched', id) end
+  recount(t[2], t[1], state)
   local ttl = RTTL
   if t[3] then ttl = tonumber(t[3]) end
   if state == 5 then ttl = DTTL end
-  redis.call('HSET', key, 'end', fmt(NOW), 'exp', fmt(NOW + ttl), 'node', '')
-  if result then redis.call('HSET', key, 'res', result) else redis.call('HDEL', key, 'res') end
-  if err then redis.call('HSET', key, 'err', err) else redis.call('HDEL', key, 'err') end
+  local set = {'st', state, 'end', fmt(NOW), 'exp', fmt(NOW + ttl), 'node', ''}
+  local del = {}
+  if result then set[#set + 1] = 'res'; set[#set + 1] = result else del[#del + 1] = 'res' end
+  if err then set[#set + 1] = 'err'; set[#set + 1] = err else del[#del + 1] = 'err' end
   if state == 5 then
     redis.call('ZADD', P .. ':dead', redis.call('INCR', P .. ':deadctr'), id)
   else
-    redis.call('HDEL', key, 'pl')
+    del[#del + 1] = 'pl'
   end
+  redis.call('HSET', key, unpack(set))
+  redis.call('HDEL', key, unpack(del))
   redis.call('RPUSH', P .. ':fin', id)
 end
 local function requeue(id)
@@ -85,8 +108,8 @@ local function drained(id)
 end
 local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
-  redis.call('HINCRBY', P .. ':cnt', t[1], -1)
-  redis.call('HINCRBY', qk(t[2], 'cnt'), t[1], -1)
+  count(P .. ':cnt', t[1], -1)
+  count(qk(t[2], 'cnt'), t[1], -1)
   redis.call('DEL', tk(id))
   redis.call('ZREM', P .. ':exp', id)
   redis.call('ZREM', P .. ':dead', id)
@@ -124,8 +147,8 @@ while i <= #ARGV do
       'lost', 0, 'ret', ARGV[i + 2], 'bo', ARGV[i + 3], 'nb', ARGV[i + 4], 'base', 0, 'q', q,
       'pri', pri, 'rdy', fmt(rdy), 'node', '', 'exp', 0, 'end', 0)
     if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'ttl', ARGV[i + 5]) end
-    redis.call('HINCRBY', P .. ':cnt', state, 1)
-    redis.call('HINCRBY', qk(q, 'cnt'), state, 1)
+    count(P .. ':cnt', state, 1)
+    count(qk(q, 'cnt'), state, 1)
     redis.call('SADD', P .. ':queues', q)
     if state == 0 then
       redis.call('ZADD', P .. ':sched', ARGV[i + 4], id)
@@ -299,7 +322,7 @@ while i <= #ARGV do
       end
     end
   end
-  redis.call('HINCRBY', P .. ':verd', v, 1)
+  count(P .. ':verd', v, 1)
   out[#out + 1] = v
   i = i + 8
 end
@@ -397,6 +420,7 @@ local limit = tonumber(ARGV[A])
 local gone = 0
 local ids = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8], 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do forget(id); gone = gone + 1 end
+flush()
 local over = tonumber(redis.call('HGET', P .. ':cnt', 5) or '0') - MAXDEAD
 while over > 0 and gone < limit do
   local head = redis.call('ZRANGE', P .. ':dead', 0, 0)
@@ -476,3 +500,10 @@ redis.call('DEL', P .. ':fin')
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8])) do forget(id) end
 return 1
 """
+
+
+def script(body: str) -> str:
+    """The full text of one script: the prelude, the body, then the counters."""
+    return (
+        PRELUDE + "local function main()\n" + body + "\nend\nlocal r = main()\nflush()\nreturn r\n"
+    )
