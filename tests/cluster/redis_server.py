@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -48,9 +49,15 @@ class RedisServer:
         args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", *extra]
         if password is not None:
             args += ["--requirepass", password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.args = args
         auth = f":{password}@" if password is not None else ""
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -61,6 +68,12 @@ class RedisServer:
                     self.stop()
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.02)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process with ``sig`` and start it again on the same folder and port."""
+        self.proc.send_signal(sig)
+        self.proc.wait(10)
+        self._start()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

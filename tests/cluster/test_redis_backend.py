@@ -3,6 +3,7 @@ password, or holds keys that are not ours (a real redis-server each time)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -72,3 +73,25 @@ def test_foreign_keys_in_the_same_database_are_untouched() -> None:
     b.close()
     r.close()
     server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill9"])
+def test_a_redis_restart_keeps_every_applied_change(sig: int) -> None:
+    # appendfsync always: what a script applied is on disk before its reply
+    server = RedisServer("--appendfsync", "always")
+    try:
+        b = RedisBackend(server.url, prefix="pqr", now=T0)
+        b.submit([SubmitSpec(f"t{i}", b"p") for i in range(4)], T0)
+        (le,) = b.lease({"n": Demand(1)}, T0)["n"].leases
+        b.complete("n", [Completion(le.id, le.token, True, b"r", None)], T0)
+        b.close()
+        server.restart(sig)
+        b = RedisBackend(server.url, prefix="pqr", now=T0 + 1)
+        got_states = [i.state for i in b.info(["t0", "t1", "t2", "t3"]) if i]
+        assert got_states == [TaskState.SUCCEEDED] + [TaskState.PENDING] * 3
+        assert b.outcomes(["t0"])[0] == (le.id, TaskState.SUCCEEDED, b"r", None)
+        got = b.lease({"m": Demand(5)}, T0 + 1)["m"].leases
+        assert [x.id for x in got] == ["t1", "t2", "t3"]
+        b.close()
+    finally:
+        server.stop()
