@@ -36,8 +36,14 @@ no coordinator ran is purged.  (Several coordinators over one Redis, issue 13
 part 2, will need leases owned per coordinator instead.)
 
 Jitter for retry backoff is drawn in Python from the seeded generator (one
-draw per failing completion) and passed in; weighted queue choice uses a
-seeded Park-Miller generator inside the lease script.
+draw per failing completion, so the sequence differs from the memory store's
+while the distribution is the same) and passed in; weighted queue choice uses
+a Park-Miller generator inside the lease script, seeded per node per call.
+Priorities must stay within +-2**20 for the sorted score to be exact.
+
+Contract tests skipped for Redis: none (the restart tests run: a reopen is a
+new RedisBackend on the same server and prefix).  Each lease in the script's
+reply also carries its queue and ready time, for a wait-time histogram.
 """
 
 from __future__ import annotations
@@ -143,6 +149,7 @@ class RedisBackend(Backend):
                 "CONFIGURE",
                 "OLDEST",
                 "RECOVER",
+                "DELETE_DEAD",
             )
         }
         self._run("RECOVER", time.time() if now is None else now, [])
@@ -243,6 +250,11 @@ class RedisBackend(Backend):
     def requeue_dead(self, ids: Iterable[str], now: float) -> list[bool]:
         args = list(ids)
         return [bool(x) for x in self._run("REQUEUE_DEAD", now, args)] if args else []
+
+    def delete_dead(self, ids: Iterable[str], now: float) -> list[bool]:
+        """Delete dead-lettered tasks; True for each one deleted (the coming contract op)."""
+        args = list(ids)
+        return [bool(x) for x in self._run("DELETE_DEAD", now, args)] if args else []
 
     def dead(self, limit: int = 100) -> list[TaskInfo]:
         if limit <= 0:

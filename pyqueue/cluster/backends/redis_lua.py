@@ -106,14 +106,14 @@ local function drained(id)
   local e = redis.call('HGET', tk(id), 'exp')
   if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
 end
-local function forget(id)
+local function forget(id, purged)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
   count(P .. ':cnt', t[1], -1)
   count(qk(t[2], 'cnt'), t[1], -1)
   redis.call('DEL', tk(id))
   redis.call('ZREM', P .. ':exp', id)
   redis.call('ZREM', P .. ':dead', id)
-  redis.call('INCR', P .. ':purged')
+  if purged ~= false then redis.call('INCR', P .. ':purged') end
 end
 """
 
@@ -145,7 +145,7 @@ while i <= #ARGV do
     if nb > NOW then state = 0; rdy = nb end
     redis.call('HSET', key, 'st', state, 'seq', seq, 'pl', ARGV[i + 1], 'att', 0, 'fail', 0,
       'lost', 0, 'ret', ARGV[i + 2], 'bo', ARGV[i + 3], 'nb', ARGV[i + 4], 'base', 0, 'q', q,
-      'pri', pri, 'rdy', fmt(rdy), 'node', '', 'exp', 0, 'end', 0)
+      'pri', pri, 'rdy', fmt(rdy), 'node', '', 'exp', 0, 'end', 0, 'cre', fmt(NOW), 'sta', 0)
     if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'ttl', ARGV[i + 5]) end
     count(P .. ':cnt', state, 1)
     count(qk(q, 'cnt'), state, 1)
@@ -255,7 +255,7 @@ while i <= #ARGV do
         if suspect then sus = sus + 1; flag = '1' end
         local att = redis.call('HINCRBY', key, 'att', 1)
         setstate(id, name, '1', 2)
-        redis.call('HSET', key, 'node', node)
+        redis.call('HSET', key, 'node', node, 'sta', fmt(NOW))
         redis.call('HSET', nkey, id, flag)
         k = k + 1
         out[#out + 1] = id
@@ -393,6 +393,15 @@ return each_id(function(id)
   redis.call('ZREM', P .. ':dead', id)
   redis.call('ZREM', P .. ':exp', id)
   requeue(id)
+  return true
+end)
+"""
+
+# Operator deletion of dead-lettered tasks (not counted as purged by retention).
+DELETE_DEAD = r"""
+return each_id(function(id)
+  if redis.call('HGET', tk(id), 'st') ~= '5' then return false end
+  forget(id, false)
   return true
 end)
 """
