@@ -42,11 +42,10 @@ def test_a_wrong_password_is_a_clear_error(locked: RedisServer) -> None:
     b.close()
 
 
-def test_foreign_keys_in_the_same_database_are_untouched() -> None:
+def test_foreign_keys_in_the_same_database_are_untouched(redis_server: RedisServer) -> None:
     import redis
 
-    server = RedisServer()  # its own: the db must hold only these keys and ours
-    url = server.url
+    url = redis_server.url  # a private one: the db holds only these keys and ours
     r = redis.Redis.from_url(url)
     foreign = {
         "user:1": b"alice",
@@ -72,7 +71,6 @@ def test_foreign_keys_in_the_same_database_are_untouched() -> None:
     assert sorted(theirs) == sorted([k.encode() for k in foreign] + [b"jobs"])
     b.close()
     r.close()
-    server.stop()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill9"])
