@@ -172,11 +172,13 @@ local function rand()
   x = (x * 16807) % 2147483647
   return (x - 1) / 2147483646
 end
+local limited = {}  -- queue name -> true when it has a rate limit
 local function can_grant(name)
   local s = redis.call('HMGET', qk(name, 'set'), 'paused', 'rate', 'tokens', 'stamp')
   if s[1] == '1' then return nil end
   local head = redis.call('ZRANGE', qk(name, 'ready'), 0, 0)
   if #head == 0 then return nil end
+  limited[name] = s[2] and true
   if s[2] then
     local rate = tonumber(s[2])
     local cap = math.max(1.0, rate / 20.0)
@@ -249,8 +251,7 @@ while i <= #ARGV do
       elseif tonumber(t[2]) - tonumber(t[3]) >= MAXATT then
         finish(id, 5, false, 'hard cap of ' .. MAXATT .. ' attempts reached')
       else
-        local rate = redis.call('HGET', qk(name, 'set'), 'rate')
-        if rate then redis.call('HINCRBYFLOAT', qk(name, 'set'), 'tokens', -1) end
+        if limited[name] then redis.call('HINCRBYFLOAT', qk(name, 'set'), 'tokens', -1) end
         local flag = '0'
         if suspect then sus = sus + 1; flag = '1' end
         local att = redis.call('HINCRBY', key, 'att', 1)
