@@ -93,3 +93,13 @@ def test_a_redis_restart_keeps_every_applied_change(sig: int) -> None:
         b.close()
     finally:
         server.stop()
+
+
+def test_a_redis_without_persistence_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    server = RedisServer("--appendonly", "no")  # the later flag wins; --save '' stays
+    try:
+        with caplog.at_level("WARNING", logger="pyqueue.cluster.store"):
+            RedisBackend(server.url, now=T0).close()
+        assert "a restart loses every task" in caplog.text
+    finally:
+        server.stop()

@@ -49,6 +49,7 @@ reply also carries its queue and ready time, for a wait-time histogram.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -77,6 +78,8 @@ from ..states import (
 from . import redis_lua
 
 __all__ = ["RedisBackend", "RedisUnavailable"]
+
+log = logging.getLogger("pyqueue.cluster.store")
 
 
 class RedisUnavailable(ClusterError, ConnectionError):
@@ -121,6 +124,7 @@ class RedisBackend(Backend):
             raise RedisUnavailable(f"Redis at {url} refused us: {e}") from None
         except redis.RedisError as e:
             raise RedisUnavailable(f"cannot reach Redis at {url}: {e}") from None
+        self._warn_if_volatile()
         p = self.policy
         self._head: list[Any] = [
             prefix,
@@ -153,6 +157,25 @@ class RedisBackend(Backend):
             )
         }
         self._run("RECOVER", time.time() if now is None else now, [])
+
+    def _warn_if_volatile(self) -> None:
+        """Say so when the server keeps nothing on disk: a restart would empty the queue."""
+        import redis
+
+        try:
+            aof = int(self._r.info("persistence").get("aof_enabled", 0))
+            save = self._r.config_get("save").get("save", "")
+        except redis.RedisError:  # managed servers may refuse CONFIG: nothing to tell
+            return
+        if not aof:
+            log.warning(
+                "Redis at %s runs without appendonly: %s",
+                self.url,
+                "a crash loses what its last snapshot lacks"
+                if save
+                else "a restart loses every task (no snapshots either)",
+                extra={"event": "redis_volatile", "url": self.url},
+            )
 
     def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
         return self._scripts[name](args=[*self._head, _f(now), *args])
