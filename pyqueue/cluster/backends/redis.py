@@ -10,7 +10,8 @@ Layout (all keys start with ``prefix``; foreign keys in the db are never read)
   ``-priority * 2**32 + seq``: the lowest score is the next lease (highest
   priority, then submit order).  Streams keep arrival order only, and a task
   coming back (released, lost, promoted) must retake its old place, which a
-  sorted score gives in O(log n).  ``{P:Q}:set`` (pause, rate, token bucket)
+  sorted score gives in O(log n).  ``{P:Q}:since`` holds the same tasks by
+the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, rate, token bucket)
   and ``{P:Q}:cnt`` (counts per state) share the queue's hash tag.
 * ``P:sched`` (SCHEDULED by not_before), ``P:exp`` (drained finished tasks by
   expiry), ``P:dead`` (dead tasks in death order), ``P:fin`` (a list: ended,

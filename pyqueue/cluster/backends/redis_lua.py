@@ -43,8 +43,9 @@ local function setstate(id, q, old, new)
   redis.call('HSET', tk(id), 'st', new)
 end
 local function wait(id)
-  local t = redis.call('HMGET', tk(id), 'q', 'pri', 'seq')
+  local t = redis.call('HMGET', tk(id), 'q', 'pri', 'seq', 'rdy')
   redis.call('ZADD', qk(t[1], 'ready'), score(tonumber(t[2]), tonumber(t[3])), id)
+  redis.call('ZADD', qk(t[1], 'since'), t[4], id)
 end
 local function unlease(node, id)
   local s = redis.call('HGET', P .. ':n:' .. node, id)
@@ -56,7 +57,10 @@ end
 local function finish(id, state, result, err)
   local key = tk(id)
   local t = redis.call('HMGET', key, 'st', 'q', 'ttl')
-  if t[1] == '1' then redis.call('ZREM', qk(t[2], 'ready'), id) end
+  if t[1] == '1' then
+    redis.call('ZREM', qk(t[2], 'ready'), id)
+    redis.call('ZREM', qk(t[2], 'since'), id)
+  end
   if t[1] == '0' then redis.call('ZREM', P .. ':sched', id) end
   recount(t[2], t[1], state)
   local ttl = RTTL
@@ -154,6 +158,7 @@ while i <= #ARGV do
       redis.call('ZADD', P .. ':sched', ARGV[i + 4], id)
     else
       redis.call('ZADD', qk(q, 'ready'), score(pri, seq), id)
+      redis.call('ZADD', qk(q, 'since'), fmt(rdy), id)
     end
     out[#out + 1] = state
   end
@@ -254,6 +259,7 @@ while i <= #ARGV do
         if limited[name] then redis.call('HINCRBYFLOAT', qk(name, 'set'), 'tokens', -1) end
         local flag = '0'
         if suspect then sus = sus + 1; flag = '1' end
+        redis.call('ZREM', qk(name, 'since'), id)
         local att = redis.call('HINCRBY', key, 'att', 1)
         setstate(id, name, '1', 2)
         redis.call('HSET', key, 'node', node, 'sta', fmt(NOW))
@@ -316,6 +322,7 @@ while i <= #ARGV do
         else
           local delay = math.min(BCAP, tonumber(t[5]) * 2.0 ^ (fails - 1)) * tonumber(ARGV[i + 7])
           redis.call('ZREM', qk(t[6], 'ready'), id)
+          redis.call('ZREM', qk(t[6], 'since'), id)
           setstate(id, t[6], t[1], 0)
           redis.call('HSET', key, 'node', '', 'nb', fmt(NOW + delay))
           redis.call('ZADD', P .. ':sched', fmt(NOW + delay), id)
@@ -483,14 +490,9 @@ return 1
 
 # ARGV: queue name.  When its longest-waiting PENDING task became ready.
 OLDEST = r"""
-local ids = redis.call('ZRANGE', qk(ARGV[A], 'ready'), 0, -1)
-local best = false
-for _, id in ipairs(ids) do
-  local r = tonumber(redis.call('HGET', tk(id), 'rdy'))
-  if not best or r < best then best = r end
-end
-if best then return fmt(best) end
-return false
+local got = redis.call('ZRANGE', qk(ARGV[A], 'since'), 0, 0, 'WITHSCORES')
+if #got == 0 then return false end
+return got[2]
 """
 
 # At open (a coordinator restart): leases go back without a loss, counters
