@@ -1,4 +1,4 @@
-"""Command line: `python -m pyqueue demo|coordinator|node|status|purge|queue|schedules`."""
+"""Command line: ``python -m pyqueue COMMAND``, one of the ``commands`` below."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from collections.abc import Callable
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("demo", "coordinator", "node", "status", "purge", "queue", "schedules")
+    commands = (
+        "demo",
+        "coordinator",
+        "node",
+        "status",
+        "purge",
+        "queue",
+        "schedules",
+        "http-token",
+    )
     if not argv or argv[0] not in commands:
         parser = argparse.ArgumentParser(prog="pyqueue")
         parser.add_argument("command", choices=commands)
@@ -39,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pyqueue.cluster import cli
 
-    handler: Callable[[list[str]], int] = getattr(cli, f"main_{command}")
+    handler: Callable[[list[str]], int] = getattr(cli, f"main_{command.replace('-', '_')}")
     return handler(rest)
 
 

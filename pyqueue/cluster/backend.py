@@ -37,6 +37,23 @@ so a store need only make sure that a token issued before a commit is never
 issued after a restart (the SQLite store counts one more attempt for each
 task that was waiting when it stopped, since its leases are not written).
 
+Telemetry
+---------
+Every store has a ``telemetry``
+(:class:`~pyqueue.cluster.telemetry.Telemetry`) that it feeds from its own
+transitions, since it alone knows each task's queue and times: a new task in
+:meth:`submit`; each task that reaches a terminal state, whatever the
+operation; each lease's wait (``now - ready``); the ``run_s`` of each accepted
+completion; the leases :meth:`node_lost` ends.  Counts since the store was
+opened in this process; not durable.
+
+Timestamps
+----------
+:class:`~pyqueue.cluster.states.TaskInfo` carries ``created`` (submitted),
+``ready`` (last became ready to run), ``started`` (last leased) and ``ended``,
+wall-clock as passed in (0.0: not yet).  ``started`` may be lost with a
+lease that was never committed with a completion.
+
 Finished, not drained
 ---------------------
 Whether a finished task was drained is not durable: after a restart, the
@@ -68,6 +85,7 @@ from .states import (
     TaskState,
     Verdict,
 )
+from .telemetry import Telemetry
 
 __all__ = ["Backend"]
 
@@ -76,6 +94,7 @@ class Backend(abc.ABC):
     """Store, dispatch and lease state behind the coordinator (see the module doc)."""
 
     policy: Policy
+    telemetry: Telemetry
 
     @abc.abstractmethod
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
@@ -162,6 +181,14 @@ class Backend(abc.ABC):
 
         ``lost`` and ``failures`` restart at 0 and ``base`` becomes
         ``attempts``, so tokens keep growing while the hard cap counts afresh.
+        """
+
+    @abc.abstractmethod
+    def delete_dead(self, ids: Iterable[str], now: float) -> list[bool]:
+        """Purge DEAD tasks by id (an operator's choice); True for each one purged.
+
+        False for an id that is not DEAD, unknown, or dead but not drained yet
+        (its clients have not been told).  Counted in ``Stats.purged``.
         """
 
     @abc.abstractmethod

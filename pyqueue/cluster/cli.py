@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from pyqueue.errors import KeyNotFound, StoreLocked
 
 from . import protocol as P
-from .config import DEFAULT_TIMINGS, FAST_TIMINGS, Timings, load_key, parse_address
+from .config import (
+    DEFAULT_TIMINGS,
+    FAST_TIMINGS,
+    Timings,
+    dashboard_token,
+    load_key,
+    parse_address,
+)
 
 if TYPE_CHECKING:
     from .client import Client
@@ -264,13 +271,38 @@ def main_coordinator(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: no TLS)")
     p.add_argument("--tls-key", help="PEM private key for TLS (default: in --tls-cert)")
     p.add_argument("--seed", type=int, help="seed of the retry jitter (default: random)")
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the web dashboard, its JSON API and the /healthz and /readyz probes"
+        " here (off by default; needs pyqueue[dashboard])",
+    )
+    p.add_argument(
+        "--http-token-file",
+        help="file holding the dashboard's token (default: derived from the key;"
+        " `pyqueue http-token` prints it)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here (off by default; needs pyqueue[metrics])",
+    )
     _max_payload_arg(p, "argument or result the cluster carries (nodes and clients adopt it)")
     _timing_args(p)
     _common(p)
     a = p.parse_args(argv)
     _setup_logging(a.log_level, a.log_json)
     host, port = _address("--bind", a.bind)
+    http = _address("--http", a.http) if a.http else None
+    metrics = _address("--metrics", a.metrics) if a.metrics else None
     key = _load_key(a)
+    http_token = None
+    if a.http_token_file:
+        with _startup("--http-token-file"):
+            with open(a.http_token_file, encoding="utf-8") as fh:
+                http_token = fh.read().strip()
+        if not http_token:
+            raise _StartupError(f"--http-token-file {a.http_token_file}: the file is empty")
     ctx = None
     if a.tls_cert:
         with _startup("--tls-cert"):
@@ -300,6 +332,9 @@ def main_coordinator(argv: list[str] | None = None) -> int:
         timings=_timings(a),
         ssl_context=ctx,
         max_payload=a.max_payload,
+        http=http,
+        http_token=http_token,
+        metrics=metrics,
     )
 
     async def run() -> None:
@@ -718,9 +753,28 @@ def _utc(t: float) -> str:
 def main_status(argv: list[str] | None = None) -> int:
     """``pyqueue status``: nodes, queue depth, in flight, dead."""
     p = argparse.ArgumentParser(prog="pyqueue status", description="Show the state of a cluster.")
-    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--json",
+        action="store_true",
+        help="print the status as JSON (the dashboard's /api/overview; schema:"
+        " pyqueue/cluster/webui/status.schema.json)",
+    )
+    shape.add_argument(
+        "--watch", action="store_true", help="a live view, refreshed every second (Ctrl-C ends)"
+    )
     p.add_argument("--dead", action="store_true", help="also list dead-lettered tasks")
+    p.add_argument(
+        "--count", type=int, help="with --watch: stop after N refreshes (for scripts and tests)"
+    )
     a = _parse_admin(p, argv)
+    if a.count is not None and (not a.watch or a.count < 1):
+        raise _StartupError("--count N needs --watch and N >= 1")
+    if a.watch:
+        from .watch import watch
+
+        with _admin_client(a, "status") as client:
+            return watch(lambda: client.status(timeout=a.timeout), count=a.count)
     with _admin_client(a, "status") as client:
         st = client.status(timeout=a.timeout)
         if a.dead:
@@ -758,6 +812,20 @@ def main_status(argv: list[str] | None = None) -> int:
     return 0
 
 
+@_cli("http-token")
+def main_http_token(argv: list[str] | None = None) -> int:
+    """``pyqueue http-token``: the dashboard token derived from the cluster key."""
+    p = argparse.ArgumentParser(
+        prog="pyqueue http-token",
+        description="Print the web dashboard's token (derived from the cluster key; a"
+        " coordinator started with --http-token-file uses that file's instead).",
+    )
+    _common(p, log_level="WARNING")
+    a = p.parse_args(argv)
+    print(dashboard_token(_load_key(a)))
+    return 0
+
+
 _COMMANDS = {
     "coordinator": main_coordinator,
     "node": main_node,
@@ -765,6 +833,7 @@ _COMMANDS = {
     "purge": main_purge,
     "queue": main_queue,
     "schedules": main_schedules,
+    "http-token": main_http_token,
 }
 
 

@@ -8,6 +8,8 @@ through ``PYQUEUE_KEY_FILE``.  A key file should be readable by its owner only
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import stat
@@ -21,6 +23,7 @@ __all__ = [
     "FAST_TIMINGS",
     "load_key",
     "generate_key",
+    "dashboard_token",
     "parse_address",
 ]
 
@@ -114,6 +117,13 @@ def load_key(
 def generate_key() -> str:
     """A fresh random key, printable (64 hex digits), suitable for PYQUEUE_KEY."""
     return os.urandom(32).hex()
+
+
+def dashboard_token(key: bytes) -> str:
+    """The web dashboard's token when none is given: derived from the cluster
+    key (whoever holds the key can read it with ``pyqueue http-token``), and
+    not the key itself, so that a browser never holds what lets a node join."""
+    return hmac.new(key, b"pyqueue dashboard token v1", hashlib.sha256).hexdigest()[:40]
 
 
 def parse_address(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

@@ -48,6 +48,7 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 from pyqueue.errors import MalformedFrame, ProtocolError, UnexpectedMessage
@@ -122,6 +123,18 @@ def _result_size(row: list[Any]) -> int:
 
 def _schedule_row(s: Schedule) -> dict[str, Any]:
     return dict(s._asdict())
+
+
+#: what a node is doing, as status and the metrics say it
+NODE_STATES = ("serving", "draining", "blocked")
+
+
+def _node_state(peer: PeerState) -> str:
+    """serving: it takes work; draining: it asks for none (capacity 0, as when
+    it stops); blocked: its connection's buffer is full, so nothing is sent to it."""
+    if peer.paused:
+        return "blocked"
+    return "serving" if peer.capacity > 0 else "draining"
 
 
 def _last_line(text: str | None) -> str:
@@ -247,6 +260,9 @@ class CoordinatorCore:
         self._last_tick = clock.monotonic()
         self.rejected = 0
         self.internal_errors = 0
+        self._after_commit: list[Callable[[], None]] = []
+        self.started_at = clock.time()
+        self.healthy = True  # False while flushes fail (the readiness probe says so)
 
     def encode(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> bytes:
         """The frames of one message (several if it is larger than a frame)."""
@@ -513,7 +529,7 @@ class CoordinatorCore:
 
     def _h_requeue(self, peer: PeerState, msg: P.Message) -> None:
         ids = M.Requeue.from_body(msg.body).ids
-        peer.send(M.RequeueAck(self.backend.requeue_dead(ids, self.clock.time())), msg.corr)
+        peer.send(M.RequeueAck(self.requeue_dead(ids, peer.describe())), msg.corr)
 
     def _h_ready(self, peer: PeerState, msg: P.Message) -> None:
         ready = M.Ready.from_body(msg.body)
@@ -620,25 +636,8 @@ class CoordinatorCore:
 
     def _h_configure_queue(self, peer: PeerState, msg: P.Message) -> None:
         req = M.ConfigureQueue.from_body(msg.body)
-        current = {q.name: q for q in self.backend.queues()}.get(req.name)
-        rate = req.rate_limit
-        if rate is M.KEEP:
-            rate = current.rate_limit if current is not None else None
-        paused = req.paused
-        if paused is M.KEEP:
-            paused = current.paused if current is not None else False
-        info = self.backend.configure_queue(
-            req.name, rate_limit=rate, paused=paused, now=self.clock.time()
-        )
-        log.info(
-            "%s set queue %s: rate limit %s, %s",
-            peer.describe(),
-            req.name,
-            "none" if rate is None else f"{rate:g}/s",
-            "paused" if paused else "running",
-            extra={"event": "queue_configured", "queue": req.name, "peer": peer.addr},
-        )
-        peer.send(M.QueueInfoReply(self._queue_row(info, self.clock.time())), msg.corr)
+        row = self.configure_queue(req.name, req.rate_limit, req.paused, peer.describe())
+        peer.send(M.QueueInfoReply(row), msg.corr)
 
     def _h_schedule(self, peer: PeerState, msg: P.Message) -> None:
         spec = M.SetSchedule.from_body(msg.body).spec
@@ -654,14 +653,80 @@ class CoordinatorCore:
         if req.action == "delete":
             self.backend.delete_schedule(req.id)
         else:
-            sch = self.backend.pause_schedule(req.id, req.action == "pause", self.clock.time())
-            row = None if sch is None else _schedule_row(sch)
+            row = self.pause_schedule(req.id, req.action == "pause")
         peer.send(M.ScheduleInfo(row), msg.corr)
 
     def _h_schedules(self, peer: PeerState, msg: P.Message) -> None:
         M.Schedules.from_body(msg.body)
         rows = [_schedule_row(s) for s in self.backend.schedules()]
         peer.send(M.ScheduleList(rows), msg.corr)
+
+    # -- operator actions (messages above, and the dashboard) --------------------
+    # Each changes the store and asks for a flush; the change is durable once
+    # the next commit ran (the dashboard awaits it with on_commit).
+    def requeue_dead(self, ids: Sequence[str], by: str) -> list[bool]:
+        """Move dead-lettered tasks back to their queues; True for each one moved."""
+        return self._on_dead(self.backend.requeue_dead, ids, by, "requeued")
+
+    def delete_dead(self, ids: Sequence[str], by: str) -> list[bool]:
+        """Purge dead-lettered tasks; True for each one purged."""
+        return self._on_dead(self.backend.delete_dead, ids, by, "deleted")
+
+    def _on_dead(
+        self,
+        op: Callable[[Sequence[str], float], list[bool]],
+        ids: Sequence[str],
+        by: str,
+        verb: str,
+    ) -> list[bool]:
+        out = op(ids, self.clock.time())
+        n = sum(out)
+        if n:
+            log.info(
+                "%s %s %d dead task(s)",
+                by,
+                verb,
+                n,
+                extra={"event": f"operator_{verb}_dead", "count": n, "by": by},
+            )
+            self.schedule_flush()
+        return out
+
+    def configure_queue(
+        self, name: str, rate_limit: Any = M.KEEP, paused: Any = M.KEEP, by: str = "operator"
+    ) -> dict[str, Any]:
+        """Set a queue's rate limit and pause (:data:`~pyqueue.cluster.messages.KEEP`
+        leaves one as it is); returns the queue's row.  ValueError for a bad rate."""
+        current = {q.name: q for q in self.backend.queues()}.get(name)
+        if rate_limit is M.KEEP:
+            rate_limit = current.rate_limit if current is not None else None
+        if paused is M.KEEP:
+            paused = current.paused if current is not None else False
+        info = self.backend.configure_queue(
+            name, rate_limit=rate_limit, paused=paused, now=self.clock.time()
+        )
+        log.info(
+            "%s set queue %s: rate limit %s, %s",
+            by,
+            name,
+            "none" if rate_limit is None else f"{rate_limit:g}/s",
+            "paused" if paused else "running",
+            extra={"event": "queue_configured", "queue": name, "by": by},
+        )
+        self.schedule_flush()
+        return self._queue_row(info, self.clock.time())
+
+    def pause_schedule(self, schedule_id: str, paused: bool) -> dict[str, Any] | None:
+        """Pause or resume a schedule; its row, or None for an unknown id."""
+        sch = self.backend.pause_schedule(schedule_id, paused, self.clock.time())
+        self.schedule_flush()
+        return None if sch is None else _schedule_row(sch)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the next flush has committed (then the change
+        that preceded it is durable)."""
+        self._after_commit.append(callback)
+        self.schedule_flush()
 
     @staticmethod
     def _queue_row(q: QueueInfo, wall: float) -> dict[str, Any]:
@@ -714,12 +779,22 @@ class CoordinatorCore:
         self._apply_retries()
         try:
             self._dispatch()
+            t0 = time.perf_counter()
             self.backend.commit()
+            self.backend.telemetry.commit.observe(time.perf_counter() - t0)
             self._push_results()
         except Exception:
             self._flush_failed()
             return
         self._flush_failures = 0
+        self.healthy = True
+        if self._after_commit:
+            done, self._after_commit = self._after_commit, []
+            for callback in done:
+                try:
+                    callback()
+                except Exception:  # a waiter's bug must not stop the flush
+                    log.exception("an after-commit callback failed")
         for peer in list(self.peers):
             if peer.outbox:
                 data = b"".join(peer.outbox)
@@ -745,6 +820,7 @@ class CoordinatorCore:
         # that clients and nodes resend what is unacknowledged.
         self.internal_errors += 1
         self._flush_failures += 1
+        self.healthy = False
         n = self._flush_failures
         log.exception(
             "internal error in the coordinator's flush (%d in a row); retrying",
@@ -911,14 +987,19 @@ class CoordinatorCore:
         now = self.clock.monotonic()
         wall = self.clock.time()
         return {
+            "time": wall,
+            "started_at": self.started_at,
             "nodes": [
                 {
                     "id": nid,
                     "address": p.addr,
+                    "state": _node_state(p),
                     "capacity": p.capacity,
                     "outstanding": st.held.get(nid, 0),
                     "max_outstanding": p.max_outstanding,
+                    "queues": p.queues,
                     "silent_s": round(now - p.last_heard, 3),
+                    "connected_s": round(now - p.connected_at, 3),
                 }
                 for nid, p in self.nodes.items()
             ],
@@ -932,4 +1013,7 @@ class CoordinatorCore:
             "rejected_peers": self.rejected,
             "queues": [self._queue_row(q, wall) for q in self.backend.queues()],
             "schedules": [_schedule_row(s) for s in self.backend.schedules()],
+            # counted since this coordinator started: rates are their differences
+            "totals": dict(self.backend.telemetry.totals()),
+            "internal_errors": self.internal_errors,
         }

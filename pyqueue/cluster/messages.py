@@ -471,14 +471,15 @@ def _lease_row(row: object) -> Lease:
 
 
 def _completion_row(row: object) -> Completion:
-    r = _row(row, (5, 6))
+    r = _row(row, (5, 6, 7))
     return Completion(
         _id(r[0]),
         _count(r[1], "token"),
         _flag(r[2], "ok"),
         _bytes_or_none(r[3], "value"),
         _str_or_none(r[4], "error"),
-        _flag(r[5], "cancelled") if len(r) == 6 else False,
+        _flag(r[5], "cancelled") if len(r) >= 6 else False,
+        None if len(r) < 7 or r[6] is None else _real(r[6], "run_s"),
     )
 
 
@@ -822,6 +823,10 @@ class Status(_EmptyBody):
 
 
 _STATUS_KEYS = (
+    "time",
+    "started_at",
+    "totals",
+    "internal_errors",
     "nodes",
     "queue_depth",
     "in_flight",
@@ -856,6 +861,11 @@ class StatusReply(AppMessage):
     rejected_peers: int
     queues: list[dict[str, Any]] = field(default_factory=list)
     schedules: list[dict[str, Any]] = field(default_factory=list)
+    # since round 2; None where an older coordinator left them out
+    time: float | None = None  # its wall clock when it answered
+    started_at: float | None = None
+    totals: dict[str, int] | None = None  # counted since it started
+    internal_errors: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -878,13 +888,24 @@ class StatusReply(AppMessage):
                 _each(t, "schedules", _list(b, "schedules", t), _schedule_map)
                 if "schedules" in b
                 else [],
+                _real(b["time"], "time") if "time" in b else None,
+                _real(b["started_at"], "started_at") if "started_at" in b else None,
+                _counts(b["totals"], "totals") if "totals" in b else None,
+                _count(b["internal_errors"], "internal_errors") if "internal_errors" in b else None,
                 _extra(b, _STATUS_KEYS, "body"),
             )
         except _Bad as exc:
             raise _malformed(t, "", str(exc)) from None
 
     def to_body(self) -> dict[str, Any]:
+        head = {} if self.time is None else {"time": self.time}
+        if self.started_at is not None:
+            head["started_at"] = self.started_at
+        tail: dict[str, Any] = {} if self.totals is None else {"totals": dict(self.totals)}
+        if self.internal_errors is not None:
+            tail["internal_errors"] = self.internal_errors
         return {
+            **head,
             "nodes": [
                 {
                     "id": n.id,
@@ -907,6 +928,7 @@ class StatusReply(AppMessage):
             "rejected_peers": self.rejected_peers,
             "queues": list(self.queues),
             "schedules": list(self.schedules),
+            **tail,
             **{k: v for k, v in self.extra.items() if k not in _STATUS_KEYS},
         }
 
@@ -1078,7 +1100,8 @@ class Tasks(AppMessage):
 @dataclass(**SLOTS)
 class Done(AppMessage):
     """DONE, node -> coordinator: ``{"results": [[id, token, ok, value|nil,
-    error|nil, cancelled], ...]}`` (``cancelled`` may be left out: False)."""
+    error|nil, cancelled, run_s|nil], ...]}`` (``cancelled`` and ``run_s``, the
+    seconds the task ran, may be left out: False and nil)."""
 
     TYPE: ClassVar[MsgType] = MsgType.DONE
     results: list[Completion]
@@ -1091,8 +1114,8 @@ class Done(AppMessage):
         append = out.append
         new = _new
         for row in rows:
-            if type(row) is list and len(row) == 6:
-                tid, token, ok, value, error, cancelled = row
+            if type(row) is list and len(row) == 7:
+                tid, token, ok, value, error, cancelled, run_s = row
                 if (
                     type(tid) is str
                     and 0 < len(tid) <= MAX_ID
@@ -1102,6 +1125,7 @@ class Done(AppMessage):
                     and (value is None or type(value) is bytes)
                     and (error is None or type(error) is str)
                     and type(cancelled) is bool
+                    and (run_s is None or (type(run_s) is float and 0.0 <= run_s < _INF))
                 ):
                     append(new(Completion, row))
                     continue
@@ -1109,7 +1133,15 @@ class Done(AppMessage):
         return cls(out)
 
     def to_body(self) -> dict[str, Any]:
-        return {"results": [[c[0], c[1], c[2], c[3], c[4], c[5]] for c in self.results]}
+        # six fields when the run time is not known: the row shape of round 1
+        return {
+            "results": [
+                [c[0], c[1], c[2], c[3], c[4], c[5]]
+                if c[6] is None
+                else [c[0], c[1], c[2], c[3], c[4], c[5], c[6]]
+                for c in self.results
+            ]
+        }
 
 
 @dataclass(**SLOTS)

@@ -740,7 +740,7 @@ class Node:
             error = error[: _MAX_ERROR_TEXT // 2] + "\n[...]\n" + error[-_MAX_ERROR_TEXT // 2 :]
         if not ok:
             self._log_failure(key, fn_name, error, cancelled)
-        row = Completion(key[0], key[1], ok, value, error, cancelled)
+        row = Completion(key[0], key[1], ok, value, error, cancelled, max(0.0, float(seconds)))
         with self._lock:
             self._held.pop(key, None)
             if key in self._old_gen:

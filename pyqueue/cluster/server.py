@@ -12,14 +12,17 @@ import asyncio
 import logging
 import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyqueue.errors import ProtocolError
 
 from . import protocol as P
 from .backend import Backend
-from .config import DEFAULT_TIMINGS, Timings
+from .config import DEFAULT_TIMINGS, Timings, dashboard_token
 from .coordinator import CoordinatorCore, PeerState
+
+if TYPE_CHECKING:
+    from .web import WebServer
 
 __all__ = ["Coordinator"]
 
@@ -110,6 +113,14 @@ class Coordinator:
         Largest frame, and largest message (a task's payload or result).
     ssl_context : ssl.SSLContext, optional
         Server-side TLS context; the HMAC handshake runs inside it.
+    http : (host, port), optional
+        Serve the web dashboard, its JSON API and the ``/healthz`` and
+        ``/readyz`` probes there (needs ``pyqueue[dashboard]``).
+    http_token : str, optional
+        The dashboard's token (default: derived from ``key``, see
+        :func:`~pyqueue.cluster.config.dashboard_token`).
+    metrics : (host, port), optional
+        Serve Prometheus ``/metrics`` there (needs ``pyqueue[metrics]``).
 
     Thread safety
     -------------
@@ -128,6 +139,9 @@ class Coordinator:
         max_frame: int = P.DEFAULT_MAX_FRAME,
         max_payload: int = P.DEFAULT_MAX_PAYLOAD,
         ssl_context: ssl.SSLContext | None = None,
+        http: tuple[str, int] | None = None,
+        http_token: str | None = None,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.core = CoordinatorCore(
             key,
@@ -146,6 +160,17 @@ class Coordinator:
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
+        self._web: WebServer | None = None
+        if http is not None or metrics is not None:
+            from .web import WebServer  # the optional extras: only when asked for
+
+            token = http_token if http_token is not None else dashboard_token(key)
+            self._web = WebServer(self.core, token, http=http, metrics=metrics)
+
+    @property
+    def web_addresses(self) -> dict[str, tuple[str, int]]:
+        """Where the dashboard (``"http"``) and ``"metrics"`` listen, once started."""
+        return {} if self._web is None else dict(self._web.addresses)
 
     @property
     def backend(self) -> Backend:
@@ -205,6 +230,12 @@ class Coordinator:
         addr = sock.getsockname()
         self.address = (addr[0], addr[1])
         self.backend.describe_owner(f"{addr[0]}:{addr[1]}")
+        if self._web is not None:
+            try:
+                await self._web.start()
+            except BaseException:
+                self._server.close()
+                raise
         self.core.started()
         self.core.schedule_flush()  # schedules due and tasks falling due start the clock
         self._ticker = self._loop.call_later(self.core.timings.sweep, self._tick)
@@ -229,6 +260,8 @@ class Coordinator:
             self._ticker.cancel()
         if self._server is not None:
             self._server.close()
+        if self._web is not None:
+            await self._web.stop()
         for peer in list(self.core.peers):
             peer.link.abort()
         self.core.flush()

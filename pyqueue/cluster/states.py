@@ -130,6 +130,7 @@ class Completion(NamedTuple):
     value: bytes | None  # the pickled result (or exception when not ok)
     error: str | None  # traceback text when not ok
     cancelled: bool = False  # it was terminated on request (TaskCancelled raised in it)
+    run_s: float | None = None  # how long it ran on the node, seconds (None: not reported)
 
 
 class Release(NamedTuple):
@@ -153,6 +154,12 @@ class TaskInfo(NamedTuple):
     expires: float  # wall-clock time its record may be purged (0: not finished)
     queue: str = DEFAULT_QUEUE
     priority: int = 0
+    # wall-clock times, 0.0 when not yet: submitted; last became ready to run;
+    # last leased; ended (kept until the record is purged)
+    created: float = 0.0
+    ready: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def token(self) -> int:

@@ -1493,3 +1493,76 @@ def test_schedules_and_their_fires_survive_a_restart(durable: Stores) -> None:
     assert b.fire_schedules(T0 + 31) == [fire_id("s", T0 + 20), fire_id("s", T0 + 30)]
     assert state(b, fire_id("s", T0 + 10)) is TaskState.PENDING  # the fire before is kept
     assert {s.id: s.paused for s in b.schedules()} == {"p": True, "s": False}
+
+
+# -- timestamps, delete_dead, telemetry ------------------------------------------------
+
+
+def test_task_info_carries_its_times_as_the_clock_passed_them(stores: Stores) -> None:
+    b = stores.open()
+    submit(b, "a", now=T0)
+    submit(b, "later", now=T0, not_before=T0 + 50)
+    fresh = info(b, "a")
+    assert (fresh.created, fresh.ready, fresh.started, fresh.ended) == (T0, T0, 0.0, 0.0)
+    assert info(b, "later").ready == T0 + 50  # ready when it falls due, not when submitted
+    (le,) = lease(b, "n", 1, now=T0 + 2)
+    assert info(b, "a").started == T0 + 2
+    b.complete("n", [ok(le)], T0 + 5)
+    b.drain_finished()
+    b.commit()
+    got = info(b, "a")
+    assert (got.created, got.started, got.ended) == (T0, T0 + 2, T0 + 5)
+    if stores.durable:  # the times of an ended task survive a restart
+        b = stores.reopen(b, now=T0 + 6)
+        got = info(b, "a")
+        assert (got.created, got.started, got.ended) == (T0, T0 + 2, T0 + 5)
+
+
+def test_delete_dead_purges_only_drained_dead_tasks_by_id(stores: Stores) -> None:
+    b = stores.open(Policy(max_lost=1))
+    submit(b, "d1", "d2", "alive")
+    kill(b, "d1")
+    kill(b, "d2")
+    # not drained yet: its clients have not been told it died
+    assert b.delete_dead(["d1"], T0) == [False]
+    b.drain_finished()
+    purged = b.stats().purged
+    assert b.delete_dead(["d1", "alive", "nope", "d1"], T0) == [True, False, False, False]
+    assert state(b, "d1") is None and state(b, "alive") is TaskState.PENDING
+    assert [t.id for t in b.dead()] == ["d2"]
+    assert count(b, TaskState.DEAD) == 1
+    assert b.stats().purged == purged + 1
+    assert b.requeue_dead(["d1"], T0) == [False]  # gone for good
+    b.commit()
+    if stores.durable:
+        b = stores.reopen(b, now=T0 + 1)
+        assert state(b, "d1") is None and [t.id for t in b.dead()] == ["d2"]
+
+
+def test_telemetry_counts_what_happened_per_queue(stores: Stores) -> None:
+    b = stores.open(Policy(max_lost=1))
+    tel = b.telemetry
+    submit(b, "a", "b", "c", now=T0)
+    submit(b, "x", queue="other", now=T0)
+    submit(b, "a", now=T0)  # idempotent: not a new task
+    assert tel.submitted == {"default": 3, "other": 1}
+    la, lb, lc = lease(b, "n", 3, now=T0 + 0.5)
+    wait = tel.wait["default"]
+    assert wait.count == 3 and wait.sum == pytest.approx(1.5)
+    b.complete(
+        "n",
+        [
+            Completion(la.id, la.token, True, b"r", None, False, 0.2),
+            Completion(lb.id, lb.token, False, b"e", "boom", False, 3.0),
+            Completion(lc.id, 99, True, b"r", None, False, 9.0),  # stale: not observed
+        ],
+        T0 + 1,
+    )
+    assert tel.run["default"].count == 2 and tel.run["default"].sum == pytest.approx(3.2)
+    assert tel.finished == {("default", TaskState.SUCCEEDED): 1, ("default", TaskState.FAILED): 1}
+    assert b.node_lost("n", T0 + 2) == ["c"]  # max_lost=1: dead at once
+    assert tel.leases_expired == 1
+    assert tel.dead_lettered == {"default": 1}
+    assert b.cancel(["x"], T0 + 2) == [True]
+    assert tel.finished[("other", TaskState.CANCELLED)] == 1
+    assert tel.totals() == {"submitted": 4, "finished": 4, "failed": 1, "dead": 1}

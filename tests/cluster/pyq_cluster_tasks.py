@@ -217,3 +217,12 @@ def done_once(x: int, done_dir: str) -> int:
     with open(os.path.join(done_dir, ctx.task_id), "a") as fh:
         fh.write(f"{x}\n")
     return x * 10
+
+
+def die_unless(path: str) -> str:
+    """Kills its node (a loss) until ``path`` exists: a task to dead-letter,
+    then requeue and see complete once the cause is gone."""
+    _record()
+    if not os.path.exists(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "recovered"

@@ -190,8 +190,9 @@ def test_node_drops_a_connection_with_bad_tasks_and_runs_the_good_ones(fake):
     with running_node(coord) as node:
         n, done = coord.next(MsgType.DONE)
         assert n == 2
-        tid, token, ok, value, error, cancelled = done.body["results"][0]
+        tid, token, ok, value, error, cancelled, run_s = done.body["results"][0]
         assert (tid, token, ok, error, cancelled) == ("t1", 1, True, None, False)
+        assert isinstance(run_s, float) and run_s >= 0.0  # the node measured it
         assert pickle.loads(value) == 42
         assert node.stats["received"] == 1  # the bad TASKS ran nothing
 
@@ -213,8 +214,8 @@ def test_node_resends_a_result_whose_ack_was_bad(fake):
         again, done2 = coord.next(MsgType.DONE)
         assert (first, again) == (1, 2)
         assert done1.body == done2.body  # the result was kept until a good ack
-        # on the wire as before: all six fields of the row
-        assert len(done2.body["results"][0]) == 6
+        # on the wire: all six fields of the row, and the run time the node measured
+        assert len(done2.body["results"][0]) == 7
     assert node.stats["accepted"] == 1
     assert "maybe" not in node.stats
 

@@ -107,6 +107,7 @@ SAMPLES: list[M.AppMessage] = [
             Completion("a", 1, True, b"v", None),
             Completion("b", 2, False, b"e", "tb", True),
             Completion("c", 3, False, None, None),
+            Completion("d", 4, True, b"v", None, False, 0.25),
         ]
     ),
     M.DoneAck(list(Verdict)),
@@ -331,12 +332,15 @@ BAD: list[tuple[type[M.AppMessage], Any, str]] = [
     (M.Tasks, {"tasks": [["a", "1", b"p"]]}, "token must be an int, got str"),
     (M.Tasks, {"tasks": [["a", 1, bytearray(b"p")]]}, "payload must be bytes, got bytearray"),
     # DONE
-    (M.Done, {"results": [OK_DONE[:4]]}, "must have 5 or 6 fields, got 4"),
+    (M.Done, {"results": [OK_DONE[:4]]}, "must have 5, 6 or 7 fields, got 4"),
     (M.Done, {"results": [_with(OK_DONE, 1, None)]}, "token must be an int"),
     (M.Done, {"results": [_with(OK_DONE, 2, 1)]}, "ok must be a bool, got int"),
     (M.Done, {"results": [_with(OK_DONE, 3, "v")]}, "value must be bytes or nil, got str"),
     (M.Done, {"results": [_with(OK_DONE, 4, 3)]}, "error must be a str or nil, got int"),
     (M.Done, {"results": [_with(OK_DONE, 5, None)]}, "cancelled must be a bool"),
+    (M.Done, {"results": [[*OK_DONE, -1.0]]}, "run_s must not be negative"),
+    (M.Done, {"results": [[*OK_DONE, float("nan")]]}, "run_s must be finite"),
+    (M.Done, {"results": [[*OK_DONE, "1"]]}, "run_s must be a number, got str"),
     (M.Done, {"results": [OK_DONE, _with(OK_DONE, 0, "x" * 513)]}, r"results\[1\]"),
     # DONE_ACK
     (M.DoneAck, {"status": ["accepted", "bogus"]}, r"status\[1\]: verdict must be one of"),
@@ -538,6 +542,8 @@ HOT_ROWS = [
     (M.Tasks, "tasks", M._lease_row, ["a", 1, b"p"]),
     (M.Done, "results", M._completion_row, ["a", 1, True, b"v", None, False]),
     (M.Done, "results", M._completion_row, ["a", 1, True, b"v", None]),
+    (M.Done, "results", M._completion_row, ["a", 1, True, b"v", None, False, 0.5]),
+    (M.Done, "results", M._completion_row, ["a", 1, True, b"v", None, False, None]),
     (M.Results, "results", M._outcome_row, ["a", 3, b"v", None]),
 ]
 
@@ -612,6 +618,11 @@ def test_node_bodies_are_the_ones_it_sent_before():
     same_on_the_wire(
         M.Done([Completion("a", 2, False, b"e", "tb", True)]).to_body(),
         {"results": [["a", 2, False, b"e", "tb", True]]},
+    )
+    # ... and a seventh, the run time, when the node measured it
+    same_on_the_wire(
+        M.Done([Completion("a", 2, True, b"v", None, False, 1.5)]).to_body(),
+        {"results": [["a", 2, True, b"v", None, False, 1.5]]},
     )
     same_on_the_wire(
         M.Release([Release("a", 2, True), Release("b", 3)]).to_body(),

@@ -38,6 +38,7 @@ from ..states import (
     TaskState,
     Verdict,
 )
+from ..telemetry import Telemetry
 
 __all__ = ["MemoryBackend"]
 
@@ -70,6 +71,8 @@ class _Task:
     queue: str = DEFAULT_QUEUE
     priority: int = 0
     ready: float = 0.0  # when it last became ready to run (submitted, due, requeued from dead)
+    created: float = 0.0  # when it was submitted
+    started: float = 0.0  # when it was last leased
 
     def info(self) -> TaskInfo:
         return TaskInfo(
@@ -83,6 +86,10 @@ class _Task:
             self.expires,
             self.queue,
             self.priority,
+            self.created,
+            self.ready,
+            self.started,
+            self.ended,
         )
 
 
@@ -176,6 +183,7 @@ class MemoryBackend(Backend):
         self._seq = 0
         self._verdicts = dict.fromkeys(Verdict, 0)
         self._purged = 0
+        self.telemetry = Telemetry()
 
     # -- hooks a durable store overrides ----------------------------------
     def _on_new(self, rec: _Task) -> None:
@@ -262,6 +270,7 @@ class MemoryBackend(Backend):
         rec.node = None
         rec.ended = now
         rec.expires = dispatch.expires_at(self.policy, state, rec.result_ttl, now)
+        self.telemetry.on_finished(rec.queue, state)
         if state is TaskState.DEAD:
             self._dead_order.append((rec.seq, rec.id, rec.attempts))
         else:
@@ -323,6 +332,7 @@ class MemoryBackend(Backend):
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
         out = []
         tasks = self._tasks
+        submitted = self.telemetry.submitted
         for spec in specs:
             rec = tasks.get(spec.id)
             if rec is None:
@@ -341,8 +351,10 @@ class MemoryBackend(Backend):
                     queue=spec.queue,
                     priority=int(spec.priority),
                     ready=max(now, float(spec.not_before)),
+                    created=now,
                 )
                 tasks[spec.id] = rec
+                submitted[rec.queue] = submitted.get(rec.queue, 0) + 1
                 self._counts[rec.state] += 1
                 self._queue(rec.queue).counts[rec.state] += 1
                 self._on_new(rec)
@@ -386,6 +398,7 @@ class MemoryBackend(Backend):
             return []
         tasks = self._tasks
         policy = self.policy
+        telemetry = self.telemetry
         suspects = self._suspects.get(node, 0)
         out: list[Lease] = []
         deferred: list[tuple[_Queue, int, _Entry]] = []
@@ -421,6 +434,8 @@ class MemoryBackend(Backend):
             rec.attempts += 1
             self._set_state(rec, TaskState.LEASED)
             rec.node = node
+            rec.started = now
+            telemetry.histogram(telemetry.wait, q.name).observe(max(0.0, now - rec.ready))
             held[rec.id] = suspect
             out.append(Lease(rec.id, rec.attempts, rec.payload))  # type: ignore[arg-type]
         self._suspects[node] = suspects
@@ -449,6 +464,9 @@ class MemoryBackend(Backend):
         return out
 
     def _accept(self, rec: _Task, row: Completion, now: float) -> None:
+        if row.run_s is not None:
+            telemetry = self.telemetry
+            telemetry.histogram(telemetry.run, rec.queue).observe(row.run_s)
         if row.cancelled:  # terminated on request: TaskCancelled was raised in it
             self._finish(rec, TaskState.CANCELLED, None, "cancelled while running", now)
         elif row.ok:
@@ -501,6 +519,7 @@ class MemoryBackend(Backend):
                 continue  # cancelled meanwhile
             out.append(tid)
             self._charge_loss(rec, node, "its node died under it", now)
+        self.telemetry.leases_expired += len(out)
         return out
 
     def cancel(self, ids: Iterable[str], now: float) -> list[bool]:
@@ -535,6 +554,22 @@ class MemoryBackend(Backend):
             rec.ready = now
             self._requeue(rec)
             out.append(True)
+        return out
+
+    def delete_dead(self, ids: Iterable[str], now: float) -> list[bool]:
+        out = []
+        gone: list[_Task] = []
+        tasks = self._tasks
+        waiting = set(self._finished)  # not drained: its clients are not told yet
+        for tid in ids:  # a repeated id finds nothing the second time
+            rec = tasks.get(tid)
+            if rec is None or rec.state is not TaskState.DEAD or tid in waiting:
+                out.append(False)
+                continue
+            del tasks[tid]  # its dead-order and expiry entries go stale
+            gone.append(rec)
+            out.append(True)
+        self._forget(gone)
         return out
 
     def _live_dead(self, entry: tuple[int, str, int]) -> _Task | None:

@@ -39,7 +39,7 @@ log = logging.getLogger("pyqueue.cluster.store")
 
 _COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
-    " result, error, result_ttl, expires, ended, queue, priority, ready"
+    " result, error, result_ttl, expires, ended, queue, priority, ready, created, started"
 )
 _V1_COLS = (
     "id, seq, state, payload, attempts, failures, lost, retries, backoff, not_before, base,"
@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL NOT NULL DEFAULT 0,
     queue TEXT NOT NULL DEFAULT 'default',
     priority INTEGER NOT NULL DEFAULT 0,
-    ready REAL NOT NULL DEFAULT 0
+    ready REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL DEFAULT 0,
+    started REAL NOT NULL DEFAULT 0
 )"""
 #: columns added since round 1, with what an older row gets
 _ADDED_COLUMNS = (
@@ -77,6 +79,8 @@ _ADDED_COLUMNS = (
     ("queue", "TEXT NOT NULL DEFAULT 'default'"),
     ("priority", "INTEGER NOT NULL DEFAULT 0"),
     ("ready", "REAL NOT NULL DEFAULT 0"),
+    ("created", "REAL NOT NULL DEFAULT 0"),
+    ("started", "REAL NOT NULL DEFAULT 0"),
 )
 _QUEUES_TABLE = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -91,7 +95,7 @@ _NCOLS = len(_COLS.split(","))
 _insert_row = operator.attrgetter(*(c.strip() for c in _COLS.split(",")))
 _update_row = operator.attrgetter(
     "state", "attempts", "failures", "lost", "not_before", "base", "result", "error",
-    "expires", "ended", "ready", "seq",
+    "expires", "ended", "ready", "started", "seq",
 )  # fmt: skip
 _META_TABLE = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)"
 _SCHEDULES_TABLE = """
@@ -234,7 +238,8 @@ class SQLiteBackend(MemoryBackend):
         rows = self._db.execute(
             f"SELECT id, seq, state, CASE WHEN state IN ({ended}) THEN NULL ELSE payload END,"
             " attempts, failures, lost, retries, backoff, not_before, base, NULL, NULL,"
-            " error, result_ttl, expires, ended, queue, priority, ready FROM tasks ORDER BY seq"
+            " error, result_ttl, expires, ended, queue, priority, ready, created, started"
+            " FROM tasks ORDER BY seq"
         )
         for name, rate, paused in self._db.execute("SELECT name, rate_limit, paused FROM queues"):
             q = self._queue(name)
@@ -332,7 +337,8 @@ class SQLiteBackend(MemoryBackend):
             if self._dirty:
                 db.executemany(
                     "UPDATE tasks SET state=?, attempts=?, failures=?, lost=?, not_before=?,"
-                    " base=?, result=?, error=?, expires=?, ended=?, ready=? WHERE seq=?",
+                    " base=?, result=?, error=?, expires=?, ended=?, ready=?, started=?"
+                    " WHERE seq=?",
                     map(_update_row, map(tasks.__getitem__, self._dirty)),
                 )
             if self._deleted:
