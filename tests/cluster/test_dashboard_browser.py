@@ -13,11 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
+import pyq_cluster_tasks as T
 import pytest
 from observe_helpers import Observed
 from pyq_cluster_harness import Harness, wait_until
-
-import pyq_cluster_tasks as T
 
 pytestmark = pytest.mark.slow
 
