@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = ["EngineStats"]
 
 
-@dataclass(frozen=True, slots=True)
+# dataclass(slots=True) needs Python 3.10; the package supports 3.9
+_SLOTS: dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(frozen=True, **_SLOTS)
 class EngineStats:
     """A snapshot of one TaskQueue's counters.
 

@@ -73,7 +73,7 @@ class TaskQueueCollector(Collector):
             "Work waiting for a worker, per lane (python: tasks, native: chunks).",
             labels=[*labels, "lane"],
         )
-        for lane, depth in zip(s.LANES, s.queued_by_lane, strict=True):
+        for lane, depth in zip(s.LANES, s.queued_by_lane):
             queued.add_metric([*values, lane], depth)
         yield queued
 

@@ -165,7 +165,8 @@ def test_collector_output_parses_back_to_the_same_numbers() -> None:
     assert samples[("pyqueue_engine_tasks_completed_total", None)] == s.completed == n
     assert samples[("pyqueue_engine_tasks_failed_total", None)] == s.failed == k
     assert samples[("pyqueue_engine_tasks_in_flight", None)] == s.in_flight == 1
-    for lane, depth in zip(EngineStats.LANES, s.queued_by_lane, strict=True):
+    assert len(s.queued_by_lane) == len(EngineStats.LANES)
+    for lane, depth in zip(EngineStats.LANES, s.queued_by_lane):
         assert samples[("pyqueue_engine_tasks_queued", lane)] == depth
     assert samples[("pyqueue_engine_tasks_queued", "python")] == 3
 
