@@ -247,3 +247,5 @@ uint64_t pq_pool_chunks_run(pq_pool *pool) {
     /* relaxed: a statistic. */
     return atomic_load_explicit(&pool->chunks_run, memory_order_relaxed);
 }
+
+size_t pq_pool_queued(pq_pool *pool) { return pq_lane_size_approx(&pool->lane); }

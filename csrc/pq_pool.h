@@ -96,6 +96,9 @@ void pq_pool_shutdown(pq_pool *pool, int cancel_pending);
 void pq_pool_destroy(pq_pool *pool);
 int pq_pool_workers(const pq_pool *pool);
 uint64_t pq_pool_chunks_run(pq_pool *pool);
+/* Chunks queued and not yet taken by a worker: a snapshot of the ring's two
+ * positions (no counter of its own, so the hot path pays nothing for it). */
+size_t pq_pool_queued(pq_pool *pool);
 /* Cores this process may run on (sched_getaffinity), at least 1. */
 int pq_cpu_count(void);
 

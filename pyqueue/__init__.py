@@ -21,6 +21,7 @@ from pyqueue import kernels
 from pyqueue._aio import Handle
 from pyqueue._executor import Executor, ThreadPoolExecutor
 from pyqueue._queue import TaskQueue
+from pyqueue._stats import EngineStats
 from pyqueue._tunables import Tunables
 from pyqueue.errors import (
     AsyncCancelledError,
@@ -38,6 +39,7 @@ __all__ = [
     "AsyncCancelledError",
     "BrokenQueue",
     "CancelledError",
+    "EngineStats",
     "Executor",
     "Handle",
     "Kernel",

@@ -6,6 +6,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
+from pyqueue._stats import EngineStats
 from pyqueue._tunables import Tunables
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class Engine:
     @property
     def closed(self) -> bool: ...
     def qsize(self) -> int: ...
+    def stats(self) -> EngineStats: ...
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
     def submit_nowait(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs

@@ -90,12 +90,14 @@ cdef class Engine:
     cdef readonly size_t capacity
     cdef _MapTunables c_map
     cdef _NativeTunables c_native
+    cdef _TaskCounters c_counters
 
     def __cinit__(self, *args, **kwargs):
         self.c_pool = NULL
         self.c_lane = NULL
         self.c_closed = True
         self._unyielded = _Unyielded.__new__(_Unyielded)
+        self.c_counters = _TaskCounters.__new__(_TaskCounters)
 
     def _engine_start(self, size_t capacity, int native_workers, double budget_s,
                       object put_timeout, object tunables):
@@ -203,6 +205,9 @@ cdef class Engine:
             PQ_DBG(DBG_UNFINISHED_TASKS, -1)
             Py_DECREF(t)
             _raise_status(rc, "submit")
+        # Counted only once it is in the ring (a refused task never existed),
+        # so that `submitted` never goes down.
+        _count_submitted(t, self.c_counters)
         return 0
 
     def submit(self, fn, /, *args, **kwargs):
@@ -299,6 +304,9 @@ cdef class Engine:
             else:
                 t.state = FINISHED
                 t.failed = True
+                if t.counters is not None:
+                    t.counters.queued -= 1
+                    t.counters.failed += 1
                 t.value = exc
                 t.fn = t.args = t.kwargs = None
                 _complete(t)
@@ -359,4 +367,34 @@ cdef class Engine:
         with nogil:
             rc = pq_pool_submit(pool, &task.c_batch, task.n, chunk, -1)
         _raise_status(rc, "submit_native")
+        self.c_counters.native_batches += 1
         return task
+
+    # -- statistics --------------------------------------------------------------
+
+    def stats(self):
+        """A snapshot of the engine's counters: a :class:`pyqueue.EngineStats`.
+
+        Cheap enough to call often (no lock, nothing on the hot path but a few
+        integer increments per task).  See EngineStats for what is counted.
+        """
+        cdef _TaskCounters c = self.c_counters
+        cdef size_t native_queued = 0
+        cdef uint64_t native_chunks = 0
+        # The pool stays allocated after shutdown (it is freed with the
+        # engine), so it can be read then too; in a forked child it is gone.
+        if self.c_pool != NULL:
+            native_queued = pq_pool_queued(self.c_pool)
+            native_chunks = pq_pool_chunks_run(self.c_pool)
+        cdef long long py_queued = c.queued
+        return _EngineStats(
+            submitted=c.submitted,
+            completed=c.completed,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            in_flight=c.running,
+            queued=py_queued + <long long>native_queued,
+            queued_by_lane=(py_queued, native_queued),
+            native_batches=c.native_batches,
+            native_chunks_run=native_chunks,
+        )

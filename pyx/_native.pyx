@@ -25,7 +25,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.pycapsule cimport (PyCapsule_CheckExact, PyCapsule_GetName,
                                 PyCapsule_GetPointer, PyCapsule_New)
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
-from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uintptr_t
 
 from pq_core cimport *
 
@@ -36,6 +36,7 @@ import logging
 import types
 
 from pyqueue._aio import await_handle as _await_handle
+from pyqueue._stats import EngineStats as _EngineStats
 from pyqueue.errors import CancelledError, NativeTaskError, QueueClosed, QueueFull
 
 _log = logging.getLogger("pyqueue")

@@ -11,6 +11,17 @@ cdef enum:
 _STATE_NAMES = ("pending", "running", "finished", "cancelled")
 
 @cython.final
+cdef class _TaskCounters:
+    """The Python lane's task counters, shared by an Engine and the tasks it
+    queued (a task refers to them, so a task that completes after its queue
+    is gone still counts).  Plain C integers, not atomics: every task state
+    change happens with the GIL held, and so does every read, so the counters
+    are exact relative to each other at any moment the GIL is held."""
+    cdef unsigned long long submitted, completed, failed, cancelled, native_batches
+    cdef long long queued, running    # gauges: tasks PENDING / RUNNING now
+
+
+@cython.final
 @cython.freelist(512)
 cdef class Task:
     """The handle of one submitted Python task.
@@ -35,6 +46,7 @@ cdef class Task:
     cdef PyObject *tracker     # borrowed: the _Unyielded list holding us, or NULL
     cdef PyObject *u_prev      # that list's links (see _Unyielded)
     cdef PyObject *u_next
+    cdef _TaskCounters counters   # set once the task is queued; None before
     cdef pq_event c_done
 
     def __cinit__(self):
@@ -63,6 +75,9 @@ cdef class Task:
         """Cancel the task if it has not started; returns whether it is cancelled."""
         if self.state == PENDING:
             self.state = CANCELLED
+            if self.counters is not None:
+                self.counters.queued -= 1
+                self.counters.cancelled += 1
             self.fn = self.args = self.kwargs = None
             _complete(self)
             return True
@@ -269,6 +284,26 @@ cdef inline void _retrack_if_needed(Task t) noexcept:
         PyObject_GC_Track(<void *>t)
 
 
+cdef inline void _count_submitted(Task t, _TaskCounters c) noexcept:
+    """Count a task that is now in the ring, in the state it has reached.
+    Usually PENDING; a push that waited for room ran with the GIL released, so
+    a worker may have taken the task (uncounted) and run it before we got the
+    GIL back: it is counted where it is, and _run_task, which reads
+    t.counters again at the end, finishes the count."""
+    t.counters = c
+    c.submitted += 1
+    if t.state == PENDING:
+        c.queued += 1
+    elif t.state == RUNNING:
+        c.running += 1
+    elif t.state == CANCELLED:
+        c.cancelled += 1
+    elif t.failed:
+        c.failed += 1
+    else:
+        c.completed += 1
+
+
 cdef int _complete(Task t) except -1:
     PQ_DBG(DBG_UNFINISHED_TASKS, -1)
     _retrack_if_needed(t)
@@ -288,6 +323,10 @@ cdef int _run_task(Task t, bint inline) except -1:
     if t.state != PENDING:
         return 0
     t.state = RUNNING
+    cdef _TaskCounters c = t.counters
+    if c is not None:
+        c.queued -= 1
+        c.running += 1
     fn, args, kwargs = t.fn, t.args, t.kwargs
     t.fn = t.args = t.kwargs = None
     escaping = None
@@ -302,6 +341,13 @@ cdef int _run_task(Task t, bint inline) except -1:
         if inline and not isinstance(exc, Exception):
             escaping = exc
     t.state = FINISHED
+    c = t.counters   # read again: set meanwhile if submit raced (_count_submitted)
+    if c is not None:
+        c.running -= 1
+        if t.failed:
+            c.failed += 1
+        else:
+            c.completed += 1
     _complete(t)
     if escaping is not None:
         raise escaping

@@ -94,6 +94,7 @@ cdef extern from "pq_pool.h" nogil:
     void pq_pool_destroy(pq_pool *pool) noexcept
     int pq_pool_workers(const pq_pool *pool) noexcept
     uint64_t pq_pool_chunks_run(pq_pool *pool) noexcept
+    size_t pq_pool_queued(pq_pool *pool) noexcept
     int pq_cpu_count() noexcept
 
 

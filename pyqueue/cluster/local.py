@@ -93,6 +93,10 @@ class LocalCluster:
     queues, strict : optional
         The queues every node serves, with weights, and whether strictly by
         weight (see :class:`~pyqueue.cluster.node.Node`); default: "default".
+    http, metrics : str, optional
+        ``"HOST:PORT"`` where the coordinator serves its web dashboard and
+        probes (``--http``) and Prometheus ``/metrics`` (``--metrics``); off
+        when None.  The dashboard's token is ``dashboard_token(key)``.
 
     Examples
     --------
@@ -118,6 +122,8 @@ class LocalCluster:
         max_dead: int | None = None,
         queues: Mapping[str, int] | Iterable[str] | None = None,
         strict: bool = False,
+        http: str | None = None,
+        metrics: str | None = None,
     ) -> None:
         if nodes < 1 or workers < 1:
             raise ValueError("nodes and workers must be at least 1")
@@ -137,6 +143,7 @@ class LocalCluster:
             "--dead-ttl": dead_ttl,
             "--max-dead": max_dead,
         }
+        self.servers = {"--http": http, "--metrics": metrics}
         self.key = generate_key()
         self.address = ""
         self.coordinator: subprocess.Popen[bytes] | None = None
@@ -174,7 +181,7 @@ class LocalCluster:
             cmd += ["--max-payload", str(self.max_payload)]
         if self.synchronous is not None:
             cmd += ["--synchronous", self.synchronous]
-        for flag, value in self.retention.items():
+        for flag, value in {**self.retention, **self.servers}.items():
             if value is not None:
                 cmd += [flag, str(value)]
         try:

@@ -13,7 +13,7 @@ child and is the only thing between the user and that child:
 * SIGTERM or SIGINT is forwarded to the child as SIGTERM (the child then
   stops gracefully, see :func:`serve_until_signalled`), except one from the
   terminal, which reached the child's process group already; a second one,
-  or a child still running ``grace + 5`` seconds later, gets the child
+  or a child still running ``grace + KILL_MARGIN_S`` (5) seconds later, gets the child
   SIGKILLed and the supervisor exits 1;
 * the child dies with its supervisor (``PR_SET_PDEATHSIG``, see
   :func:`die_with_supervisor`), so ``kill -9`` of the supervisor leaves no
@@ -82,6 +82,9 @@ SUPERVISOR_ENV = "PYQUEUE_SUPERVISOR_PID"
 EXIT_STARTUP_ERROR = 2
 #: a child exiting with this code had a task stuck past its time limit: replace it at once
 EXIT_TIME_LIMIT = 75
+#: seconds past the child's grace before the supervisor SIGKILLs it (a pod's
+#: terminationGracePeriodSeconds must exceed grace + this)
+KILL_MARGIN_S = 5.0
 #: environment variable naming the child's DeadlineBoard: "FD:SLOTS"
 DEADLINES_ENV = "PYQUEUE_DEADLINES"
 _PR_SET_PDEATHSIG = 1
@@ -225,7 +228,7 @@ class Supervisor:
         Seconds over which crashes are counted.
     grace : float
         The child's own shutdown grace; the supervisor SIGKILLs a child that
-        is still running ``grace + 5`` seconds after it forwarded SIGTERM.
+        is still running ``grace + KILL_MARGIN_S`` seconds after it forwarded SIGTERM.
     backoff, backoff_max : float
         First delay before a restart, doubling after each crash up to ``backoff_max``.
     stable_after : float
@@ -370,7 +373,7 @@ class Supervisor:
                             "node %s: worker pid %d still running %g s after SIGTERM; killing it",
                             self.name,
                             child.pid,
-                            self.grace + 5,
+                            self.grace + KILL_MARGIN_S,
                             extra={"event": "worker_killed", "node": self.name},
                         )
                         self._kill_child()
@@ -458,7 +461,7 @@ class Supervisor:
                 )
                 self._kill_child()
                 return 1
-            kill_at = time.monotonic() + self.grace + 5
+            kill_at = time.monotonic() + self.grace + KILL_MARGIN_S
             # si_code > 0 means the kernel sent it, i.e. the terminal to our whole
             # process group: the child got its own copy, and a second would make it
             # exit at once. A process's kill() (si_code <= 0) reached only us.

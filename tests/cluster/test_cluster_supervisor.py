@@ -231,6 +231,33 @@ def test_sigterm_with_a_stuck_task_exits_within_grace_and_requeues_it(harness, t
     assert st["in_flight"] == 1 and st["dead"] == 0
 
 
+def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_to_another_node(harness):
+    """What a Kubernetes node pod gets on a rollout: tasks that end within
+    ``--grace`` finish where they run; the one that cannot is handed back and
+    completes on another node.  Each result arrives once, none is lost."""
+    harness.coordinator(None, False)
+    a = harness.node(3, 0, "a", False, "--grace", "2")
+    c = harness.client()
+    harness.wait_nodes(c, 1)
+    short = [c.submit(T.pid_after, 0.5, task_id=f"short-{i}") for i in range(2)]
+    long = c.submit(T.pid_after, 5, task_id="long")
+    wait_until(lambda: len(harness.executions()) == 3, 20, "all three tasks to start on a")
+    on_a = _worker(a)
+    t0 = time.monotonic()
+    harness.kill(a, signal.SIGTERM)
+    assert a.wait(2 + 3) == 0, harness.log(a)
+    assert time.monotonic() - t0 < 2 + 3
+    assert [h.result(1) for h in short] == [on_a, on_a]  # finished on a, before it left
+    assert not long.done()  # handed back unfinished
+    b = harness.node(1, 0, "b", False)
+    on_b = long.result(30)
+    assert on_b != on_a and on_b in children(b.pid)
+    runs = harness.executions()
+    assert runs == {"short-0": 1, "short-1": 1, "long": 2}  # long: cut short on a, whole on b
+    st = c.status()
+    assert st["tasks"]["succeeded"] == 3 and st["dead"] == 0 and st["in_flight"] == 0
+
+
 @pytest.mark.parametrize("second", ["sigterm-to-supervisor", "sigint-to-worker"])
 def test_second_signal_during_the_grace_exits_at_once(harness, second):
     harness.coordinator(None, False)

@@ -214,3 +214,36 @@ def test_every_route_is_in_the_openapi_description():
 )
 def test_error_type_names_the_kind_of_error(text, kind):
     assert error_type(text) == kind
+
+
+def test_local_cluster_serves_the_dashboard_and_metrics_it_is_asked_for():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from pyqueue.cluster import LocalCluster
+    from pyqueue.cluster.config import dashboard_token
+
+    def free() -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"127.0.0.1:{s.getsockname()[1]}"
+
+    http, metrics = free(), free()
+    with LocalCluster(nodes=1, workers=1, fast=True, http=http, metrics=metrics) as cluster:
+        assert cluster.client.submit(operator.add, 2, 3).result(timeout=30) == 5
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
+            got = _samples(r.read().decode())
+        assert got[("pyqueue_tasks_submitted_total", (("queue", "default"),))] == 1
+        with urllib.request.urlopen(f"http://{http}/readyz", timeout=10) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{http}/api/overview", timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()
+        token = dashboard_token(cluster.key.encode())
+        req = urllib.request.Request(
+            f"http://{http}/api/overview", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.load(r)["tasks"]["succeeded"] == 1

@@ -61,7 +61,7 @@ function table(headers, rows, id) {
 
 function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes);
+  view.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
 }
 
 function setStatus(text, isError) {
