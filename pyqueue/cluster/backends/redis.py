@@ -276,7 +276,6 @@ class RedisBackend(Backend):
         return [bool(x) for x in self._run("REQUEUE_DEAD", now, args)] if args else []
 
     def delete_dead(self, ids: Iterable[str], now: float) -> list[bool]:
-        """Delete dead-lettered tasks; True for each one deleted (the coming contract op)."""
         args = list(ids)
         return [bool(x) for x in self._run("DELETE_DEAD", now, args)] if args else []
 
@@ -287,17 +286,19 @@ class RedisBackend(Backend):
         return [i for i in self.info(ids) if i is not None]
 
     _FIELDS = ("st", "att", "fail", "lost", "node", "err", "exp", "q", "pri")
+    _TIMES = ("cre", "rdy", "sta", "end")
 
     def info(self, ids: Sequence[str]) -> list[TaskInfo | None]:
         pipe = self._r.pipeline(transaction=False)
         for tid in ids:
-            pipe.hmget(self._k("t", tid), *self._FIELDS)
+            pipe.hmget(self._k("t", tid), *self._FIELDS, *self._TIMES)
         out: list[TaskInfo | None] = []
         for tid, row in zip(ids, pipe.execute()):
             if row[0] is None:
                 out.append(None)
                 continue
-            st, att, fail, lost, node, err, exp, q, pri = row
+            st, att, fail, lost, node, err, exp, q, pri = row[: len(self._FIELDS)]
+            times = (float(x or 0.0) for x in row[len(self._FIELDS) :])
             out.append(
                 TaskInfo(
                     tid,
@@ -310,6 +311,7 @@ class RedisBackend(Backend):
                     float(exp),
                     _s(q),
                     int(pri),
+                    *times,
                 )
             )
         return out

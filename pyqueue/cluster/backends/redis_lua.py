@@ -110,14 +110,14 @@ local function drained(id)
   local e = redis.call('HGET', tk(id), 'exp')
   if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
 end
-local function forget(id, purged)
+local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
   count(P .. ':cnt', t[1], -1)
   count(qk(t[2], 'cnt'), t[1], -1)
   redis.call('DEL', tk(id))
   redis.call('ZREM', P .. ':exp', id)
   redis.call('ZREM', P .. ':dead', id)
-  if purged ~= false then redis.call('INCR', P .. ':purged') end
+  redis.call('INCR', P .. ':purged')
 end
 """
 
@@ -405,11 +405,18 @@ return each_id(function(id)
 end)
 """
 
-# Operator deletion of dead-lettered tasks (not counted as purged by retention).
+# Operator deletion of dead-lettered tasks, counted as purged.  A death still
+# in the finished list is not drained: its clients have not been told yet.
 DELETE_DEAD = r"""
+local waiting = nil  -- the finished list as a set, read once and only if needed
 return each_id(function(id)
   if redis.call('HGET', tk(id), 'st') ~= '5' then return false end
-  forget(id, false)
+  if not waiting then
+    waiting = {}
+    for _, f in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do waiting[f] = true end
+  end
+  if waiting[id] then return false end
+  forget(id)
   return true
 end)
 """
