@@ -43,8 +43,12 @@ a Park-Miller generator inside the lease script, seeded per node per call.
 Priorities must stay within +-2**20 for the sorted score to be exact.
 
 Contract tests skipped for Redis: none (the restart tests run: a reopen is a
-new RedisBackend on the same server and prefix).  Each lease in the script's
-reply also carries its queue and ready time, for a wait-time histogram.
+new RedisBackend on the same server and prefix).
+
+Telemetry: each script replies with its events beside its result (a task
+submitted or ended, a lease's wait, a completion's run time, by queue), and
+:meth:`RedisBackend._run` counts them into ``telemetry``, so every transition
+feeds it whichever operation caused it, as in the memory store.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ from ..states import (
     TaskState,
     Verdict,
 )
+from ..telemetry import Telemetry
 from . import redis_lua
 
 __all__ = ["RedisBackend", "RedisUnavailable"]
@@ -85,6 +90,9 @@ log = logging.getLogger("pyqueue.cluster.store")
 
 class RedisUnavailable(ClusterError, ConnectionError):
     """The Redis server named by the URL cannot be reached or refused us."""
+
+
+_STATES = tuple(TaskState)  # by value: the scripts send states as their numbers
 
 
 def _f(x: float) -> str:
@@ -126,6 +134,7 @@ class RedisBackend(Backend):
         except redis.RedisError as e:
             raise RedisUnavailable(f"cannot reach Redis at {url}: {e}") from None
         self._warn_if_volatile()
+        self.telemetry = Telemetry()
         p = self.policy
         self._head: list[Any] = [
             prefix,
@@ -179,7 +188,27 @@ class RedisBackend(Backend):
             )
 
     def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
-        return self._scripts[name](args=[*self._head, _f(now), *args])
+        reply, events = self._scripts[name](args=[*self._head, _f(now), *args])
+        if events:
+            self._observe(events)
+        return reply
+
+    def _observe(self, events: Sequence[bytes]) -> None:
+        """Count a script's (kind, queue, value) events into ``telemetry``."""
+        tel = self.telemetry
+        it = iter(events)
+        for kind, raw, value in zip(it, it, it):
+            queue = raw.decode()
+            if kind == b"w":
+                tel.histogram(tel.wait, queue).observe(float(value))
+            elif kind == b"f":
+                tel.on_finished(queue, _STATES[int(value)])
+            elif kind == b"n":
+                tel.submitted[queue] = tel.submitted.get(queue, 0) + 1
+            elif kind == b"r":
+                tel.histogram(tel.run, queue).observe(float(value))
+            else:
+                raise ClusterError(f"Redis script sent an unknown telemetry event {kind!r}")
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -189,12 +218,13 @@ class RedisBackend(Backend):
 
     # -- Backend ---------------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
-        return self._submit(specs, now, ("", "", ""))
+        got = self._run("SUBMIT", now, ["", "", "", *self._spec_args(specs)])
+        return [TaskState(int(x)) for x in got]
 
-    def _submit(
-        self, specs: Iterable[SubmitSpec], now: float, cas: tuple[str, str, str]
-    ) -> list[TaskState]:
-        args: list[Any] = list(cas)
+    @staticmethod
+    def _spec_args(specs: Iterable[SubmitSpec]) -> list[Any]:
+        """SUBMIT's 8 arguments per task."""
+        args: list[Any] = []
         for s in specs:
             ttl = "" if s.result_ttl is None else _f(max(0.0, s.result_ttl))
             args += [
@@ -207,10 +237,7 @@ class RedisBackend(Backend):
                 s.queue,
                 int(s.priority),
             ]
-        got = self._run("SUBMIT", now, args)
-        if got is None:
-            return []
-        return [TaskState(int(x)) for x in got]
+        return args
 
     def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
         args: list[Any] = []
@@ -230,7 +257,7 @@ class RedisBackend(Backend):
             leases = []
             for _ in range(k):
                 leases.append(Lease(_s(got[i]), int(got[i + 1]), bytes(got[i + 2])))
-                i += 5
+                i += 3
             out[node] = Grant(leases, held)
         return out
 
@@ -248,6 +275,7 @@ class RedisBackend(Backend):
                 int(r.error is not None),
                 r.error if r.error is not None else "",
                 _f(jitter),
+                "" if r.run_s is None else _f(r.run_s),
             ]
         if not args:
             return []
@@ -265,7 +293,9 @@ class RedisBackend(Backend):
         return bool(self._run("REVOKED", now, [node, task_id, token]))
 
     def node_lost(self, node: str, now: float) -> list[str]:
-        return [_s(x) for x in self._run("NODE_LOST", now, [node])]
+        out = [_s(x) for x in self._run("NODE_LOST", now, [node])]
+        self.telemetry.leases_expired += len(out)
+        return out
 
     def cancel(self, ids: Iterable[str], now: float) -> list[bool]:
         args = list(ids)
@@ -446,21 +476,10 @@ class RedisBackend(Backend):
             last = times[-1] if times else sch.last_fire
             new = self._dump(sch._replace(next_fire=nxt, last_fire=last), payload)
             specs = [SubmitSpec(i, payload, queue=sch.queue, priority=sch.priority) for i in ids]
-            if self._r.hget(self._k("sch"), sch.id) is None:
-                continue
-            res = self._scripts["SUBMIT"](
-                args=[*self._head, _f(now), sch.id, raw, new, *self._spec_args(specs)]
-            )
-            if res is not None:  # None: another coordinator fired it first
+            res = self._run("SUBMIT", now, [sch.id, raw, new, *self._spec_args(specs)])
+            if res is not None:  # None: changed or deleted meanwhile (another coordinator)
                 fired += ids
         return fired
-
-    @staticmethod
-    def _spec_args(specs: Sequence[SubmitSpec]) -> list[Any]:
-        args: list[Any] = []
-        for s in specs:
-            args += [s.id, s.payload, 0, _f(1.0), _f(s.not_before), "", s.queue, int(s.priority)]
-        return args
 
     def stats(self) -> Stats:
         cnt = self._r.hgetall(self._k("cnt"))

@@ -1,7 +1,8 @@
 """Server-side scripts of the Redis store (Lua, one per atomic operation)."""
 
 # Every script starts with the same ARGV head: prefix, the policy, and now.
-# Its body runs as main(); the counters it changed are written after it.
+# Its body runs as main(); the counters it changed are written after it, and
+# it replies {main's reply, events}: what the store's telemetry counts.
 PRELUDE = r"""
 local P = ARGV[1]
 local MAXLOST = tonumber(ARGV[2])
@@ -31,6 +32,14 @@ local function flush()
     end
   end
   D = {}
+end
+-- telemetry events, flat (kind, queue, value) triples: the store's Python side
+-- counts them (values are strings: Redis would truncate a Lua float)
+local E = {}
+local function event(kind, q, v)
+  E[#E + 1] = kind
+  E[#E + 1] = q
+  E[#E + 1] = v
 end
 local function recount(q, old, new)
   count(P .. ':cnt', old, -1)
@@ -63,6 +72,7 @@ local function finish(id, state, result, err)
   end
   if t[1] == '0' then redis.call('ZREM', P .. ':sched', id) end
   recount(t[2], t[1], state)
+  event('f', t[2], tostring(state))
   local ttl = RTTL
   if t[3] then ttl = tonumber(t[3]) end
   if state == 5 then ttl = DTTL end
@@ -153,6 +163,7 @@ while i <= #ARGV do
     if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'ttl', ARGV[i + 5]) end
     count(P .. ':cnt', state, 1)
     count(qk(q, 'cnt'), state, 1)
+    event('n', q, '')
     redis.call('SADD', P .. ':queues', q)
     if state == 0 then
       redis.call('ZADD', P .. ':sched', ARGV[i + 4], id)
@@ -168,7 +179,7 @@ return out
 """
 
 # ARGV per node: node, capacity, strict, seed, n queues, (name, weight)...
-# Returns per node with grants: node, held, k, then k * (id, token, payload, queue, ready).
+# Returns per node with grants: node, held, k, then k * (id, token, payload).
 LEASE = r"""
 local res = {}
 local i = A
@@ -268,8 +279,7 @@ while i <= #ARGV do
         out[#out + 1] = id
         out[#out + 1] = att
         out[#out + 1] = t[4]
-        out[#out + 1] = name
-        out[#out + 1] = t[5]
+        event('w', name, fmt(math.max(0.0, NOW - tonumber(t[5]))))
       end
     end
     redis.call('HSET', P .. ':sus', node, sus)
@@ -285,7 +295,8 @@ end
 return res
 """
 
-# ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter.
+# ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter,
+# run seconds ('' not reported).
 COMPLETE = r"""
 local out = {}
 local i = A
@@ -311,6 +322,7 @@ while i <= #ARGV do
     elseif att ~= tok then v = 'stale'
     else v = 'accepted' end
     if v == 'accepted' then
+      if ARGV[i + 8] ~= '' then event('r', t[6], ARGV[i + 8]) end
       if kind == 'cancel' then
         finish(id, 6, false, 'cancelled while running')
       elseif kind == 'ok' then
@@ -332,7 +344,7 @@ while i <= #ARGV do
   end
   count(P .. ':verd', v, 1)
   out[#out + 1] = v
-  i = i + 8
+  i = i + 9
 end
 return out
 """
@@ -522,7 +534,11 @@ return 1
 
 
 def script(body: str) -> str:
-    """The full text of one script: the prelude, the body, then the counters."""
+    """The full text of one script: the prelude, the body, then the counters and events."""
+    # false, not nil, for no reply: a nil would end the reply table before E
     return (
-        PRELUDE + "local function main()\n" + body + "\nend\nlocal r = main()\nflush()\nreturn r\n"
+        PRELUDE
+        + "local function main()\n"
+        + body
+        + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\nreturn {r, E}\n"
     )
