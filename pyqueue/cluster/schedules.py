@@ -34,6 +34,8 @@ __all__ = [
     "next_fire",
     "due_fires",
     "fire_id",
+    "declared",
+    "paused_as",
 ]
 
 #: what happens to fires missed while no coordinator ran (or the schedule was late):
