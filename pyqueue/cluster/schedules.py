@@ -34,6 +34,8 @@ __all__ = [
     "next_fire",
     "due_fires",
     "fire_id",
+    "declared",
+    "paused_as",
 ]
 
 #: what happens to fires missed while no coordinator ran (or the schedule was late):
@@ -163,3 +165,44 @@ def fire_id(schedule_id: str, when: float) -> str:
     """The task id of one fire: the same for the same schedule and time, always."""
     stamp = _dt.datetime.fromtimestamp(round(when, 3), _dt.timezone.utc)
     return f"{schedule_id}@{stamp.isoformat(timespec='milliseconds')}"
+
+
+def declared(old: Schedule | None, spec: ScheduleSpec, now: float) -> Schedule:
+    """The schedule ``spec`` declares over ``old`` (the one with its id, if any).
+
+    It keeps its pause and last fire, and its next fire when the timing (cron
+    or every, and time zone) is unchanged; a new timing counts from ``now``.
+    """
+    keep = old is not None and (old.cron, old.every, old.timezone) == (
+        spec.cron,
+        spec.every,
+        spec.timezone,
+    )
+    paused = old.paused if old is not None else False
+    if keep and old is not None:
+        anchor, nxt = old.anchor, old.next_fire
+    else:
+        anchor = now
+        nxt = None if paused else next_fire(spec, anchor, now)
+    return Schedule(
+        spec.id,
+        spec.cron,
+        spec.every,
+        spec.queue,
+        int(spec.priority),
+        spec.misfire,
+        spec.timezone,
+        paused,
+        anchor,
+        nxt,
+        old.last_fire if old is not None else None,
+    )
+
+
+def paused_as(s: Schedule, paused: bool, now: float) -> Schedule:
+    """``s`` paused (no next fire) or resumed: fires missed while paused are not run."""
+    if paused:
+        return s._replace(paused=True, next_fire=None)
+    if s.paused:
+        return s._replace(paused=False, next_fire=next_fire(s, s.anchor, now))
+    return s

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import shared_url
 
 from pyqueue.cluster.backend import Backend
 from pyqueue.cluster.backends import MemoryBackend, SQLiteBackend
+from pyqueue.cluster.backends.redis import RedisBackend
 from pyqueue.cluster.dispatch import Policy
 from pyqueue.cluster.schedules import ScheduleSpec, fire_id
 from pyqueue.cluster.states import (
@@ -53,6 +55,14 @@ BACKENDS = [
         True,
         lambda where, policy, seed, now: SQLiteBackend(
             where / "store.db", policy, seed=seed, now=now
+        ),
+    ),
+    # one private redis-server per test process; a location is a key prefix on it
+    Kind(
+        "redis",
+        True,
+        lambda where, policy, seed, now: RedisBackend(
+            shared_url(), policy, prefix=f"pqt{abs(hash(str(where)))}", seed=seed, now=now
         ),
     ),
 ]
@@ -1556,3 +1566,45 @@ def test_telemetry_counts_what_happened_per_queue(stores: Stores) -> None:
     assert b.cancel(["x"], T0 + 2) == [True]
     assert tel.finished[("other", TaskState.CANCELLED)] == 1
     assert tel.totals() == {"submitted": 4, "finished": 4, "failed": 1, "dead": 1}
+
+
+def test_telemetry_counts_ends_whatever_the_operation(stores: Stores) -> None:
+    b = stores.open(Policy(max_lost=1, max_attempts=1))
+    tel = b.telemetry
+    submit(b, "cap", "rel", "rev", "ok", now=T0)
+    (le,) = lease(b, "n", 1, now=T0 + 1)
+    assert b.release("n", [Release(le.id, le.token)], T0 + 1) == [True]  # not started: no loss
+    got = lease(b, "n", 3, now=T0 + 2)  # "cap" is over the hard cap: dead, not leased
+    assert [x.id for x in got] == ["rel", "rev", "ok"] and state(b, "cap") is TaskState.DEAD
+    rel, rev, done = got
+    assert b.release("n", [Release(rel.id, rel.token, started=True)], T0 + 3) == [True]
+    assert b.revoked("n", rev.id, rev.token, T0 + 3)
+    assert b.complete("n", [ok(done)], T0 + 3) == [Verdict.ACCEPTED]  # no run_s reported
+    b.put_schedule(every("s", 10, queue="cron"), T0)
+    assert len(b.fire_schedules(T0 + 10)) == 1
+    assert tel.submitted == {"default": 4, "cron": 1}
+    assert tel.finished == {
+        ("default", TaskState.DEAD): 2,
+        ("default", TaskState.CANCELLED): 1,
+        ("default", TaskState.SUCCEEDED): 1,
+    }
+    assert tel.dead_lettered == {"default": 2} and tel.leases_expired == 0
+    wait = tel.wait["default"]  # the dead-lettering pass over "cap" is no lease
+    assert wait.count == 4 and wait.sum == pytest.approx(1 + 3 * 2)
+    assert "default" not in tel.run
+
+
+def test_a_second_death_is_deleted_only_once_drained(stores: Stores) -> None:
+    b = stores.open(Policy(max_lost=1))
+    submit(b, "d")
+    kill(b, "d", now=T0 + 1)
+    assert b.drain_finished() == ["d"]
+    assert b.requeue_dead(["d"], T0 + 2) == [True]
+    got = info(b, "d")
+    assert (got.created, got.ready, got.ended) == (T0, T0 + 2, 0.0)
+    kill(b, "d", now=T0 + 3)
+    assert info(b, "d").ended == T0 + 3
+    assert b.delete_dead(["d"], T0 + 3) == [False]  # this death is not told yet
+    assert b.drain_finished() == ["d"]
+    assert b.delete_dead(["d"], T0 + 3) == [True]
+    assert state(b, "d") is None and b.dead() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ if HERE not in sys.path:  # task and harness modules import by name, here and on
     sys.path.insert(0, HERE)
 
 from pyq_cluster_harness import Harness  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
 
 from pyqueue.cluster.config import generate_key  # noqa: E402
 
@@ -23,6 +25,17 @@ def harness(tmp_path: Path):
         yield h
     finally:
         h.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server (free port, tmp folder, AOF on), stopped after the test;
+    skipped without redis-server unless CI is set."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

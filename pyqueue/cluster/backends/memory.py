@@ -723,31 +723,7 @@ class MemoryBackend(Backend):
     def put_schedule(self, spec: ScheduleSpec, now: float) -> Schedule:
         schedules.check(spec)
         old = self._schedules.get(spec.id)
-        old_s = old[0] if old is not None else None
-        keep = old_s is not None and (old_s.cron, old_s.every, old_s.timezone) == (
-            spec.cron,
-            spec.every,
-            spec.timezone,
-        )
-        paused = old_s.paused if old_s is not None else False
-        anchor = old_s.anchor if keep and old_s is not None else now
-        if keep and old_s is not None:
-            nxt = old_s.next_fire
-        else:
-            nxt = None if paused else schedules.next_fire(spec, anchor, now)
-        sch = Schedule(
-            spec.id,
-            spec.cron,
-            spec.every,
-            spec.queue,
-            int(spec.priority),
-            spec.misfire,
-            spec.timezone,
-            paused,
-            anchor,
-            nxt,
-            old_s.last_fire if old_s is not None else None,
-        )
+        sch = schedules.declared(None if old is None else old[0], spec, now)
         self._set_schedule(sch, spec.payload)
         return sch
 
@@ -768,10 +744,7 @@ class MemoryBackend(Backend):
         if got is None:
             return None
         sch, payload = got
-        if paused:
-            sch = sch._replace(paused=True, next_fire=None)
-        elif sch.paused:  # fires missed while paused are not run
-            sch = sch._replace(paused=False, next_fire=schedules.next_fire(sch, sch.anchor, now))
+        sch = schedules.paused_as(sch, paused, now)
         self._set_schedule(sch, payload)
         return sch
 

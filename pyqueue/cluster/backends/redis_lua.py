@@ -1,0 +1,544 @@
+"""Server-side scripts of the Redis store (Lua, one per atomic operation)."""
+
+# Every script starts with the same ARGV head: prefix, the policy, and now.
+# Its body runs as main(); the counters it changed are written after it, and
+# it replies {main's reply, events}: what the store's telemetry counts.
+PRELUDE = r"""
+local P = ARGV[1]
+local MAXLOST = tonumber(ARGV[2])
+local MAXATT = tonumber(ARGV[3])
+local RTTL = tonumber(ARGV[4])
+local DTTL = tonumber(ARGV[5])
+local BCAP = tonumber(ARGV[6])
+local MAXDEAD = tonumber(ARGV[7])
+local NOW = tonumber(ARGV[8])
+local A = 9
+local function tk(id) return P .. ':t:' .. id end
+local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
+local function fmt(x) return string.format('%.17g', x) end
+local function score(pri, seq) return fmt(-pri * 4294967296 + seq) end
+-- counter changes add up here and are written once, at the end of the script
+local D = {}
+local function count(key, field, n)
+  local d = D[key]
+  if not d then d = {}; D[key] = d end
+  field = tostring(field)
+  d[field] = (d[field] or 0) + n
+end
+local function flush()
+  for key, d in pairs(D) do
+    for field, n in pairs(d) do
+      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+    end
+  end
+  D = {}
+end
+-- telemetry events, flat (kind, queue, value) triples: the store's Python side
+-- counts them (values are strings: Redis would truncate a Lua float)
+local E = {}
+local function event(kind, q, v)
+  E[#E + 1] = kind
+  E[#E + 1] = q
+  E[#E + 1] = v
+end
+local function recount(q, old, new)
+  count(P .. ':cnt', old, -1)
+  count(P .. ':cnt', new, 1)
+  count(qk(q, 'cnt'), old, -1)
+  count(qk(q, 'cnt'), new, 1)
+end
+local function setstate(id, q, old, new)
+  recount(q, old, new)
+  redis.call('HSET', tk(id), 'st', new)
+end
+local function wait(id)
+  local t = redis.call('HMGET', tk(id), 'q', 'pri', 'seq', 'rdy')
+  redis.call('ZADD', qk(t[1], 'ready'), score(tonumber(t[2]), tonumber(t[3])), id)
+  redis.call('ZADD', qk(t[1], 'since'), t[4], id)
+end
+local function unlease(node, id)
+  local s = redis.call('HGET', P .. ':n:' .. node, id)
+  if s then
+    redis.call('HDEL', P .. ':n:' .. node, id)
+    if s == '1' then redis.call('HINCRBY', P .. ':sus', node, -1) end
+  end
+end
+local function finish(id, state, result, err)
+  local key = tk(id)
+  local t = redis.call('HMGET', key, 'st', 'q', 'ttl')
+  if t[1] == '1' then
+    redis.call('ZREM', qk(t[2], 'ready'), id)
+    redis.call('ZREM', qk(t[2], 'since'), id)
+  end
+  if t[1] == '0' then redis.call('ZREM', P .. ':sched', id) end
+  recount(t[2], t[1], state)
+  event('f', t[2], tostring(state))
+  local ttl = RTTL
+  if t[3] then ttl = tonumber(t[3]) end
+  if state == 5 then ttl = DTTL end
+  local set = {'st', state, 'end', fmt(NOW), 'exp', fmt(NOW + ttl), 'node', ''}
+  local del = {}
+  if result then set[#set + 1] = 'res'; set[#set + 1] = result else del[#del + 1] = 'res' end
+  if err then set[#set + 1] = 'err'; set[#set + 1] = err else del[#del + 1] = 'err' end
+  if state == 5 then
+    redis.call('ZADD', P .. ':dead', redis.call('INCR', P .. ':deadctr'), id)
+  else
+    del[#del + 1] = 'pl'
+  end
+  redis.call('HSET', key, unpack(set))
+  redis.call('HDEL', key, unpack(del))
+  redis.call('RPUSH', P .. ':fin', id)
+end
+local function requeue(id)
+  local t = redis.call('HMGET', tk(id), 'st', 'q')
+  setstate(id, t[2], t[1], 1)
+  redis.call('HSET', tk(id), 'node', '')
+  wait(id)
+end
+local function charge_loss(id, why)
+  local lost = redis.call('HINCRBY', tk(id), 'lost', 1)
+  if lost >= MAXLOST then
+    finish(id, 5, false, why .. ' ' .. lost .. ' times')
+  else
+    requeue(id)
+  end
+end
+local function leased_to(id, node, token)
+  local t = redis.call('HMGET', tk(id), 'st', 'node', 'att')
+  return t[1] == '2' and t[2] == node and tonumber(t[3]) == token
+end
+-- 1 or 0 per id argument, as f says
+local function each_id(f)
+  local out = {}
+  for i = A, #ARGV do
+    if f(ARGV[i]) then out[#out + 1] = 1 else out[#out + 1] = 0 end
+  end
+  return out
+end
+-- a drained finished task counts for retention from now on
+local function drained(id)
+  local e = redis.call('HGET', tk(id), 'exp')
+  if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
+end
+local function forget(id)
+  local t = redis.call('HMGET', tk(id), 'st', 'q')
+  count(P .. ':cnt', t[1], -1)
+  count(qk(t[2], 'cnt'), t[1], -1)
+  redis.call('DEL', tk(id))
+  redis.call('ZREM', P .. ':exp', id)
+  redis.call('ZREM', P .. ':dead', id)
+  redis.call('INCR', P .. ':purged')
+end
+"""
+
+# ARGV: [schedule id, old, new] (compare-and-set of a fired schedule, '' for
+# none), then 8 fields per task.  Returns each task's state, or false when the
+# schedule changed meanwhile (another coordinator fired it).
+SUBMIT = r"""
+local sid = ARGV[A]
+if sid ~= '' then
+  local cur = redis.call('HGET', P .. ':sch', sid)
+  if cur ~= ARGV[A + 1] then return false end
+  redis.call('HSET', P .. ':sch', sid, ARGV[A + 2])
+end
+local out = {}
+local i = A + 3
+while i <= #ARGV do
+  local id = ARGV[i]
+  local key = tk(id)
+  local st = redis.call('HGET', key, 'st')
+  if st then
+    out[#out + 1] = tonumber(st)
+  else
+    local seq = redis.call('INCR', P .. ':seq')
+    local nb = tonumber(ARGV[i + 4])
+    local q = ARGV[i + 6]
+    local pri = tonumber(ARGV[i + 7])
+    local state = 1
+    local rdy = NOW
+    if nb > NOW then state = 0; rdy = nb end
+    redis.call('HSET', key, 'st', state, 'seq', seq, 'pl', ARGV[i + 1], 'att', 0, 'fail', 0,
+      'lost', 0, 'ret', ARGV[i + 2], 'bo', ARGV[i + 3], 'nb', ARGV[i + 4], 'base', 0, 'q', q,
+      'pri', pri, 'rdy', fmt(rdy), 'node', '', 'exp', 0, 'end', 0, 'cre', fmt(NOW), 'sta', 0)
+    if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'ttl', ARGV[i + 5]) end
+    count(P .. ':cnt', state, 1)
+    count(qk(q, 'cnt'), state, 1)
+    event('n', q, '')
+    redis.call('SADD', P .. ':queues', q)
+    if state == 0 then
+      redis.call('ZADD', P .. ':sched', ARGV[i + 4], id)
+    else
+      redis.call('ZADD', qk(q, 'ready'), score(pri, seq), id)
+      redis.call('ZADD', qk(q, 'since'), fmt(rdy), id)
+    end
+    out[#out + 1] = state
+  end
+  i = i + 8
+end
+return out
+"""
+
+# ARGV per node: node, capacity, strict, seed, n queues, (name, weight)...
+# Returns per node with grants: node, held, k, then k * (id, token, payload).
+LEASE = r"""
+local res = {}
+local i = A
+local x = 1
+local function rand()
+  x = (x * 16807) % 2147483647
+  return (x - 1) / 2147483646
+end
+local limited = {}  -- queue name -> true when it has a rate limit
+local function can_grant(name)
+  local s = redis.call('HMGET', qk(name, 'set'), 'paused', 'rate', 'tokens', 'stamp')
+  if s[1] == '1' then return nil end
+  local head = redis.call('ZRANGE', qk(name, 'ready'), 0, 0)
+  if #head == 0 then return nil end
+  limited[name] = s[2] and true
+  if s[2] then
+    local rate = tonumber(s[2])
+    local cap = math.max(1.0, rate / 20.0)
+    local tokens = math.min(cap, tonumber(s[3]) + math.max(0.0, NOW - tonumber(s[4])) * rate)
+    redis.call('HSET', qk(name, 'set'), 'tokens', fmt(tokens), 'stamp', fmt(NOW))
+    if tokens < 1.0 then return nil end
+  end
+  return head[1]
+end
+while i <= #ARGV do
+  local node = ARGV[i]
+  local cap = tonumber(ARGV[i + 1])
+  local strict = ARGV[i + 2] == '1'
+  x = tonumber(ARGV[i + 3])
+  local nq = tonumber(ARGV[i + 4])
+  local served = {}
+  for j = 0, nq - 1 do
+    local name = ARGV[i + 5 + 2 * j]
+    if redis.call('SISMEMBER', P .. ':queues', name) == 1 then
+      served[#served + 1] = {name, tonumber(ARGV[i + 6 + 2 * j])}
+    end
+  end
+  i = i + 5 + 2 * nq
+  local nkey = P .. ':n:' .. node
+  redis.call('SADD', P .. ':nodes', node)
+  local n = cap - redis.call('HLEN', nkey)
+  local out = {}
+  local k = 0
+  if n > 0 and #served > 0 then
+    local sus = tonumber(redis.call('HGET', P .. ':sus', node) or '0')
+    local deferred = {}
+    while k < n do
+      local name, id
+      if #served == 1 then
+        name = served[1][1]
+        id = can_grant(name)
+      else
+        local elig = {}
+        local heads = {}
+        local total = 0
+        for _, qw in ipairs(served) do
+          local h = can_grant(qw[1])
+          if h then elig[#elig + 1] = qw; heads[qw[1]] = h; total = total + qw[2] end
+        end
+        if #elig == 0 then break end
+        local pick = elig[#elig]
+        if #elig == 1 then
+          pick = elig[1]
+        elseif strict then
+          pick = elig[1]
+          for _, qw in ipairs(elig) do if qw[2] > pick[2] then pick = qw end end
+        else
+          local r = rand() * total
+          for _, qw in ipairs(elig) do
+            r = r - qw[2]
+            if r < 0 then pick = qw; break end
+          end
+        end
+        name = pick[1]
+        id = heads[name]
+      end
+      if not id then break end
+      local key = tk(id)
+      local sc = redis.call('ZSCORE', qk(name, 'ready'), id)
+      redis.call('ZREM', qk(name, 'ready'), id)
+      local t = redis.call('HMGET', key, 'lost', 'att', 'base', 'pl', 'rdy')
+      local suspect = tonumber(t[1]) > 0
+      if suspect and sus > 0 then
+        deferred[#deferred + 1] = {name, sc, id}
+      elseif tonumber(t[2]) - tonumber(t[3]) >= MAXATT then
+        finish(id, 5, false, 'hard cap of ' .. MAXATT .. ' attempts reached')
+      else
+        if limited[name] then redis.call('HINCRBYFLOAT', qk(name, 'set'), 'tokens', -1) end
+        local flag = '0'
+        if suspect then sus = sus + 1; flag = '1' end
+        redis.call('ZREM', qk(name, 'since'), id)
+        local att = redis.call('HINCRBY', key, 'att', 1)
+        setstate(id, name, '1', 2)
+        redis.call('HSET', key, 'node', node, 'sta', fmt(NOW))
+        redis.call('HSET', nkey, id, flag)
+        k = k + 1
+        out[#out + 1] = id
+        out[#out + 1] = att
+        out[#out + 1] = t[4]
+        event('w', name, fmt(math.max(0.0, NOW - tonumber(t[5]))))
+      end
+    end
+    redis.call('HSET', P .. ':sus', node, sus)
+    for _, d in ipairs(deferred) do redis.call('ZADD', qk(d[1], 'ready'), d[2], d[3]) end
+  end
+  if k > 0 then
+    res[#res + 1] = node
+    res[#res + 1] = redis.call('HLEN', nkey)
+    res[#res + 1] = k
+    for _, v in ipairs(out) do res[#res + 1] = v end
+  end
+end
+return res
+"""
+
+# ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter,
+# run seconds ('' not reported).
+COMPLETE = r"""
+local out = {}
+local i = A
+while i <= #ARGV do
+  local id = ARGV[i]
+  local tok = tonumber(ARGV[i + 1])
+  local kind = ARGV[i + 2]
+  local val = false
+  if ARGV[i + 3] == '1' then val = ARGV[i + 4] end
+  local err = false
+  if ARGV[i + 5] == '1' then err = ARGV[i + 6] end
+  local key = tk(id)
+  local t = redis.call('HMGET', key, 'st', 'att', 'node', 'ret', 'bo', 'q')
+  local v
+  if not t[1] then
+    v = 'unknown'
+  else
+    local st = tonumber(t[1])
+    local att = tonumber(t[2])
+    if st == 2 and att == tok then unlease(t[3], id) end
+    if st >= 3 then v = 'duplicate'
+    elseif st == 0 then if att == tok then v = 'duplicate' else v = 'stale' end
+    elseif att ~= tok then v = 'stale'
+    else v = 'accepted' end
+    if v == 'accepted' then
+      if ARGV[i + 8] ~= '' then event('r', t[6], ARGV[i + 8]) end
+      if kind == 'cancel' then
+        finish(id, 6, false, 'cancelled while running')
+      elseif kind == 'ok' then
+        finish(id, 3, val, false)
+      else
+        local fails = redis.call('HINCRBY', key, 'fail', 1)
+        if fails > tonumber(t[4]) then
+          finish(id, 4, val, err)
+        else
+          local delay = math.min(BCAP, tonumber(t[5]) * 2.0 ^ (fails - 1)) * tonumber(ARGV[i + 7])
+          redis.call('ZREM', qk(t[6], 'ready'), id)
+          redis.call('ZREM', qk(t[6], 'since'), id)
+          setstate(id, t[6], t[1], 0)
+          redis.call('HSET', key, 'node', '', 'nb', fmt(NOW + delay))
+          redis.call('ZADD', P .. ':sched', fmt(NOW + delay), id)
+        end
+      end
+    end
+  end
+  count(P .. ':verd', v, 1)
+  out[#out + 1] = v
+  i = i + 9
+end
+return out
+"""
+
+# ARGV: node, then (id, token, started) per row.
+RELEASE = r"""
+local node = ARGV[A]
+local out = {}
+local i = A + 1
+while i <= #ARGV do
+  local id = ARGV[i]
+  if leased_to(id, node, tonumber(ARGV[i + 1])) then
+    unlease(node, id)
+    if ARGV[i + 2] == '1' then charge_loss(id, 'its node stopped under it') else requeue(id) end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  i = i + 3
+end
+return out
+"""
+
+REVOKED = r"""
+local node, id = ARGV[A], ARGV[A + 1]
+if not leased_to(id, node, tonumber(ARGV[A + 2])) then return 0 end
+unlease(node, id)
+finish(id, 6, false, 'cancelled before it started')
+return 1
+"""
+
+NODE_LOST = r"""
+local node = ARGV[A]
+local nkey = P .. ':n:' .. node
+local ids = redis.call('HKEYS', nkey)
+redis.call('DEL', nkey)
+redis.call('HDEL', P .. ':sus', node)
+redis.call('SREM', P .. ':nodes', node)
+local out = {}
+for _, id in ipairs(ids) do
+  local t = redis.call('HMGET', tk(id), 'st', 'node')
+  if t[1] == '2' and t[2] == node then
+    out[#out + 1] = id
+    charge_loss(id, 'its node died under it')
+  end
+end
+return out
+"""
+
+CANCEL = r"""
+return each_id(function(id)
+  local st = redis.call('HGET', tk(id), 'st')
+  if st ~= '0' and st ~= '1' then return false end
+  finish(id, 6, false, 'cancelled')
+  return true
+end)
+"""
+
+REQUEUE_DEAD = r"""
+return each_id(function(id)
+  local key = tk(id)
+  local t = redis.call('HMGET', key, 'st', 'att', 'pl')
+  if t[1] ~= '5' or not t[3] then return false end
+  redis.call('HSET', key, 'lost', 0, 'fail', 0, 'base', t[2], 'end', 0, 'exp', 0, 'rdy', fmt(NOW))
+  redis.call('HDEL', key, 'err', 'res')
+  redis.call('ZREM', P .. ':dead', id)
+  redis.call('ZREM', P .. ':exp', id)
+  requeue(id)
+  return true
+end)
+"""
+
+# Operator deletion of dead-lettered tasks, counted as purged.  A death still
+# in the finished list is not drained: its clients have not been told yet.
+DELETE_DEAD = r"""
+local waiting = nil  -- the finished list as a set, read once and only if needed
+return each_id(function(id)
+  if redis.call('HGET', tk(id), 'st') ~= '5' then return false end
+  if not waiting then
+    waiting = {}
+    for _, f in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do waiting[f] = true end
+  end
+  if waiting[id] then return false end
+  forget(id)
+  return true
+end)
+"""
+
+DRAIN = r"""
+local ids = redis.call('LRANGE', P .. ':fin', 0, -1)
+redis.call('DEL', P .. ':fin')
+for _, id in ipairs(ids) do drained(id) end
+return ids
+"""
+
+PROMOTE = r"""
+local ids = redis.call('ZRANGEBYSCORE', P .. ':sched', '-inf', ARGV[8])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', P .. ':sched', id)
+  redis.call('HSET', tk(id), 'rdy', redis.call('HGET', tk(id), 'nb'))
+  requeue(id)
+end
+return #ids
+"""
+
+# ARGV: limit.
+EXPIRE = r"""
+local limit = tonumber(ARGV[A])
+local gone = 0
+local ids = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8], 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do forget(id); gone = gone + 1 end
+flush()
+local over = tonumber(redis.call('HGET', P .. ':cnt', 5) or '0') - MAXDEAD
+while over > 0 and gone < limit do
+  local head = redis.call('ZRANGE', P .. ':dead', 0, 0)
+  if #head == 0 then break end
+  if redis.call('LPOS', P .. ':fin', head[1]) then break end
+  forget(head[1])
+  gone = gone + 1
+  over = over - 1
+end
+return gone
+"""
+
+# ARGV: finished_before ('' none), dead (0|1), limit.
+PURGE = r"""
+local fb = ARGV[A]
+local dead = ARGV[A + 1] == '1'
+local limit = tonumber(ARGV[A + 2])
+local gone = 0
+local ids = redis.call('ZRANGE', P .. ':exp', 0, -1)
+for _, id in ipairs(ids) do
+  if gone >= limit then break end
+  local t = redis.call('HMGET', tk(id), 'st', 'end')
+  local st = tonumber(t[1])
+  if (dead and st == 5) or (fb ~= '' and (st == 3 or st == 4 or st == 6)
+      and tonumber(t[2]) < tonumber(fb)) then
+    forget(id)
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+# ARGV: name, rate ('' none), tokens, paused.
+CONFIGURE = r"""
+local name = ARGV[A]
+local key = qk(name, 'set')
+local old = redis.call('HGET', key, 'rate') or ''
+if old ~= ARGV[A + 1] then
+  if ARGV[A + 1] == '' then
+    redis.call('HDEL', key, 'rate')
+  else
+    redis.call('HSET', key, 'rate', ARGV[A + 1])
+  end
+  redis.call('HSET', key, 'tokens', ARGV[A + 2], 'stamp', ARGV[8])
+end
+redis.call('HSET', key, 'paused', ARGV[A + 3])
+redis.call('SADD', P .. ':queues', name)
+return 1
+"""
+
+# ARGV: queue name.  When its longest-waiting PENDING task became ready.
+OLDEST = r"""
+local got = redis.call('ZRANGE', qk(ARGV[A], 'since'), 0, 0, 'WITHSCORES')
+if #got == 0 then return false end
+return got[2]
+"""
+
+# At open (a coordinator restart): leases go back without a loss, counters
+# since open restart, and what expired while closed is purged.
+RECOVER = r"""
+redis.call('DEL', P .. ':verd')
+redis.call('SET', P .. ':purged', 0)
+for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  for _, id in ipairs(redis.call('HKEYS', P .. ':n:' .. node)) do
+    if redis.call('HGET', tk(id), 'st') == '2' then requeue(id) end
+  end
+  redis.call('DEL', P .. ':n:' .. node)
+end
+redis.call('DEL', P .. ':nodes', P .. ':sus')
+for _, id in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do drained(id) end
+redis.call('DEL', P .. ':fin')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8])) do forget(id) end
+return 1
+"""
+
+
+def script(body: str) -> str:
+    """The full text of one script: the prelude, the body, then the counters and events."""
+    # false, not nil, for no reply: a nil would end the reply table before E
+    return (
+        PRELUDE
+        + "local function main()\n"
+        + body
+        + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\nreturn {r, E}\n"
+    )

@@ -1,0 +1,98 @@
+"""A private redis-server for the tests: a free port, a tmp folder, AOF on."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+INSTALL = "redis-server is not installed: apt-get install redis-server"
+
+
+def need_redis_server() -> str:
+    """The redis-server binary; skip without it (fail under CI: CI never skips silently)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL + " (CI is set: Redis tests must run)")
+        pytest.skip(INSTALL)
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("redis-py is not installed: pip install -e '.[redis]'")
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process; ``url`` reaches it."""
+
+    def __init__(self, *extra: str, password: str | None = None) -> None:
+        exe = need_redis_server()
+        self.dir = tempfile.mkdtemp(prefix="pyq-redis-")
+        self.port = free_port()
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", *extra]
+        if password is not None:
+            args += ["--requirepass", password]
+        self.args = args
+        auth = f":{password}@" if password is not None else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process with ``sig`` and start it again on the same folder and port."""
+        self.proc.send_signal(sig)
+        self.proc.wait(10)
+        self._start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_shared: RedisServer | None = None
+
+
+def shared_url() -> str:
+    """The URL of one server per test process, started on first use."""
+    global _shared
+    if _shared is None:
+        _shared = RedisServer()
+        atexit.register(_shared.stop)
+    return _shared.url

@@ -1,0 +1,105 @@
+"""The Redis store against bad input: a Redis that is not there, refuses our
+password, or holds keys that are not ours (a real redis-server each time)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+from redis_server import RedisServer, free_port
+
+from pyqueue.cluster.backends.redis import RedisBackend, RedisUnavailable
+from pyqueue.cluster.states import Completion, Demand, SubmitSpec, TaskState
+
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def locked() -> Iterator[RedisServer]:
+    server = RedisServer(password="s3cret")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_an_unreachable_redis_is_a_clear_error_naming_the_url() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    with pytest.raises(RedisUnavailable, match="cannot reach Redis at " + url):
+        RedisBackend(url, now=T0)
+
+
+def test_a_wrong_password_is_a_clear_error(locked: RedisServer) -> None:
+    bad = locked.url.replace("s3cret", "wrong")
+    with pytest.raises(RedisUnavailable, match="refused authentication"):
+        RedisBackend(bad, now=T0)
+    no_auth = f"redis://127.0.0.1:{locked.port}/0"
+    with pytest.raises(RedisUnavailable, match="refused authentication"):
+        RedisBackend(no_auth, now=T0)
+    b = RedisBackend(locked.url, prefix="ok", now=T0)  # the right one works
+    assert b.submit([SubmitSpec("a", b"p")], T0) == [TaskState.PENDING]
+    b.close()
+
+
+def test_foreign_keys_in_the_same_database_are_untouched(redis_server: RedisServer) -> None:
+    import redis
+
+    url = redis_server.url  # a private one: the db holds only these keys and ours
+    r = redis.Redis.from_url(url)
+    foreign = {
+        "user:1": b"alice",
+        "pyqueue": b"not ours",  # our prefix without the separator
+        "celery": b"x",
+        "{other:default}:ready": b"y",
+    }
+    for k, v in foreign.items():
+        r.set(k, v)
+    r.zadd("jobs", {"j1": 1.0})
+    b = RedisBackend(url, prefix="pqforeign", now=T0)
+    b.submit([SubmitSpec(f"t{i}", b"p") for i in range(5)], T0)
+    grant = b.lease({"n": Demand(5)}, T0)["n"]
+    b.complete("n", [Completion(le.id, le.token, True, b"r", None) for le in grant.leases], T0)
+    b.drain_finished()
+    assert b.expire(T0 + 10**6, 100) == 5
+    assert b.stats().tasks[TaskState.SUCCEEDED] == 0
+    for k, v in foreign.items():
+        assert r.get(k) == v
+    assert r.zrange("jobs", 0, -1, withscores=True) == [(b"j1", 1.0)]
+    ours = [k for k in r.scan_iter() if k.startswith(b"pqforeign") or b"{pqforeign:" in k]
+    theirs = [k for k in r.scan_iter() if k not in ours]
+    assert sorted(theirs) == sorted([k.encode() for k in foreign] + [b"jobs"])
+    b.close()
+    r.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill9"])
+def test_a_redis_restart_keeps_every_applied_change(sig: int) -> None:
+    # appendfsync always: what a script applied is on disk before its reply
+    server = RedisServer("--appendfsync", "always")
+    try:
+        b = RedisBackend(server.url, prefix="pqr", now=T0)
+        b.submit([SubmitSpec(f"t{i}", b"p") for i in range(4)], T0)
+        (le,) = b.lease({"n": Demand(1)}, T0)["n"].leases
+        b.complete("n", [Completion(le.id, le.token, True, b"r", None)], T0)
+        b.close()
+        server.restart(sig)
+        b = RedisBackend(server.url, prefix="pqr", now=T0 + 1)
+        got_states = [i.state for i in b.info(["t0", "t1", "t2", "t3"]) if i]
+        assert got_states == [TaskState.SUCCEEDED] + [TaskState.PENDING] * 3
+        assert b.outcomes(["t0"])[0] == (le.id, TaskState.SUCCEEDED, b"r", None)
+        got = b.lease({"m": Demand(5)}, T0 + 1)["m"].leases
+        assert [x.id for x in got] == ["t1", "t2", "t3"]
+        b.close()
+    finally:
+        server.stop()
+
+
+def test_a_redis_without_persistence_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    server = RedisServer("--appendonly", "no")  # the later flag wins; --save '' stays
+    try:
+        with caplog.at_level("WARNING", logger="pyqueue.cluster.store"):
+            RedisBackend(server.url, now=T0).close()
+        assert "a restart loses every task" in caplog.text
+    finally:
+        server.stop()
