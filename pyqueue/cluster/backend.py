@@ -95,6 +95,10 @@ class Backend(abc.ABC):
 
     policy: Policy
     telemetry: Telemetry
+    #: Exceptions that mean the store is out of reach for now (a networked
+    #: store restarting), not a bug: the coordinator logs them in one line,
+    #: reports not ready, and retries the operation with backoff.
+    unavailable: tuple[type[BaseException], ...] = ()
 
     @abc.abstractmethod
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:

@@ -99,6 +99,10 @@ _NO_KEY = (
 )
 
 
+#: --store values that name a Redis server rather than a SQLite file
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 @contextlib.contextmanager
 def _startup(context: str = "") -> Iterator[None]:
     """Turn the known startup exceptions into :class:`_StartupError` (one line,
@@ -231,11 +235,22 @@ def main_coordinator(argv: list[str] | None = None) -> int:
         default=f"127.0.0.1:{DEFAULT_PORT}",
         help="HOST:PORT to listen on (default %(default)s)",
     )
-    p.add_argument("--store", help="SQLite file for durable state (default: memory only)")
+    p.add_argument(
+        "--store",
+        help="where durable state lives: a SQLite file, or redis://[:PASSWORD@]HOST:PORT/DB"
+        " (rediss:// for TLS; needs pyqueue[redis]) (default: memory only)",
+    )
+    p.add_argument(
+        "--store-prefix",
+        default="pyqueue",
+        help="with a redis:// store: the prefix of every key, so that other data and"
+        " other clusters in the same database are left alone (default %(default)s)",
+    )
     p.add_argument(
         "--synchronous",
         default="NORMAL",
-        help="SQLite synchronous pragma: NORMAL or FULL (default %(default)s)",
+        help="SQLite synchronous pragma: NORMAL or FULL (default %(default)s); with Redis,"
+        " durability is its appendfsync setting",
     )
     p.add_argument(
         "--max-lost",
@@ -308,7 +323,8 @@ def main_coordinator(argv: list[str] | None = None) -> int:
         with _startup("--tls-cert"):
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(a.tls_cert, a.tls_key)
-    if a.store:
+    on_redis = bool(a.store) and a.store.startswith(REDIS_SCHEMES)
+    if a.store and not on_redis:
         folder = os.path.dirname(os.path.abspath(a.store))
         if not os.path.isdir(folder):
             raise _StartupError(f"--store {a.store}: directory {folder} does not exist")
@@ -321,7 +337,16 @@ def main_coordinator(argv: list[str] | None = None) -> int:
             max_dead=a.max_dead,
         )
     backend: Backend = MemoryBackend(policy, seed=a.seed)
-    if a.store:
+    if on_redis:
+        try:
+            from .backends.redis import RedisBackend, redacted
+        except ImportError as exc:
+            raise _StartupError(
+                f"--store redis://...: the Redis store needs pyqueue[redis] ({exc})"
+            ) from exc
+        with _startup(f"cannot open store {redacted(a.store)}"):
+            backend = RedisBackend(a.store, policy, prefix=a.store_prefix, seed=a.seed)
+    elif a.store:
         with _startup(f"cannot open store {a.store}"):
             backend = SQLiteBackend(a.store, policy, synchronous=a.synchronous, seed=a.seed)
     coord = Coordinator(

@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, Callable, Protocol
@@ -403,17 +404,34 @@ class CoordinatorCore:
         if msg.type not in _NO_FLUSH or peer.results_due:
             self.schedule_flush()
 
+    def store_unavailable(self, what: str, failures: int) -> bool:
+        """True (and logged in one line) when the exception being handled means
+        the store is out of reach for now: an outage to wait out, not a bug."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, self.backend.unavailable):
+            return False
+        self.healthy = False
+        log.warning(
+            "store unavailable while %s (%d time(s)): %s; retrying",
+            what,
+            failures,
+            exc,
+            extra={"event": "store_unavailable", "failures": failures},
+        )
+        return True
+
     def _apply_later(self, peer: PeerState, msg: P.Message, failures: int) -> None:
         """Our error while applying ``msg``: log it and apply it again later."""
-        self.internal_errors += 1
-        log.exception(
-            "internal error while applying %s from %s (%d time(s)); retrying, nothing charged"
-            " to the peer",
-            msg.type.name,
-            peer.describe(),
-            failures,
-            extra={"event": "internal_error", "msg_type": msg.type.name, "peer": peer.addr},
-        )
+        if not self.store_unavailable(f"applying {msg.type.name}", failures):
+            self.internal_errors += 1
+            log.exception(
+                "internal error while applying %s from %s (%d time(s)); retrying, nothing"
+                " charged to the peer",
+                msg.type.name,
+                peer.describe(),
+                failures,
+                extra={"event": "internal_error", "msg_type": msg.type.name, "peer": peer.addr},
+            )
         self._retries.append((peer, msg, failures))
         if self._wake is not None:
             self._wake(min(1.0, 0.05 * 2**failures))
@@ -818,15 +836,16 @@ class CoordinatorCore:
         # Ours, not a peer's: nothing that waited for this commit is written.
         # Retry with backoff; if it keeps failing, re-make every connection so
         # that clients and nodes resend what is unacknowledged.
-        self.internal_errors += 1
         self._flush_failures += 1
         self.healthy = False
         n = self._flush_failures
-        log.exception(
-            "internal error in the coordinator's flush (%d in a row); retrying",
-            n,
-            extra={"event": "flush_failed", "failures": n},
-        )
+        if not self.store_unavailable("flushing", n):
+            self.internal_errors += 1
+            log.exception(
+                "internal error in the coordinator's flush (%d in a row); retrying",
+                n,
+                extra={"event": "flush_failed", "failures": n},
+            )
         if n >= _FLUSH_FAILURES_BEFORE_RESET:
             log.error(
                 "flush failed %d times in a row: dropping every connection",

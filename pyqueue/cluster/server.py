@@ -210,8 +210,9 @@ class Coordinator:
         try:
             self.core.tick()
         except Exception:  # never let the ticker die silently
-            log.exception("coordinator tick failed")
-            self.core.internal_errors += 1
+            if not self.core.store_unavailable("ticking", 1):
+                log.exception("coordinator tick failed")
+                self.core.internal_errors += 1
         self._ticker = self._loop.call_later(self.core.timings.sweep, self._tick)
 
     # -- lifecycle ----------------------------------------------------------

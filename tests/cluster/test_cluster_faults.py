@@ -106,8 +106,12 @@ def test_sigstop_past_lease_then_sigcont_late_results_are_duplicates(harness):
     wait_until(lambda: len(c.status()["nodes"]) == 2, 10, "a to rejoin")
 
 
-def test_kill9_coordinator_during_submits_then_restart(harness, tmp_path):
-    store = str(tmp_path / "coord.db")
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
+def test_kill9_coordinator_during_submits_then_restart(harness, tmp_path, request, store_kind):
+    if store_kind == "redis":
+        store = request.getfixturevalue("redis_server").url
+    else:
+        store = str(tmp_path / "coord.db")
     harness.coordinator(store)
     harness.node(workers=2, name="n0")
     harness.node(workers=2, name="n1")
@@ -145,9 +149,12 @@ def test_kill9_coordinator_during_submits_then_restart(harness, tmp_path):
     rep = check({f"job-{i}": i * i + 7 for i in range(n)}, delivered)
     assert rep.clean, rep
     assert acked_before <= {tid for tid, _ in delivered}
-    db = sqlite3.connect(store)
-    rows = db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall()
-    assert rows == [(3, n)], rows  # one row per task, every one SUCCEEDED
+    if store_kind == "sqlite":
+        db = sqlite3.connect(store)
+        rows = db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall()
+        assert rows == [(3, n)], rows  # one row per task, every one SUCCEEDED
+    else:  # one record per task, every one SUCCEEDED
+        assert {k: v for k, v in c.status()["tasks"].items() if v} == {"succeeded": n}
     assert c.channel.connections >= 2  # the client reconnected
     # and so did both nodes (one may still be in its reconnect backoff)
     harness.wait_nodes(c, 2)

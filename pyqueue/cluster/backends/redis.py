@@ -57,6 +57,7 @@ import json
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -92,6 +93,19 @@ class RedisUnavailable(ClusterError, ConnectionError):
     """The Redis server named by the URL cannot be reached or refused us."""
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 _STATES = tuple(TaskState)  # by value: the scripts send states as their numbers
 
 
@@ -119,20 +133,21 @@ class RedisBackend(Backend):
         import redis
 
         self.policy = policy or Policy()
-        self.url = url
+        self.url = redacted(url)  # what messages and logs show
         self.prefix = prefix
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
+        self.unavailable = (redis.ConnectionError, redis.TimeoutError)
         try:
             self._r.ping()
         except redis.AuthenticationError as e:
-            raise RedisUnavailable(f"Redis at {url} refused authentication: {e}") from None
+            raise RedisUnavailable(f"Redis at {self.url} refused authentication: {e}") from None
         except redis.ResponseError as e:
             if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-                raise RedisUnavailable(f"Redis at {url} refused authentication: {e}") from None
-            raise RedisUnavailable(f"Redis at {url} refused us: {e}") from None
+                raise RedisUnavailable(f"Redis at {self.url} refused authentication: {e}") from None
+            raise RedisUnavailable(f"Redis at {self.url} refused us: {e}") from None
         except redis.RedisError as e:
-            raise RedisUnavailable(f"cannot reach Redis at {url}: {e}") from None
+            raise RedisUnavailable(f"cannot reach Redis at {self.url}: {e}") from None
         self._warn_if_volatile()
         self.telemetry = Telemetry()
         p = self.policy
