@@ -253,6 +253,7 @@ class CoordinatorCore:
         self._revokes: dict[int, tuple[str, list[tuple[str, int]]]] = {}  # REVOKE corr -> rows
         self._retries: list[tuple[PeerState, P.Message, int]] = []  # messages to apply again
         self._flush_failures = 0
+        self._store_was_down = False  # the store failed since the last flush: see _after_outage
         self._timed_flush: float | None = None  # wall time a flush is asked for by the clock
         self._heartbeat_ack = P.encode_frame(MsgType.HEARTBEAT_ACK, 0, {})
         self._rows = 0  # submits and completions since the last flush
@@ -411,6 +412,7 @@ class CoordinatorCore:
         if not isinstance(exc, self.backend.unavailable):
             return False
         self.healthy = False
+        self._store_was_down = True
         log.warning(
             "store unavailable while %s (%d time(s)): %s; retrying",
             what,
@@ -819,6 +821,21 @@ class CoordinatorCore:
                 peer.outbox.clear()
                 if not peer.closed:
                     peer.link.write(data)
+        if self._store_was_down:
+            self._after_outage()
+
+    def _after_outage(self) -> None:
+        # A reply lost in the outage (a lease granted, finished ids drained)
+        # cannot be asked for again; the reconnect protocol recovers both:
+        # nodes' leases are requeued, clients WAIT again for what they miss.
+        self._store_was_down = False
+        log.warning(
+            "store reachable again: re-making every connection so that peers resend"
+            " what the outage may have lost",
+            extra={"event": "store_recovered", "peers": len(self.peers)},
+        )
+        for peer in list(self.peers):
+            peer.link.abort()
 
     def _apply_retries(self) -> None:
         retries, self._retries = self._retries, []

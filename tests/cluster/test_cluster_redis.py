@@ -53,6 +53,7 @@ def test_a_redis_restart_mid_run_loses_no_acknowledged_task(harness, sig, fsync)
         assert coord.poll() is None, harness.log(coord)  # it rode out the outage
         log = harness.log(coord)
         assert "store unavailable" in log and "Traceback" not in log  # one line each, no bug
+        assert "store reachable again" in log
         assert {k: v for k, v in c.status()["tasks"].items() if v} == {"succeeded": n}
     finally:
         server.stop()

@@ -106,7 +106,21 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+#: the due-work hint before anything was read (see RedisBackend._due)
+_UNKNOWN = -1.0
+
 _STATES = tuple(TaskState)  # by value: the scripts send states as their numbers
+
+
+def _settings(raw: Sequence[Any]) -> tuple[float | None, bool, float, float]:
+    """A queue's (rate, paused, tokens, stamp) from HMGET of its settings hash."""
+    rate, paused, tokens, stamp = raw
+    return (
+        None if rate is None else float(rate),
+        paused == b"1",
+        float(tokens or 0.0),
+        float(stamp or 0.0),
+    )
 
 
 def _f(x: float) -> str:
@@ -138,6 +152,12 @@ class RedisBackend(Backend):
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
         self.unavailable = (redis.ConnectionError, redis.TimeoutError)
+        # When the earliest scheduled task or schedule fire falls (None: there
+        # is none), as next_ready last read it, or _UNKNOWN.  Every change that
+        # can make work due sooner through this store resets it, so that
+        # promote_due and fire_schedules skip their round trips (~0.15 ms each
+        # here) while nothing is due: a single coordinator's view.
+        self._due: float | None = _UNKNOWN
         try:
             self._r.ping()
         except redis.AuthenticationError as e:
@@ -233,6 +253,9 @@ class RedisBackend(Backend):
 
     # -- Backend ---------------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
+        specs = list(specs)
+        if any(spec.not_before > now for spec in specs):
+            self._due = _UNKNOWN
         got = self._run("SUBMIT", now, ["", "", "", *self._spec_args(specs)])
         return [TaskState(int(x)) for x in got]
 
@@ -294,6 +317,8 @@ class RedisBackend(Backend):
             ]
         if not args:
             return []
+        if any(not r.ok for r in rows):
+            self._due = _UNKNOWN  # a failure may be retried later
         return [Verdict(_s(v)) for v in self._run("COMPLETE", now, args)]
 
     def release(self, node: str, rows: Sequence[Release], now: float) -> list[bool]:
@@ -378,7 +403,13 @@ class RedisBackend(Backend):
     def drain_finished(self) -> list[str]:
         return [_s(x) for x in self._run("DRAIN", 0.0, [])]
 
+    def _nothing_due(self, now: float) -> bool:
+        due = self._due
+        return due != _UNKNOWN and (due is None or now < due)
+
     def promote_due(self, now: float) -> int:
+        if self._nothing_due(now):
+            return 0
         return int(self._run("PROMOTE", now, []))
 
     def next_due(self) -> float | None:
@@ -393,13 +424,27 @@ class RedisBackend(Backend):
         return int(self._run("PURGE", now, [fb, int(dead), limit])) if limit > 0 else 0
 
     def next_ready(self, now: float) -> float | None:
-        due = self.next_due()
-        for sch in self.schedules():
-            if sch.next_fire is not None:
-                due = sch.next_fire if due is None else min(due, sch.next_fire)
-        for name in self._queue_names():
-            rate, paused, tokens, stamp = self._settings(name)
-            if rate is None or paused or not self._r.zcard(self._qk(name, "ready")):
+        # two round trips whatever the number of queues and schedules
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zrange(self._k("sched"), 0, 0, withscores=True)
+        pipe.hgetall(self._k("sch"))
+        pipe.smembers(self._k("queues"))
+        first, raw_schedules, raw_names = pipe.execute()
+        due = float(first[0][1]) if first else None
+        for raw in raw_schedules.values():
+            fire = Schedule(*json.loads(raw)["s"]).next_fire
+            if fire is not None:
+                due = fire if due is None else min(due, fire)
+        self._due = due
+        names = sorted(_s(x) for x in raw_names)
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._qk(name, "set"), "rate", "paused", "tokens", "stamp")
+            pipe.zcard(self._qk(name, "ready"))
+        got = pipe.execute() if names else []
+        for i in range(len(names)):
+            rate, paused, tokens, stamp = _settings(got[2 * i])
+            if rate is None or paused or not got[2 * i + 1]:
                 continue
             tokens = dispatch.refill(tokens, stamp, rate, now)
             if tokens >= 1.0:
@@ -412,15 +457,7 @@ class RedisBackend(Backend):
         return sorted(_s(x) for x in self._r.smembers(self._k("queues")))
 
     def _settings(self, name: str) -> tuple[float | None, bool, float, float]:
-        rate, paused, tokens, stamp = self._r.hmget(
-            self._qk(name, "set"), "rate", "paused", "tokens", "stamp"
-        )
-        return (
-            None if rate is None else float(rate),
-            paused == b"1",
-            float(tokens or 0.0),
-            float(stamp or 0.0),
-        )
+        return _settings(self._r.hmget(self._qk(name, "set"), "rate", "paused", "tokens", "stamp"))
 
     def configure_queue(
         self, name: str, *, rate_limit: float | None, paused: bool, now: float
@@ -458,6 +495,7 @@ class RedisBackend(Backend):
         schedules.check(spec)
         old = self._load(spec.id)
         sch = schedules.declared(None if old is None else old[0], spec, now)
+        self._due = _UNKNOWN
         self._r.hset(self._k("sch"), spec.id, self._dump(sch, spec.payload))
         return sch
 
@@ -471,6 +509,7 @@ class RedisBackend(Backend):
             return None
         sch, payload, _ = got
         sch = schedules.paused_as(sch, paused, now)
+        self._due = _UNKNOWN
         self._r.hset(self._k("sch"), schedule_id, self._dump(sch, payload))
         return sch
 
@@ -478,6 +517,9 @@ class RedisBackend(Backend):
         return bool(self._r.hdel(self._k("sch"), schedule_id))
 
     def fire_schedules(self, now: float) -> list[str]:
+        if self._nothing_due(now):
+            return []
+        self._due = _UNKNOWN  # the fires move each schedule's next time
         fired: list[str] = []
         for sch in self.schedules():
             if sch.next_fire is None or sch.next_fire > now:
