@@ -275,6 +275,37 @@ def test_a_backend_error_in_complete_is_ours_charges_nothing_and_is_retried(cloc
     assert info is not None and info.state is TaskState.SUCCEEDED and info.lost == 0
 
 
+class StoreDown(ConnectionError):
+    """What a networked store raises while out of reach (it lists it in unavailable)."""
+
+
+def test_a_store_outage_is_one_line_not_ready_then_every_connection_is_re_made(clock, caplog):
+    core = make_core(clock)
+    core.backend.unavailable = (StoreDown,)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 1})
+    real, down = core.backend.lease, [True]
+
+    def lease(*args: Any) -> Any:
+        if down[0]:
+            raise StoreDown("store at 127.0.0.1:1 refused the connection")
+        return real(*args)
+
+    core.backend.lease = lease  # type: ignore[method-assign]
+    submit(client, "a")
+    core.flush()
+    assert not core.healthy and core.internal_errors == 0
+    assert "store unavailable while flushing (1 time(s))" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not node.link.aborted and not client.link.aborted  # not while it is down
+    down[0] = False
+    core.flush()
+    assert core.healthy and core.internal_errors == 0
+    # a reply the outage may have eaten is recovered by reconnecting
+    assert node.link.aborted and client.link.aborted
+    assert "store reachable again" in caplog.text
+
+
 def test_a_malformed_body_rejects_the_peer_with_an_error_frame(clock):
     core = make_core(clock)
     client = Peer(core, "client", "c")
