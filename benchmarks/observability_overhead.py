@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,16 +30,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.brokers import free_port
 from benchmarks.workloads import noop
 
 PATTERNS = ("map", "submit + results()")
 MODES = ("off", "on")
-
-
-def free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 class Scraper(threading.Thread):
@@ -72,7 +66,7 @@ def one_cluster(mode: str, n: int, store: str | None) -> tuple[dict[str, float],
 
     http = metrics = None
     if mode == "on":
-        http, metrics = free_address(), free_address()
+        http, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     rates: dict[str, float] = {}
     scraper = None
     with LocalCluster(nodes=2, workers=1, store=store, http=http, metrics=metrics) as cluster:

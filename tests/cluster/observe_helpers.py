@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from typing import Any
 
 from pyq_cluster_harness import Harness
+from redis_server import free_port
 
 from pyqueue.cluster.config import dashboard_token
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Observed:

@@ -14,6 +14,7 @@ import pytest
 from observe_helpers import Observed
 from prometheus_client.parser import text_string_to_metric_families
 from pyq_cluster_harness import Harness, wait_until
+from redis_server import free_port
 
 from pyqueue.cluster.web import MAX_BODY, error_type
 
@@ -217,19 +218,13 @@ def test_error_type_names_the_kind_of_error(text, kind):
 
 
 def test_local_cluster_serves_the_dashboard_and_metrics_it_is_asked_for():
-    import socket
     import urllib.error
     import urllib.request
 
     from pyqueue.cluster import LocalCluster
     from pyqueue.cluster.config import dashboard_token
 
-    def free() -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return f"127.0.0.1:{s.getsockname()[1]}"
-
-    http, metrics = free(), free()
+    http, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     with LocalCluster(nodes=1, workers=1, fast=True, http=http, metrics=metrics) as cluster:
         assert cluster.client.submit(operator.add, 2, 3).result(timeout=30) == 5
         with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
