@@ -67,6 +67,9 @@ class Channel:
         message is read; resend unacknowledged state from here.
     on_disconnect : callable, optional
         Runs on the reader thread when a connection is lost.
+    after_read : callable, optional
+        Runs on the reader thread after the messages of each read were
+        handled: a place to answer them in one message instead of one each.
     ssl_context : ssl.SSLContext, optional
         Client-side TLS.
     backoff : (float, float)
@@ -92,6 +95,7 @@ class Channel:
         on_message: Callable[[P.Message], None],
         on_connect: Callable[[], None],
         on_disconnect: Callable[[], None] | None = None,
+        after_read: Callable[[], None] | None = None,
         max_frame: int = P.DEFAULT_MAX_FRAME,
         max_payload: int = P.DEFAULT_MAX_PAYLOAD,
         ssl_context: ssl.SSLContext | None = None,
@@ -107,6 +111,7 @@ class Channel:
         self.on_message = on_message
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.after_read = after_read
         self.max_frame = max_frame
         self.max_message = max_payload + P.ENVELOPE_BYTES
         # what we send: within our limits and the coordinator's (set on connect)
@@ -374,6 +379,7 @@ class Channel:
 
     def _read(self, sock: socket.socket, conn: P.Connection) -> None:
         on_message = self.on_message
+        after_read = self.after_read
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         period_ms = max(1, int(self.timings.heartbeat * 1000))
@@ -401,3 +407,5 @@ class Channel:
             for ev in conn.receive_data(data):
                 if isinstance(ev, P.Message) and ev.type != MsgType.HEARTBEAT_ACK:
                     on_message(ev)
+            if after_read is not None:
+                after_read()

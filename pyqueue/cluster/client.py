@@ -44,7 +44,16 @@ from .protocol import MsgType
 from .schedules import Schedule, ScheduleSpec
 from .schedules import check as check_schedule
 from .serialize import decode_result, encode_call
-from .states import DEFAULT_QUEUE, TERMINAL, Outcome, SubmitSpec, TaskState
+from .states import (
+    CANCELLED,
+    DEAD,
+    DEFAULT_QUEUE,
+    SUCCEEDED,
+    TERMINAL,
+    Outcome,
+    SubmitSpec,
+    TaskState,
+)
 
 if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; only the type checker needs it
     from typing import ParamSpec
@@ -244,11 +253,11 @@ class ClusterTask(Generic[T_co]):
         st = self._state
         if self._lost:
             raise TaskLost(f"task {self.id}: {self._error}")
-        if st is TaskState.DEAD:
+        if st is DEAD:
             raise TaskDead(f"task {self.id} was dead-lettered: {self._error}")
-        if st is TaskState.CANCELLED:
+        if st is CANCELLED:
             raise TaskCancelled(f"task {self.id} was cancelled")
-        return decode_result(st is TaskState.SUCCEEDED, self._data, self._error)
+        return decode_result(st is SUCCEEDED, self._data, self._error)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception :meth:`result` would raise, or None.
@@ -372,6 +381,7 @@ class Client:
         self._prefix = f"{os.getpid():x}-{os.urandom(4).hex()}-"
         self._closed = threading.Event()
         self.duplicate_pushes = 0
+        self._results_taken = 0  # result rows handled, not yet acknowledged
         self.channel = Channel(
             address,
             key if key is not None else load_key(),
@@ -379,6 +389,7 @@ class Client:
             name=name or f"client:{os.getpid()}",
             on_message=self._on_message,
             on_connect=self._on_connect,
+            after_read=self._ack_results,
             ssl_context=ssl_context,
             max_payload=max_payload,
             timings=timings,
@@ -899,7 +910,15 @@ class Client:
                 self._waits.add(corr)
             self.channel.send(M.Wait.TYPE, M.Wait(batch).to_body(), corr)
 
+    def _ack_results(self) -> None:
+        # One RESULTS_TAKEN per read, not per RESULTS message: a third of the
+        # client's sends in a map.  Reader thread only, as is the count.
+        n, self._results_taken = self._results_taken, 0
+        if n:
+            self.channel.send(MsgType.RESULTS_TAKEN, {"n": n})
+
     def _on_connect(self) -> None:
+        self._results_taken = 0  # the window is per connection: a new one starts empty
         with self._lock:
             waiting = [
                 tid
@@ -918,8 +937,7 @@ class Client:
             try:
                 self._on_results(M.Results.from_body(msg.body).results)
             finally:  # taken, even if handling failed: the window must reopen
-                n = len(rows) if isinstance(rows, list) else 0
-                self.channel.send(MsgType.RESULTS_TAKEN, {"n": n})
+                self._results_taken += len(rows) if isinstance(rows, list) else 0
         elif msg.type == MsgType.SUBMIT_ACK and msg.corr in self._waits:
             self._on_wait_reply(msg.corr, M.WaitAck.from_body(msg.body).unknown)
         elif msg.type == MsgType.SUBMIT_ACK:

@@ -62,12 +62,12 @@ from .config import DEFAULT_TIMINGS, Timings
 from .protocol import MsgType
 from .schedules import Schedule
 from .states import (
+    ACCEPTED,
     DEFAULT_QUEUE,
     TERMINAL,
     Demand,
     QueueInfo,
     TaskState,
-    Verdict,
 )
 
 __all__ = ["CoordinatorCore", "PeerState", "Link", "Clock"]
@@ -594,7 +594,7 @@ class CoordinatorCore:
         verdicts = self.backend.complete(node, rows, self.clock.time())
         cancel_waits = self._cancel_waits
         for row, verdict in zip(rows, verdicts):
-            if verdict is not Verdict.ACCEPTED:
+            if verdict is not ACCEPTED:
                 log.info(
                     "late completion of task %s (attempt %s) from node %s: %s",
                     row.id,

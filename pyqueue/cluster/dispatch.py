@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .states import TaskState, Verdict
+from .states import ACCEPTED, DEAD, DUPLICATE, SCHEDULED, STALE, TERMINAL, TaskState, Verdict
 
 __all__ = [
     "Policy",
@@ -96,14 +96,14 @@ def fence(state: TaskState, attempts: int, token: int) -> Verdict:
     ACCEPTED also covers PENDING with the current token: its node was declared
     lost but nobody leased it again, so the work it did still counts.
     """
-    if state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED):
-        return Verdict.DUPLICATE
-    if state is TaskState.SCHEDULED:
+    if state in TERMINAL:
+        return DUPLICATE
+    if state is SCHEDULED:
         # rescheduled for a retry by this very completion's twin: it ended once
-        return Verdict.DUPLICATE if attempts == token else Verdict.STALE
+        return DUPLICATE if attempts == token else STALE
     if attempts != token:
-        return Verdict.STALE
-    return Verdict.ACCEPTED
+        return STALE
+    return ACCEPTED
 
 
 def may_lease(suspect: bool, suspects_held: int) -> bool:
@@ -177,6 +177,6 @@ def choose_queue(eligible: list[tuple[str, int]], strict: bool, rng: random.Rand
 
 def expires_at(policy: Policy, state: TaskState, result_ttl: float | None, now: float) -> float:
     """When the record of a task that just ended in ``state`` may be purged."""
-    if state is TaskState.DEAD:
+    if state is DEAD:
         return now + policy.dead_ttl
     return now + (policy.result_ttl if result_ttl is None else result_ttl)

@@ -87,7 +87,7 @@ from .channel import Channel
 from .config import DEFAULT_TIMINGS, Timings, load_key
 from .protocol import MsgType
 from .serialize import encode_exception, run_payload
-from .states import DEFAULT_SERVED, Completion, Lease, Release, Verdict
+from .states import ACCEPTED, DEFAULT_SERVED, Completion, Lease, Release, Verdict
 
 if TYPE_CHECKING:
     from .supervisor import DeadlineBoard
@@ -502,18 +502,22 @@ class Node:
             acked = self.outbox.acked(msg.corr)
             if acked is None:
                 return
+            accepted = 0
             for (key, _), verdict in zip(acked, verdicts):
+                if verdict is ACCEPTED:  # the common case, counted once per message
+                    accepted += 1
+                    continue
                 said = verdict.value
                 self.stats[said] = self.stats.get(said, 0) + 1
-                if verdict is not Verdict.ACCEPTED:
-                    log.info(
-                        "node %s: result of task %s (attempt %d) answered %s",
-                        self.name,
-                        key[0],
-                        key[1],
-                        said,
-                        extra={"event": "late_result", "task": key[0], "verdict": said},
-                    )
+                log.info(
+                    "node %s: result of task %s (attempt %d) answered %s",
+                    self.name,
+                    key[0],
+                    key[1],
+                    said,
+                    extra={"event": "late_result", "task": key[0], "verdict": said},
+                )
+            self.stats["accepted"] += accepted
         elif msg.type == MsgType.REVOKE:
             self._on_revoke(msg.corr, M.Revoke.from_body(msg.body).tasks)
         else:
@@ -711,22 +715,19 @@ class Node:
     def _on_finished(self, key: Key, fut: cf.Future[Any]) -> None:
         if fut.cancelled():
             return
-        with self._lock:
-            if key in self._stuck:  # reported already
+        # Read without the lock: the watchdog marks a task stuck only while it
+        # is in _running, which _run_task left before this future completed.
+        if key in self._stuck:  # reported already
+            with self._lock:
                 self._stuck.discard(key)
                 self._terminating.discard(key)
-                return
+            return
         try:
             ok, value, error, fn_name, seconds = fut.result()
         except BaseException as exc:  # run_payload never raises; a terminate or executor might
             ok, fn_name, seconds = False, "?", 0.0
             value, error = encode_exception(exc)
-        with self._lock:
-            self._running.pop(key, None)
-            if self._auto_prefetch:
-                self._tune_prefetch(seconds)
-            cancelled = key in self._terminating and not ok
-            self._terminating.discard(key)
+        ran_ok = ok
         limit = self.channel.max_payload
         if value is not None and len(value) > limit:
             what = "returned" if ok else "raised an exception of"
@@ -738,10 +739,12 @@ class Node:
             )
         if error is not None and len(error) > _MAX_ERROR_TEXT:
             error = error[: _MAX_ERROR_TEXT // 2] + "\n[...]\n" + error[-_MAX_ERROR_TEXT // 2 :]
-        if not ok:
-            self._log_failure(key, fn_name, error, cancelled)
-        row = Completion(key[0], key[1], ok, value, error, cancelled, max(0.0, float(seconds)))
-        with self._lock:
+        with self._lock:  # once per task: everything the other threads read
+            self._running.pop(key, None)
+            if self._auto_prefetch:
+                self._tune_prefetch(seconds)
+            cancelled = key in self._terminating and not ran_ok
+            self._terminating.discard(key)
             self._held.pop(key, None)
             if key in self._old_gen:
                 self._old_gen.discard(key)
@@ -749,7 +752,9 @@ class Node:
             self.stats["completed"] += 1
             if not ok:
                 self.stats["failed"] += 1
-        self.outbox.put(row)
+        if not ok:
+            self._log_failure(key, fn_name, error, cancelled)
+        self.outbox.put(Completion(key[0], key[1], ok, value, error, cancelled, max(0.0, seconds)))
 
     def _log_failure(self, key: Key, fn_name: str, error: str | None, cancelled: bool) -> None:
         text = (error or "").rstrip()

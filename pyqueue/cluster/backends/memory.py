@@ -15,16 +15,24 @@ import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import dispatch, schedules
 from ..backend import Backend
 from ..dispatch import Policy
 from ..schedules import Schedule, ScheduleSpec
 from ..states import (
+    ACCEPTED,
+    CANCELLED,
+    DEAD,
     DEFAULT_QUEUE,
+    FAILED,
+    LEASED,
+    PENDING,
+    SCHEDULED,
     SLOTS,
+    SUCCEEDED,
     TERMINAL,
+    UNKNOWN,
     Completion,
     Demand,
     Grant,
@@ -44,7 +52,7 @@ __all__ = ["MemoryBackend"]
 
 log = logging.getLogger("pyqueue.cluster.store")
 
-_ENDED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+_ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
 @dataclass(**SLOTS)
@@ -125,22 +133,25 @@ class _Queue:
             heapq.heappush(self.levels, -priority)
 
     def push_fresh(self, priority: int, entry: _Entry) -> None:
-        self._level(priority)
-        self.fresh[priority].append(entry)
+        fifo = self.fresh.get(priority)
+        if fifo is None:
+            self._level(priority)
+            fifo = self.fresh[priority]
+        fifo.append(entry)
 
     def push_back(self, priority: int, entry: _Entry) -> None:
         self._level(priority)
         heapq.heappush(self.back[priority], entry)
 
-    def head(self, live: Callable[[_Entry], bool]) -> tuple[int, bool] | None:
+    def head(self, tasks: Mapping[str, _Task]) -> tuple[int, bool] | None:
         """(priority, from the FIFO?) of the first live entry, dropping dead ones."""
         levels = self.levels
         while levels:
             p = -levels[0]
             fresh, back = self.fresh[p], self.back[p]
-            while fresh and not live(fresh[0]):
+            while fresh and not _live(tasks, fresh[0]):
                 fresh.popleft()
-            while back and not live(back[0]):
+            while back and not _live(tasks, back[0]):
                 heapq.heappop(back)
             if fresh or back:
                 return p, not back or (bool(fresh) and fresh[0][0] < back[0][0])
@@ -151,6 +162,31 @@ class _Queue:
     def pop(self, where: tuple[int, bool]) -> _Entry:
         p, from_fifo = where
         return self.fresh[p].popleft() if from_fifo else heapq.heappop(self.back[p])
+
+    def take(self, tasks: Mapping[str, _Task], k: int) -> list[_Entry]:
+        """Pop up to ``k`` live entries in dispatch order."""
+        out: list[_Entry] = []
+        while len(out) < k:
+            where = self.head(tasks)
+            if where is None:
+                break
+            p, from_fifo = where
+            if not from_fifo or self.back[p]:
+                out.append(self.pop(where))
+                continue
+            # the common case, nothing came back: the FIFO in one sweep
+            fresh = self.fresh[p]
+            while fresh and len(out) < k:
+                entry = fresh.popleft()
+                if _live(tasks, entry):
+                    out.append(entry)
+        return out
+
+
+def _live(tasks: Mapping[str, _Task], entry: _Entry) -> bool:
+    """Whether ``entry`` still stands for a PENDING task (not one that left)."""
+    rec = tasks.get(entry[1])
+    return rec is not None and rec.state is PENDING and rec.seq == entry[0]
 
 
 class MemoryBackend(Backend):
@@ -234,10 +270,6 @@ class MemoryBackend(Backend):
         else:
             q.push_back(rec.priority, (rec.seq, rec.id))
 
-    def _live(self, entry: _Entry) -> bool:
-        rec = self._tasks.get(entry[1])
-        return rec is not None and rec.state is TaskState.PENDING and rec.seq == entry[0]
-
     def _oldest_ready(self, q: _Queue) -> float | None:
         """When the longest-waiting task became ready: the first live entry of
         each FIFO (submitted in time order), and every live returned entry."""
@@ -245,13 +277,13 @@ class MemoryBackend(Backend):
         tasks = self._tasks
         for fifo in q.fresh.values():
             for entry in fifo:
-                if self._live(entry):
+                if _live(tasks, entry):
                     ready = tasks[entry[1]].ready
                     oldest = ready if oldest is None else min(oldest, ready)
                     break
         for back in q.back.values():
             for entry in back:
-                if self._live(entry):
+                if _live(tasks, entry):
                     ready = tasks[entry[1]].ready
                     oldest = ready if oldest is None else min(oldest, ready)
         return oldest
@@ -271,7 +303,7 @@ class MemoryBackend(Backend):
         rec.ended = now
         rec.expires = dispatch.expires_at(self.policy, state, rec.result_ttl, now)
         self.telemetry.on_finished(rec.queue, state)
-        if state is TaskState.DEAD:
+        if state is DEAD:
             self._dead_order.append((rec.seq, rec.id, rec.attempts))
         else:
             rec.payload = None  # only a dead task may run again
@@ -279,7 +311,7 @@ class MemoryBackend(Backend):
         self._finished.append(rec.id)  # enters the expiry heap once drained
 
     def _requeue(self, rec: _Task) -> None:
-        self._set_state(rec, TaskState.PENDING)
+        self._set_state(rec, PENDING)
         rec.node = None
         self._wait(rec)
         self._on_change(rec)
@@ -292,7 +324,7 @@ class MemoryBackend(Backend):
     def _charge_loss(self, rec: _Task, node: str, why: str, now: float) -> None:
         rec.lost += 1
         if dispatch.dead_after_loss(self.policy, rec.lost):
-            self._finish(rec, TaskState.DEAD, None, f"{why} {rec.lost} times", now)
+            self._finish(rec, DEAD, None, f"{why} {rec.lost} times", now)
             log.warning(
                 "task %s dead-lettered: %s %d times (last on node %s)",
                 rec.id,
@@ -306,12 +338,7 @@ class MemoryBackend(Backend):
 
     def _leased_to(self, node: str, task_id: str, token: int) -> _Task | None:
         rec = self._tasks.get(task_id)
-        if (
-            rec is None
-            or rec.state is not TaskState.LEASED
-            or rec.attempts != token
-            or rec.node != node
-        ):
+        if rec is None or rec.state is not LEASED or rec.attempts != token or rec.node != node:
             return None
         return rec
 
@@ -333,35 +360,36 @@ class MemoryBackend(Backend):
         out = []
         tasks = self._tasks
         submitted = self.telemetry.submitted
+        counts = self._counts
+        on_new = self._on_new
+        q: _Queue | None = None
         for spec in specs:
-            rec = tasks.get(spec.id)
+            tid, payload, retries, backoff, not_before, ttl, queue, priority = spec
+            rec = tasks.get(tid)
             if rec is None:
                 seq = self._seq
-                self._seq += 1
-                scheduled = spec.not_before > now
+                self._seq = seq + 1
+                not_before = float(not_before)
+                scheduled = not_before > now
+                state = SCHEDULED if scheduled else PENDING
+                # positional, in field order: a third of the keywords' cost per task
                 rec = _Task(
-                    spec.id,
-                    seq,
-                    TaskState.SCHEDULED if scheduled else TaskState.PENDING,
-                    spec.payload,
-                    retries=max(0, int(spec.retries)),
-                    backoff=max(0.0, float(spec.backoff)),
-                    not_before=float(spec.not_before),
-                    result_ttl=None if spec.result_ttl is None else max(0.0, spec.result_ttl),
-                    queue=spec.queue,
-                    priority=int(spec.priority),
-                    ready=max(now, float(spec.not_before)),
-                    created=now,
-                )
-                tasks[spec.id] = rec
-                submitted[rec.queue] = submitted.get(rec.queue, 0) + 1
-                self._counts[rec.state] += 1
-                self._queue(rec.queue).counts[rec.state] += 1
-                self._on_new(rec)
+                    tid, seq, state, payload, 0, 0, 0, max(0, int(retries)),
+                    max(0.0, float(backoff)), not_before, 0, None, None, None,
+                    None if ttl is None else max(0.0, ttl), 0.0, 0.0, queue, int(priority),
+                    max(now, not_before), now, 0.0,
+                )  # fmt: skip
+                tasks[tid] = rec
+                submitted[queue] = submitted.get(queue, 0) + 1
+                counts[state] += 1
+                if q is None or q.name != queue:  # a batch is mostly of one queue
+                    q = self._queue(queue)
+                q.counts[state] += 1
+                on_new(rec)
                 if scheduled:
-                    heapq.heappush(self._scheduled, (rec.not_before, seq, spec.id))
+                    heapq.heappush(self._scheduled, (not_before, seq, tid))
                 else:
-                    self._wait(rec, fresh=True)
+                    q.push_fresh(rec.priority, (seq, tid))
             out.append(rec.state)
         return out
 
@@ -378,7 +406,7 @@ class MemoryBackend(Backend):
         """Where ``q``'s next task is, if it can grant a lease now."""
         if q.paused:
             return None
-        where = q.head(self._live)
+        where = q.head(self._tasks)
         if where is not None and q.rate is not None:
             q.tokens = dispatch.refill(q.tokens, q.stamp, q.rate, now)
             q.stamp = now
@@ -406,7 +434,10 @@ class MemoryBackend(Backend):
         while len(out) < n:
             if single is not None:  # the common case: no choice to make
                 q = single
-                where = self._can_grant(q, now)
+                if self._can_grant(q, now) is None:
+                    break
+                # a rate-limited queue spends a token per lease: one at a time
+                entries = q.take(tasks, 1 if q.rate is not None else n - len(out))
             else:
                 heads = [(q, w, self._can_grant(q, now)) for q, w in served]
                 eligible = [(q.name, w) for q, w, at in heads if at is not None]
@@ -414,30 +445,33 @@ class MemoryBackend(Backend):
                 if name is None:
                     break
                 q, where = next((hq, at) for hq, _, at in heads if hq.name == name)
-            if where is None:
+                entries = [q.pop(where)]  # type: ignore[arg-type]
+            if not entries:
                 break
-            entry = q.pop(where)
-            rec = tasks[entry[1]]
-            suspect = rec.lost > 0
-            if not dispatch.may_lease(suspect, suspects):
-                deferred.append((q, where[0], entry))  # keeps its place for another node
-                continue
-            if dispatch.over_cap(policy, rec.attempts, rec.base):
-                cap = policy.max_attempts
-                self._finish(rec, TaskState.DEAD, None, f"hard cap of {cap} attempts reached", now)
-                continue
-            if q.rate is not None:
-                q.tokens -= 1.0
-            suspects += suspect
-            # Not announced to _on_change: a restart requeues leases anyway, and
-            # the attempt count is stored with the completion (one write per task).
-            rec.attempts += 1
-            self._set_state(rec, TaskState.LEASED)
-            rec.node = node
-            rec.started = now
-            telemetry.histogram(telemetry.wait, q.name).observe(max(0.0, now - rec.ready))
-            held[rec.id] = suspect
-            out.append(Lease(rec.id, rec.attempts, rec.payload))  # type: ignore[arg-type]
+            waited = telemetry.histogram(telemetry.wait, q.name)
+            for entry in entries:
+                rec = tasks[entry[1]]
+                suspect = rec.lost > 0
+                if not dispatch.may_lease(suspect, suspects):
+                    deferred.append((q, rec.priority, entry))  # keeps its place for another node
+                    continue
+                if dispatch.over_cap(policy, rec.attempts, rec.base):
+                    cap = policy.max_attempts
+                    why = f"hard cap of {cap} attempts reached"
+                    self._finish(rec, DEAD, None, why, now)
+                    continue
+                if q.rate is not None:
+                    q.tokens -= 1.0
+                suspects += suspect
+                # Not announced to _on_change: a restart requeues leases anyway, and
+                # the attempt count is stored with the completion (one write per task).
+                rec.attempts += 1
+                self._set_state(rec, LEASED)
+                rec.node = node
+                rec.started = now
+                waited.observe(max(0.0, now - rec.ready))
+                held[rec.id] = suspect
+                out.append(Lease(rec.id, rec.attempts, rec.payload))  # type: ignore[arg-type]
         self._suspects[node] = suspects
         for q, priority, entry in deferred:
             q.push_back(priority, entry)
@@ -450,14 +484,14 @@ class MemoryBackend(Backend):
         for row in rows:
             rec = tasks.get(row.id)
             if rec is None:
-                verdict = Verdict.UNKNOWN
+                verdict = UNKNOWN
             else:
-                if rec.state is TaskState.LEASED and rec.attempts == row.token:
+                if rec.state is LEASED and rec.attempts == row.token:
                     # only the current lease is unleased: a stale completion (from
                     # before a reconnect) must not free the slot of its successor
                     self._unlease(rec.node or node, row.id)
                 verdict = dispatch.fence(rec.state, rec.attempts, row.token)
-                if verdict is Verdict.ACCEPTED:
+                if verdict is ACCEPTED:
                     self._accept(rec, row, now)
             verdicts[verdict] += 1
             out.append(verdict)
@@ -468,18 +502,18 @@ class MemoryBackend(Backend):
             telemetry = self.telemetry
             telemetry.histogram(telemetry.run, rec.queue).observe(row.run_s)
         if row.cancelled:  # terminated on request: TaskCancelled was raised in it
-            self._finish(rec, TaskState.CANCELLED, None, "cancelled while running", now)
+            self._finish(rec, CANCELLED, None, "cancelled while running", now)
         elif row.ok:
-            self._finish(rec, TaskState.SUCCEEDED, row.value, None, now)
+            self._finish(rec, SUCCEEDED, row.value, None, now)
         else:
             rec.failures += 1
             delay = dispatch.retry_delay(
                 self.policy, rec.retries, rec.backoff, rec.failures, self._rng
             )
             if delay is None:
-                self._finish(rec, TaskState.FAILED, row.value, row.error, now)
+                self._finish(rec, FAILED, row.value, row.error, now)
             else:
-                self._set_state(rec, TaskState.SCHEDULED)
+                self._set_state(rec, SCHEDULED)
                 rec.node = None
                 rec.not_before = now + delay
                 heapq.heappush(self._scheduled, (rec.not_before, rec.seq, rec.id))
@@ -504,7 +538,7 @@ class MemoryBackend(Backend):
         if rec is None:
             return False
         self._unlease(node, task_id)
-        self._finish(rec, TaskState.CANCELLED, None, "cancelled before it started", now)
+        self._finish(rec, CANCELLED, None, "cancelled before it started", now)
         return True
 
     def node_lost(self, node: str, now: float) -> list[str]:
@@ -515,7 +549,7 @@ class MemoryBackend(Backend):
         out = []
         for tid in held:
             rec = self._tasks[tid]
-            if rec.state is not TaskState.LEASED or rec.node != node:
+            if rec.state is not LEASED or rec.node != node:
                 continue  # cancelled meanwhile
             out.append(tid)
             self._charge_loss(rec, node, "its node died under it", now)
@@ -526,10 +560,10 @@ class MemoryBackend(Backend):
         out = []
         for tid in ids:
             rec = self._tasks.get(tid)
-            if rec is None or rec.state in TERMINAL or rec.state is TaskState.LEASED:
+            if rec is None or rec.state in TERMINAL or rec.state is LEASED:
                 out.append(False)  # a leased task is revoked through its node
                 continue
-            self._finish(rec, TaskState.CANCELLED, None, "cancelled", now)
+            self._finish(rec, CANCELLED, None, "cancelled", now)
             out.append(True)
         return out
 
@@ -538,7 +572,7 @@ class MemoryBackend(Backend):
         for tid in ids:
             rec = self._tasks.get(tid)
             payload = None
-            if rec is not None and rec.state is TaskState.DEAD:
+            if rec is not None and rec.state is DEAD:
                 payload = self._payload_of(rec)
             if rec is None or payload is None:
                 out.append(False)
@@ -563,7 +597,7 @@ class MemoryBackend(Backend):
         waiting = set(self._finished)  # not drained: its clients are not told yet
         for tid in ids:  # a repeated id finds nothing the second time
             rec = tasks.get(tid)
-            if rec is None or rec.state is not TaskState.DEAD or tid in waiting:
+            if rec is None or rec.state is not DEAD or tid in waiting:
                 out.append(False)
                 continue
             del tasks[tid]  # its dead-order and expiry entries go stale
@@ -575,12 +609,7 @@ class MemoryBackend(Backend):
     def _live_dead(self, entry: tuple[int, str, int]) -> _Task | None:
         seq, tid, attempts = entry
         rec = self._tasks.get(tid)
-        if (
-            rec is not None
-            and rec.seq == seq
-            and rec.attempts == attempts
-            and rec.state is TaskState.DEAD
-        ):
+        if rec is not None and rec.seq == seq and rec.attempts == attempts and rec.state is DEAD:
             return rec
         return None
 
@@ -607,7 +636,7 @@ class MemoryBackend(Backend):
                 out.append(None)
                 continue
             value = None
-            if rec.state is TaskState.SUCCEEDED or rec.state is TaskState.FAILED:
+            if rec.state is SUCCEEDED or rec.state is FAILED:
                 value = self._result_of(rec)
             out.append(Outcome(tid, rec.state, value, rec.error))
         return out
@@ -628,7 +657,7 @@ class MemoryBackend(Backend):
         while sched and sched[0][0] <= now:
             _, seq, tid = heapq.heappop(sched)
             rec = self._tasks.get(tid)
-            if rec is None or rec.state is not TaskState.SCHEDULED or rec.seq != seq:
+            if rec is None or rec.state is not SCHEDULED or rec.seq != seq:
                 continue
             rec.ready = rec.not_before
             self._requeue(rec)
@@ -640,7 +669,7 @@ class MemoryBackend(Backend):
         while sched:
             nb, seq, tid = sched[0]
             rec = self._tasks.get(tid)
-            if rec is not None and rec.state is TaskState.SCHEDULED and rec.not_before == nb:
+            if rec is not None and rec.state is SCHEDULED and rec.not_before == nb:
                 return nb
             heapq.heappop(sched)
         return None
@@ -655,11 +684,7 @@ class MemoryBackend(Backend):
             if rec is not None and rec.seq == seq and rec.expires == expires:
                 gone.append(rec)
                 del tasks[tid]
-        dead_over = (
-            self._counts[TaskState.DEAD]
-            - sum(r.state is TaskState.DEAD for r in gone)
-            - self.policy.max_dead
-        )
+        dead_over = self._counts[DEAD] - sum(r.state is DEAD for r in gone) - self.policy.max_dead
         order = self._dead_order
         undrained = set(self._finished) if dead_over > 0 else set()
         while order and len(gone) < limit:
@@ -684,7 +709,7 @@ class MemoryBackend(Backend):
                 break
             if rec.id in waiting:
                 continue
-            if (dead and rec.state is TaskState.DEAD) or (
+            if (dead and rec.state is DEAD) or (
                 finished_before is not None and rec.state in _ENDED and rec.ended < finished_before
             ):
                 gone.append(rec)
@@ -778,7 +803,7 @@ class MemoryBackend(Backend):
         if self._next_fire is not None:
             due = self._next_fire if due is None else min(due, self._next_fire)
         for q in self._queues.values():
-            if q.rate is None or q.paused or q.head(self._live) is None:
+            if q.rate is None or q.paused or q.head(self._tasks) is None:
                 continue
             q.tokens = dispatch.refill(q.tokens, q.stamp, q.rate, now)
             q.stamp = now

@@ -30,7 +30,7 @@ from pyqueue.errors import StoreLocked
 from .. import dispatch
 from ..dispatch import Policy
 from ..schedules import Schedule
-from ..states import TERMINAL, TaskState
+from ..states import DEAD, LEASED, PENDING, SCHEDULED, TERMINAL, TaskState
 from .memory import MemoryBackend, _Queue, _Task
 
 __all__ = ["SQLiteBackend"]
@@ -287,14 +287,14 @@ class SQLiteBackend(MemoryBackend):
             st = rec.state = TaskState(rec.state)
             if exp:
                 self._expiry.append((exp, seq, tid))
-                if st is TaskState.DEAD:
+                if st is DEAD:
                     deaths.append((rec.ended, seq, tid, rec.attempts))
-            if st is TaskState.LEASED:
+            if st is LEASED:
                 # The coordinator died, not the node: back to its old position, no counter charged.
-                rec.state = TaskState.PENDING
+                rec.state = PENDING
                 self._dirty[tid] = None
                 requeued += 1
-            elif st is TaskState.PENDING:
+            elif st is PENDING:
                 # Leases are not written through, so the coordinator that
                 # stopped may have leased it once more than the disk says:
                 # count that attempt, so that (id, attempt) never repeats.
@@ -304,9 +304,9 @@ class SQLiteBackend(MemoryBackend):
             tasks[tid] = rec
             counts[rec.state] += 1
             self._queue(rec.queue).counts[rec.state] += 1
-            if rec.state is TaskState.PENDING:
+            if rec.state is PENDING:
                 self._wait(rec, fresh=True)  # rows come in seq order
-            elif rec.state is TaskState.SCHEDULED:
+            elif rec.state is SCHEDULED:
                 self._scheduled.append((nb, seq, tid))
             self._seq = max(self._seq, seq + 1)
         deaths.sort()
