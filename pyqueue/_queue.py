@@ -274,7 +274,7 @@ class TaskQueue(_native.Engine):
         """
         pending: list[_native.Task[Any]]
         if tasks is None:
-            pending = self._unyielded.take()
+            pending = self._home.take()
         else:
             pending = list(dict.fromkeys(tasks))
             for t in pending:

@@ -80,7 +80,7 @@ cdef class Engine:
     """
     cdef pq_lane *c_lane          # borrowed from `lane`, which owns it
     cdef readonly Lane lane
-    cdef readonly _Unyielded _unyielded   # for results() with no argument
+    cdef readonly _Home _home    # the tasks' counters, and results() with no argument
     cdef pq_pool *c_pool
     cdef int c_native_workers
     cdef bint c_closed
@@ -90,14 +90,12 @@ cdef class Engine:
     cdef readonly size_t capacity
     cdef _MapTunables c_map
     cdef _NativeTunables c_native
-    cdef _TaskCounters c_counters
 
     def __cinit__(self, *args, **kwargs):
         self.c_pool = NULL
         self.c_lane = NULL
         self.c_closed = True
-        self._unyielded = _Unyielded.__new__(_Unyielded)
-        self.c_counters = _TaskCounters.__new__(_TaskCounters)
+        self._home = _Home.__new__(_Home)
 
     def _engine_start(self, size_t capacity, int native_workers, double budget_s,
                       object put_timeout, object tunables):
@@ -131,6 +129,9 @@ cdef class Engine:
         if self.c_lane != NULL and not self.c_forked:
             pq_lane_close(self.c_lane)
         self.c_lane = NULL
+        # The unread tasks refer to the home that holds them: let them go.
+        if self._home is not None:
+            self._home.release()
 
     @property
     def closed(self):
@@ -207,7 +208,7 @@ cdef class Engine:
             _raise_status(rc, "submit")
         # Counted only once it is in the ring (a refused task never existed),
         # so that `submitted` never goes down.
-        _count_submitted(t, self.c_counters)
+        _count_submitted(t, self._home)
         return 0
 
     def submit(self, fn, /, *args, **kwargs):
@@ -219,7 +220,7 @@ cdef class Engine:
         self._check_open()
         cdef Task t = self._new_task(fn, args, kwargs)
         self._push(t, self.c_put_timeout_ns)
-        self._unyielded.add(t)
+        self._home.add(t)
         return t
 
     def submit_nowait(self, fn, /, *args, **kwargs):
@@ -227,7 +228,7 @@ cdef class Engine:
         self._check_open()
         cdef Task t = self._new_task(fn, args, kwargs)
         self._push(t, 0)
-        self._unyielded.add(t)
+        self._home.add(t)
         return t
 
     def _submit_detached(self, fn):
@@ -259,7 +260,7 @@ cdef class Engine:
             t.fn = fn
             t.args = tuple(item) if star else (item,)
             self._push(t, timeout_ns)
-            self._unyielded.add(t)
+            self._home.add(t)
             tasks.append(t)
         return tasks
 
@@ -304,9 +305,9 @@ cdef class Engine:
             else:
                 t.state = FINISHED
                 t.failed = True
-                if t.counters is not None:
-                    t.counters.queued -= 1
-                    t.counters.failed += 1
+                if t.home is not None:
+                    t.home.taken += 1
+                    t.home.failed += 1
                 t.value = exc
                 t.fn = t.args = t.kwargs = None
                 _complete(t)
@@ -367,7 +368,7 @@ cdef class Engine:
         with nogil:
             rc = pq_pool_submit(pool, &task.c_batch, task.n, chunk, -1)
         _raise_status(rc, "submit_native")
-        self.c_counters.native_batches += 1
+        self._home.native_batches += 1
         return task
 
     # -- statistics --------------------------------------------------------------
@@ -378,7 +379,7 @@ cdef class Engine:
         Cheap enough to call often (no lock, nothing on the hot path but a few
         integer increments per task).  See EngineStats for what is counted.
         """
-        cdef _TaskCounters c = self.c_counters
+        cdef _Home c = self._home
         cdef size_t native_queued = 0
         cdef uint64_t native_chunks = 0
         # The pool stays allocated after shutdown (it is freed with the
@@ -386,13 +387,17 @@ cdef class Engine:
         if self.c_pool != NULL:
             native_queued = pq_pool_queued(self.c_pool)
             native_chunks = pq_pool_chunks_run(self.c_pool)
-        cdef long long py_queued = c.queued
+        # Only events are counted (a task adds to `submitted`, then to
+        # `taken` and `completed` or `failed`, or to `cancelled`); the gauges
+        # follow, so the snapshot balances by construction.
+        cdef long long py_queued = <long long>(c.submitted - c.taken - c.cancelled)
+        cdef long long running = <long long>(c.taken - c.completed - c.failed)
         return _EngineStats(
             submitted=c.submitted,
             completed=c.completed,
             failed=c.failed,
             cancelled=c.cancelled,
-            in_flight=c.running,
+            in_flight=running,
             queued=py_queued + <long long>native_queued,
             queued_by_lane=(py_queued, native_queued),
             native_batches=c.native_batches,

@@ -22,10 +22,11 @@ One extension module, one file per concern (included below, in this order):
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.pycapsule cimport (PyCapsule_CheckExact, PyCapsule_GetName,
                                 PyCapsule_GetPointer, PyCapsule_New)
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
-from libc.stdint cimport int32_t, int64_t, uint64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
 from pq_core cimport *
 

@@ -11,17 +11,6 @@ cdef enum:
 _STATE_NAMES = ("pending", "running", "finished", "cancelled")
 
 @cython.final
-cdef class _TaskCounters:
-    """The Python lane's task counters, shared by an Engine and the tasks it
-    queued (a task refers to them, so a task that completes after its queue
-    is gone still counts).  Plain C integers, not atomics: every task state
-    change happens with the GIL held, and so does every read, so the counters
-    are exact relative to each other at any moment the GIL is held."""
-    cdef unsigned long long submitted, completed, failed, cancelled, native_batches
-    cdef long long queued, running    # gauges: tasks PENDING / RUNNING now
-
-
-@cython.final
 @cython.freelist(512)
 cdef class Task:
     """The handle of one submitted Python task.
@@ -35,19 +24,23 @@ cdef class Task:
     started yet in the calling thread (caller-runs), which saves two thread
     hand-offs; a task that is already running is waited for.
     """
+    # Kept to 80 bytes (96 with the GC header): the task is most of W1's
+    # per-task memory, and the 120 bytes it had grown to (144 with the
+    # header) cost 12-20% of W1's throughput on the 2-core VM, as did 40
+    # bytes of padding added to the 80-byte task of 1e7210f.  Hence one-byte
+    # flags, no cdef methods (a vtable pointer), and one reference to the
+    # queue's _Home for both its counters and its unyielded list.
     cdef object fn
     cdef tuple args
     cdef dict kwargs
     cdef object value          # the result, or the exception if failed
-    cdef int state
-    cdef bint failed
     cdef list callbacks
+    cdef _Home home            # set once the task is queued (counted); None before
+    cdef unsigned char state
+    cdef unsigned char failed  # a bint
     cdef int generation        # _fork_generation when the task was created
-    cdef PyObject *tracker     # borrowed: the _Unyielded list holding us, or NULL
-    cdef PyObject *u_prev      # that list's links (see _Unyielded)
-    cdef PyObject *u_next
-    cdef _TaskCounters counters   # set once the task is queued; None before
     cdef pq_event c_done
+    cdef uint32_t cell         # 1 + its index in home's unyielded cells; 0 if not held
 
     def __cinit__(self):
         pq_event_init(&self.c_done)
@@ -75,27 +68,12 @@ cdef class Task:
         """Cancel the task if it has not started; returns whether it is cancelled."""
         if self.state == PENDING:
             self.state = CANCELLED
-            if self.counters is not None:
-                self.counters.queued -= 1
-                self.counters.cancelled += 1
+            if self.home is not None:
+                self.home.cancelled += 1
             self.fn = self.args = self.kwargs = None
             _complete(self)
             return True
         return self.state == CANCELLED
-
-    cdef int _wait(self, object timeout) except -1:
-        if self.generation != _fork_generation:
-            if self.state < FINISHED:
-                raise QueueClosed("this task belongs to a TaskQueue created before "
-                                  "os.fork(); it cannot complete in the child process")
-            return 0
-        if self.state == PENDING and timeout is None:
-            _run_task(self, True)   # caller-runs
-        if self.state >= FINISHED:
-            return 0
-        if not _wait_event(&self.c_done, _timeout_ns(timeout)):
-            raise TimeoutError(f"task not done after {timeout} s")
-        return 0
 
     def _run_if_pending(self):
         """Run the task in the calling thread if no worker has started it
@@ -121,9 +99,9 @@ cdef class Task:
             If the task was cancelled.
         """
         if self.state < FINISHED:
-            self._wait(timeout)
-        if self.tracker != NULL:
-            _collected(self)
+            _wait_task(self, timeout)
+        if self.cell != 0:
+            self.home.remove(self)
         if self.state == CANCELLED:
             raise CancelledError()
         if self.failed:
@@ -133,17 +111,17 @@ cdef class Task:
     def exception(self, timeout=None):
         """Return the exception the task raised, or None if it succeeded."""
         if self.state < FINISHED:
-            self._wait(timeout)
-        if self.tracker != NULL:
-            _collected(self)
+            _wait_task(self, timeout)
+        if self.cell != 0:
+            self.home.remove(self)
         if self.state == CANCELLED:
             raise CancelledError()
         return self.value if self.failed else None
 
     def _mark_yielded(self):
         """``results()`` yielded this task: its queue stops holding it."""
-        if self.tracker != NULL:
-            _collected(self)
+        if self.cell != 0:
+            self.home.remove(self)
 
     def __await__(self):
         """``await task`` on any running event loop: the task's value, or its
@@ -179,79 +157,135 @@ cdef class Task:
             self.callbacks.append(fn)
 
 
-@cython.final
-cdef class _Unyielded:
-    """The tasks submitted through one queue that ``results()`` has not yet
-    yielded and whose ``result()``/``exception()`` nobody has read: what
-    ``TaskQueue.results()`` with no argument yields.
+# The most cells a _Home can have: a task keeps 1 + its index in a uint32_t.
+cdef size_t _MAX_CELLS = 0xFFFFFFFE
 
-    An intrusive doubly linked list through the tasks (``u_prev``/``u_next``),
-    holding one reference to each: linking and unlinking cost a few pointer
-    writes, no hashing (a dict keyed by tasks cost about 250 ns a submit).
-    The references are invisible to the cyclic GC, so a task whose value
-    refers back to its queue is only freed once read or yielded.
+
+@cython.final
+cdef class _Home:
+    """What the tasks of one queue share: the counters behind
+    ``TaskQueue.stats()``, and the tasks that ``TaskQueue.results()`` with no
+    argument yields.  A task refers to its home from the moment it is queued
+    (so a task that completes after its queue is gone still has somewhere to
+    count); the Engine owns it.
+
+    Counters: plain C integers, not atomics: every task state change happens
+    with the GIL held, and so does every read, so they are exact relative to
+    each other at any moment the GIL is held.  Only events are counted, one
+    or two a task; the gauges are derived from them (see Engine.stats).
+
+    Unyielded tasks: those submitted through the queue that ``results()`` has
+    not yet yielded and whose ``result()``/``exception()`` nobody has read.
+    ``cells[:hi]`` holds one reference to each, in submission order, NULL
+    where a task has left; a task knows its cell (``Task.cell``), so adding
+    and removing cost a store each, no hashing (a dict keyed by tasks cost
+    about 250 ns a submit) and no write to any other task.  When the array is
+    full it is compacted if at least half of it is holes, else doubled, so
+    both are amortised O(1).  The references are invisible to the cyclic GC,
+    so a task whose value refers back to its queue is only freed once read or
+    yielded, or when the Engine releases them all (``release``): a task also
+    refers to its home, and without that the two would keep each other.
     """
-    cdef PyObject *head
-    cdef PyObject *tail
+    cdef unsigned long long submitted   # accepted into the ring
+    cdef unsigned long long taken       # left PENDING other than by cancel()
+    cdef unsigned long long completed, failed, cancelled, native_batches
+    cdef PyObject **cells
+    cdef size_t hi, cap
     cdef readonly Py_ssize_t count
 
     def __dealloc__(self):
-        cdef PyObject *p = self.head
+        self.release()
+
+    cdef void release(self) noexcept:
+        """Drop every task held (the Engine is going away)."""
+        cdef PyObject **cells = self.cells
+        cdef size_t hi = self.hi, i
         cdef Task t
-        self.head = self.tail = NULL
-        while p != NULL:
-            t = <Task>p
-            p = t.u_next
-            t.u_prev = t.u_next = t.tracker = NULL
-            Py_DECREF(t)
+        self.cells = NULL
+        self.hi = self.cap = 0
+        self.count = 0
+        # Detach them all before the first DECREF, which may run any code.
+        for i in range(hi):
+            if cells[i] != NULL:
+                (<Task>cells[i]).cell = 0
+        for i in range(hi):
+            if cells[i] != NULL:
+                t = <Task>cells[i]
+                Py_DECREF(t)   # the cell's reference; `t` holds its own
+        t = None
+        PyMem_Free(cells)
+
+    cdef int _make_room(self) except -1:
+        """Called when every cell is used: compact or grow."""
+        cdef size_t i, j = 0, new_cap
+        cdef PyObject *p
+        cdef void *mem
+        if self.cap != 0 and <size_t>self.count <= self.cap // 2:
+            for i in range(self.hi):
+                p = self.cells[i]
+                if p != NULL:
+                    self.cells[j] = p
+                    (<Task>p).cell = <uint32_t>(j + 1)
+                    j += 1
+            self.hi = j
+            return 0
+        if self.cap >= _MAX_CELLS:
+            raise MemoryError("too many unread tasks")
+        new_cap = self.cap * 2 if self.cap != 0 else 64
+        if new_cap > _MAX_CELLS:
+            new_cap = _MAX_CELLS
+        mem = PyMem_Realloc(self.cells, new_cap * sizeof(PyObject *))
+        if mem == NULL:
+            raise MemoryError()
+        self.cells = <PyObject **>mem
+        self.cap = new_cap
+        return 0
 
     cdef inline int add(self, Task t) except -1:
+        if self.hi == self.cap:
+            self._make_room()
+        self.cells[self.hi] = <PyObject *>t
         Py_INCREF(t)
-        t.tracker = <PyObject *>self
-        t.u_prev = self.tail
-        t.u_next = NULL
-        if self.tail != NULL:
-            (<Task>self.tail).u_next = <PyObject *>t
-        else:
-            self.head = <PyObject *>t
-        self.tail = <PyObject *>t
+        self.hi += 1
+        t.cell = <uint32_t>self.hi
         self.count += 1
         return 0
 
     cdef inline void remove(self, Task t) noexcept:
-        if t.u_prev != NULL:
-            (<Task>t.u_prev).u_next = t.u_next
-        else:
-            self.head = t.u_next
-        if t.u_next != NULL:
-            (<Task>t.u_next).u_prev = t.u_prev
-        else:
-            self.tail = t.u_prev
-        t.u_prev = t.u_next = t.tracker = NULL
+        """Drop ``t`` (which is held: ``t.cell != 0``)."""
+        self.cells[t.cell - 1] = NULL
+        t.cell = 0
         self.count -= 1
+        if self.count == 0:
+            self.hi = 0   # start again at the front: no compaction needed
         Py_DECREF(t)   # the caller holds its own reference
 
     def take(self):
         """Every task held, in submission order; holds none afterwards."""
+        cdef PyObject **cells = self.cells
+        cdef size_t hi = self.hi, i
         cdef list out = []
-        cdef PyObject *p = self.head
-        cdef Task t
-        self.head = self.tail = NULL
+        self.cells = NULL
+        self.hi = self.cap = 0
         self.count = 0
-        while p != NULL:
-            t = <Task>p
-            p = t.u_next
-            t.u_prev = t.u_next = t.tracker = NULL
-            out.append(t)
-            Py_DECREF(t)   # the list holds it now
+        # Detach them all first: appending can run the GC, and so any code,
+        # which must not find a task pointing into this array.
+        for i in range(hi):
+            if cells[i] != NULL:
+                (<Task>cells[i]).cell = 0
+        try:
+            for i in range(hi):
+                if cells[i] != NULL:
+                    out.append(<object>cells[i])
+        finally:
+            for i in range(hi):
+                if cells[i] != NULL:
+                    Py_DECREF(<object>cells[i])   # the list holds it now
+            PyMem_Free(cells)
         return out
 
     def __len__(self):
         return self.count
-
-
-cdef inline void _collected(Task t) noexcept:
-    (<_Unyielded>t.tracker).remove(t)
 
 
 cdef void _call_callback(object fn, object t) noexcept:
@@ -284,24 +318,25 @@ cdef inline void _retrack_if_needed(Task t) noexcept:
         PyObject_GC_Track(<void *>t)
 
 
-cdef inline void _count_submitted(Task t, _TaskCounters c) noexcept:
-    """Count a task that is now in the ring, in the state it has reached.
-    Usually PENDING; a push that waited for room ran with the GIL released, so
-    a worker may have taken the task (uncounted) and run it before we got the
-    GIL back: it is counted where it is, and _run_task, which reads
-    t.counters again at the end, finishes the count."""
-    t.counters = c
-    c.submitted += 1
+cdef inline void _count_submitted(Task t, _Home home) noexcept:
+    """Count a task that is now in the ring.  Usually PENDING; a push that
+    waited for room ran with the GIL released, so a worker may have taken
+    the task (uncounted: it had no home yet) and run it before we got the GIL
+    back: it is counted where it is, and _run_task, which reads t.home again
+    at the end, finishes the count."""
+    t.home = home
+    home.submitted += 1
     if t.state == PENDING:
-        c.queued += 1
-    elif t.state == RUNNING:
-        c.running += 1
-    elif t.state == CANCELLED:
-        c.cancelled += 1
-    elif t.failed:
-        c.failed += 1
-    else:
-        c.completed += 1
+        return
+    if t.state == CANCELLED:
+        home.cancelled += 1
+        return
+    home.taken += 1
+    if t.state == FINISHED:
+        if t.failed:
+            home.failed += 1
+        else:
+            home.completed += 1
 
 
 cdef int _complete(Task t) except -1:
@@ -316,6 +351,24 @@ cdef int _complete(Task t) except -1:
     return 0
 
 
+cdef int _wait_task(Task t, object timeout) except -1:
+    """Task.result()/exception() of a task not done: caller-runs, or wait.
+    A function, not a cdef method: a method would add a vtable pointer to
+    every task."""
+    if t.generation != _fork_generation:
+        if t.state < FINISHED:
+            raise QueueClosed("this task belongs to a TaskQueue created before "
+                              "os.fork(); it cannot complete in the child process")
+        return 0
+    if t.state == PENDING and timeout is None:
+        _run_task(t, True)   # caller-runs
+    if t.state >= FINISHED:
+        return 0
+    if not _wait_event(&t.c_done, _timeout_ns(timeout)):
+        raise TimeoutError(f"task not done after {timeout} s")
+    return 0
+
+
 cdef int _run_task(Task t, bint inline) except -1:
     """Run a PENDING task (GIL held); skip one that was cancelled or already
     taken.  A KeyboardInterrupt or SystemExit raised by a task run inline is
@@ -323,10 +376,8 @@ cdef int _run_task(Task t, bint inline) except -1:
     if t.state != PENDING:
         return 0
     t.state = RUNNING
-    cdef _TaskCounters c = t.counters
-    if c is not None:
-        c.queued -= 1
-        c.running += 1
+    if t.home is not None:
+        t.home.taken += 1
     fn, args, kwargs = t.fn, t.args, t.kwargs
     t.fn = t.args = t.kwargs = None
     escaping = None
@@ -341,13 +392,11 @@ cdef int _run_task(Task t, bint inline) except -1:
         if inline and not isinstance(exc, Exception):
             escaping = exc
     t.state = FINISHED
-    c = t.counters   # read again: set meanwhile if submit raced (_count_submitted)
-    if c is not None:
-        c.running -= 1
+    if t.home is not None:   # read again: set meanwhile if submit raced (_count_submitted)
         if t.failed:
-            c.failed += 1
+            t.home.failed += 1
         else:
-            c.completed += 1
+            t.home.completed += 1
     _complete(t)
     if escaping is not None:
         raise escaping

@@ -1,6 +1,7 @@
 """map (ordered, lazy, exceptions in place) and results (completion order)."""
 
 import itertools
+import random
 import threading
 import time
 
@@ -183,6 +184,23 @@ def test_results_without_argument_yields_every_unread_task_once(q):
     assert nowait in got and read not in got
     assert sorted(t.result() for t in got) == sorted([i * i for i in range(20)] + [1, 5])
     assert list(q.results()) == []  # each is yielded once
+
+
+def test_results_without_argument_after_reads_in_any_order(q):
+    # Enough tasks, read in a random order between submits, that the queue's
+    # store of unread tasks grows and compacts several times.
+    rng = random.Random()
+    unread: dict[int, pyqueue.Task[int]] = {}
+    n = 0
+    for _ in range(4):
+        for _ in range(rng.randint(500, 1500)):
+            unread[n] = q.submit(abs, -n)
+            n += 1
+        for i in rng.sample(sorted(unread), k=len(unread) * 3 // 4):
+            assert unread.pop(i).result() == i
+    got = list(q.results(timeout=30))
+    assert sorted(t.result() for t in got) == sorted(unread)
+    assert list(q.results()) == []
 
 
 def test_results_without_argument_skips_map_executor_and_yielded_tasks(q):
