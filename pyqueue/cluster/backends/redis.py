@@ -319,7 +319,8 @@ class RedisBackend(Backend):
             return []
         if any(not r.ok for r in rows):
             self._due = _UNKNOWN  # a failure may be retried later
-        return [Verdict(_s(v)) for v in self._run("COMPLETE", now, args)]
+        verdicts, _states = self._run("COMPLETE", now, args)
+        return [Verdict(_s(v)) for v in verdicts]
 
     def release(self, node: str, rows: Sequence[Release], now: float) -> list[bool]:
         args: list[Any] = [node]
@@ -373,12 +374,12 @@ class RedisBackend(Backend):
                 TaskInfo(
                     tid,
                     TaskState(int(st)),
-                    int(att),
-                    int(fail),
-                    int(lost),
+                    int(att or 0),  # counters and times left out of a hash are 0
+                    int(fail or 0),
+                    int(lost or 0),
                     _s(node) or None if node else None,
                     None if err is None else _s(err),
-                    float(exp),
+                    float(exp or 0.0),
                     _s(q),
                     int(pri),
                     *times,
