@@ -106,7 +106,7 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-#: the due-work hint before anything was read (see RedisBackend._due)
+#: a cached time not read yet (see RedisBackend.__init__)
 _UNKNOWN = -1.0
 
 _STATES = tuple(TaskState)  # by value: the scripts send states as their numbers
@@ -152,12 +152,26 @@ class RedisBackend(Backend):
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
         self.unavailable = (redis.ConnectionError, redis.TimeoutError)
-        # When the earliest scheduled task or schedule fire falls (None: there
-        # is none), as next_ready last read it, or _UNKNOWN.  Every change that
-        # can make work due sooner through this store resets it, so that
-        # promote_due and fire_schedules skip their round trips (~0.15 ms each
-        # here) while nothing is due: a single coordinator's view.
-        self._due: float | None = _UNKNOWN
+        # What this object knows without asking (each read costs a round trip,
+        # ~0.15 ms here), kept right by its own writes: a single coordinator's
+        # view (see "One coordinator" in the module doc).
+        #: not_before of the earliest SCHEDULED task (None: none), or _UNKNOWN;
+        #: never later than the truth (a cancel may leave it early: harmless)
+        self._sched_at: float | None = _UNKNOWN
+        #: the schedules by id (Schedule, payload, stored JSON), None: not read
+        self._sch: dict[str, tuple[Schedule, bytes, str]] | None = None
+        self._fire_at: float | None = _UNKNOWN  # their earliest next fire
+        self._limited: set[str] | None = None  # the queues with a rate limit
+        #: P:fin as the last LEASE left it, while no other script ran since
+        self._ahead: list[str] | None = None
+        #: how many ids at P:fin's head drain_finished handed out from
+        #: _ahead: the next script drains them first (the same effect, one
+        #: round trip less)
+        self._handed = 0
+        #: outcomes complete() produced, until the next drain; then those of
+        #: the ids it drained (what outcomes() is asked for next)
+        self._told: dict[str, Outcome] = {}
+        self._outcomes: dict[str, Outcome] = {}
         try:
             self._r.ping()
         except redis.AuthenticationError as e:
@@ -223,7 +237,12 @@ class RedisBackend(Backend):
             )
 
     def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
-        reply, events = self._scripts[name](args=[*self._head, _f(now), *args])
+        # Whatever comes of it, the handed-out drain goes with this script: if
+        # it is lost with a failed call, those ids are drained again later and
+        # their clients may be told twice (they count duplicate pushes).
+        handed, self._handed = self._handed, 0
+        self._ahead = None
+        reply, events = self._scripts[name](args=[*self._head, _f(now), handed, *args])
         if events:
             self._observe(events)
         return reply
@@ -254,8 +273,7 @@ class RedisBackend(Backend):
     # -- Backend ---------------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
         specs = list(specs)
-        if any(spec.not_before > now for spec in specs):
-            self._due = _UNKNOWN
+        self._scheduling(min((s.not_before for s in specs if s.not_before > now), default=None))
         got = self._run("SUBMIT", now, ["", "", "", *self._spec_args(specs)])
         return [TaskState(int(x)) for x in got]
 
@@ -286,7 +304,8 @@ class RedisBackend(Backend):
                 args += [name, w]
         if not args:
             return {}
-        got = self._run("LEASE", now, args)
+        got, fin = self._run("LEASE", now, args)
+        self._ahead = [_s(x) for x in fin]
         out: dict[str, Grant] = {}
         i = 0
         while i < len(got):
@@ -318,8 +337,17 @@ class RedisBackend(Backend):
         if not args:
             return []
         if any(not r.ok for r in rows):
-            self._due = _UNKNOWN  # a failure may be retried later
-        verdicts, _states = self._run("COMPLETE", now, args)
+            self._sched_at = _UNKNOWN  # a failure may be retried later
+        verdicts, states = self._run("COMPLETE", now, args)
+        told = self._told
+        for r, st in zip(rows, states):
+            # what outcomes() would read back (see ended() in the scripts)
+            if st == TaskState.SUCCEEDED:
+                told[r.id] = Outcome(r.id, TaskState.SUCCEEDED, r.value, None)
+            elif st == TaskState.FAILED:
+                told[r.id] = Outcome(r.id, TaskState.FAILED, r.value, r.error)
+            elif st == TaskState.CANCELLED:
+                told[r.id] = Outcome(r.id, TaskState.CANCELLED, None, "cancelled while running")
         return [Verdict(_s(v)) for v in verdicts]
 
     def release(self, node: str, rows: Sequence[Release], now: float) -> list[bool]:
@@ -388,61 +416,88 @@ class RedisBackend(Backend):
         return out
 
     def outcomes(self, ids: Sequence[str]) -> list[Outcome | None]:
+        # The last drain's ids, as complete() saw them end, need no read: a
+        # finished task's outcome changes only when it is purged (purge and
+        # expire drop these copies).
+        known = self._outcomes
+        out: list[Outcome | None] = [known.get(tid) for tid in ids] if known else [None] * len(ids)
+        missing = [i for i, o in enumerate(out) if o is None]
+        if not missing:
+            return out
         pipe = self._r.pipeline(transaction=False)
-        for tid in ids:
-            pipe.hmget(self._k("t", tid), "st", "res", "err")
-        out: list[Outcome | None] = []
-        for tid, (st, res, err) in zip(ids, pipe.execute()):
+        for i in missing:
+            pipe.hmget(self._k("t", ids[i]), "st", "res", "err")
+        for i, (st, res, err) in zip(missing, pipe.execute()):
             if st is None:
-                out.append(None)
                 continue
             state = TaskState(int(st))
             value = res if state in (TaskState.SUCCEEDED, TaskState.FAILED) else None
-            out.append(Outcome(tid, state, value, None if err is None else _s(err)))
+            out[i] = Outcome(ids[i], state, value, None if err is None else _s(err))
         return out
 
     def drain_finished(self) -> list[str]:
-        return [_s(x) for x in self._run("DRAIN", 0.0, [])]
+        if self._ahead is not None:  # P:fin as the LEASE just before read it
+            ids, self._ahead = self._ahead, None
+            self._handed = len(ids)
+        else:
+            ids = [_s(x) for x in self._run("DRAIN", 0.0, [])]
+        told = self._told
+        self._outcomes = {tid: told[tid] for tid in ids if tid in told} if told else {}
+        self._told = {}  # each of them ended on P:fin: this drain had it
+        return ids
 
-    def _nothing_due(self, now: float) -> bool:
-        due = self._due
-        return due != _UNKNOWN and (due is None or now < due)
+    def _scheduling(self, not_before: float | None) -> None:
+        """A task may become SCHEDULED until ``not_before`` (None: none)."""
+        at = self._sched_at
+        if not_before is not None and at != _UNKNOWN:
+            self._sched_at = not_before if at is None else min(at, not_before)
+
+    def _known_sched_at(self) -> float | None:
+        if self._sched_at == _UNKNOWN:
+            self._sched_at = self.next_due()
+        return self._sched_at
 
     def promote_due(self, now: float) -> int:
-        if self._nothing_due(now):
+        at = self._sched_at
+        if at != _UNKNOWN and (at is None or now < at):
             return 0
-        return int(self._run("PROMOTE", now, []))
+        self._sched_at = _UNKNOWN
+        n, head = self._run("PROMOTE", now, [])
+        self._sched_at = None if head is None else float(head)
+        return int(n)
 
     def next_due(self) -> float | None:
         got = self._r.zrange(self._k("sched"), 0, 0, withscores=True)
         return float(got[0][1]) if got else None
 
     def expire(self, now: float, limit: int) -> int:
-        return int(self._run("EXPIRE", now, [limit])) if limit > 0 else 0
+        n = int(self._run("EXPIRE", now, [limit])) if limit > 0 else 0
+        if n:
+            self._outcomes = {}
+        return n
 
     def purge(self, now: float, *, finished_before: float | None, dead: bool, limit: int) -> int:
         fb = "" if finished_before is None else _f(finished_before)
-        return int(self._run("PURGE", now, [fb, int(dead), limit])) if limit > 0 else 0
+        n = int(self._run("PURGE", now, [fb, int(dead), limit])) if limit > 0 else 0
+        if n:
+            self._outcomes = {}
+        return n
 
     def next_ready(self, now: float) -> float | None:
-        # two round trips whatever the number of queues and schedules
-        pipe = self._r.pipeline(transaction=False)
-        pipe.zrange(self._k("sched"), 0, 0, withscores=True)
-        pipe.hgetall(self._k("sch"))
-        pipe.smembers(self._k("queues"))
-        first, raw_schedules, raw_names = pipe.execute()
-        due = float(first[0][1]) if first else None
-        for raw in raw_schedules.values():
-            fire = Schedule(*json.loads(raw)["s"]).next_fire
-            if fire is not None:
-                due = fire if due is None else min(due, fire)
-        self._due = due
-        names = sorted(_s(x) for x in raw_names)
+        # no round trip while the caches hold what it needs (see __init__),
+        # one per flush while some queue has a rate limit
+        due = self._known_sched_at()
+        fire = self._known_fire_at()
+        if fire is not None:
+            due = fire if due is None else min(due, fire)
+        names = sorted(self._known_limited())
+        if not names:
+            return due
         pipe = self._r.pipeline(transaction=False)
         for name in names:
             pipe.hmget(self._qk(name, "set"), "rate", "paused", "tokens", "stamp")
             pipe.zcard(self._qk(name, "ready"))
-        got = pipe.execute() if names else []
+        got = pipe.execute()
         for i in range(len(names)):
             rate, paused, tokens, stamp = _settings(got[2 * i])
             if rate is None or paused or not got[2 * i + 1]:
@@ -453,6 +508,16 @@ class RedisBackend(Backend):
             at = dispatch.token_at(tokens, now, rate)
             due = at if due is None else min(due, at)
         return due
+
+    def _known_limited(self) -> set[str]:
+        if self._limited is None:
+            names = self._queue_names()
+            pipe = self._r.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(self._qk(name, "set"), "rate")
+            rates = pipe.execute() if names else []
+            self._limited = {n for n, rate in zip(names, rates) if rate is not None}
+        return self._limited
 
     def _queue_names(self) -> list[str]:
         return sorted(_s(x) for x in self._r.smembers(self._k("queues")))
@@ -467,7 +532,14 @@ class RedisBackend(Backend):
             raise ValueError(f"rate_limit must be > 0 per second or None, not {rate_limit!r}")
         rate = "" if rate_limit is None else _f(rate_limit)
         tokens = 0.0 if rate_limit is None else dispatch.bucket_capacity(rate_limit)
+        limited, self._limited = self._limited, None  # unknown should the call fail
         self._run("CONFIGURE", now, [name, rate, _f(tokens), int(bool(paused))])
+        if limited is not None:
+            if rate_limit is None:
+                limited.discard(name)
+            else:
+                limited.add(name)
+            self._limited = limited
         return self._queue_info(name)
 
     def _queue_info(self, name: str) -> QueueInfo:
@@ -483,8 +555,10 @@ class RedisBackend(Backend):
     # -- schedules (stored as JSON; fires are one script with the submit) ----
     def _load(self, schedule_id: str) -> tuple[Schedule, bytes, str] | None:
         raw = self._r.hget(self._k("sch"), schedule_id)
-        if raw is None:
-            return None
+        return None if raw is None else self._parse(raw)
+
+    @staticmethod
+    def _parse(raw: bytes | str) -> tuple[Schedule, bytes, str]:
         d = json.loads(raw)
         return Schedule(*d["s"]), bytes.fromhex(d["p"]), _s(raw)
 
@@ -492,17 +566,37 @@ class RedisBackend(Backend):
     def _dump(sch: Schedule, payload: bytes) -> str:
         return json.dumps({"s": list(sch), "p": payload.hex()})
 
+    def _read_schedules(self) -> dict[str, tuple[Schedule, bytes, str]]:
+        raw = self._r.hgetall(self._k("sch"))
+        self._sch = {_s(k): self._parse(v) for k, v in sorted(raw.items())}
+        self._fire_at = _UNKNOWN
+        return self._sch
+
+    def _known_fire_at(self) -> float | None:
+        if self._fire_at == _UNKNOWN:
+            sch = self._read_schedules() if self._sch is None else self._sch
+            fires = [s.next_fire for s, _, _ in sch.values() if s.next_fire is not None]
+            self._fire_at = min(fires, default=None)
+        return self._fire_at
+
+    def _forget_schedules(self) -> None:
+        """Read the schedules again when next needed (a write may have failed)."""
+        self._sch = None
+        self._fire_at = _UNKNOWN
+
+    def _write_schedule(self, schedule_id: str, sch: Schedule, payload: bytes) -> None:
+        self._forget_schedules()
+        self._r.hset(self._k("sch"), schedule_id, self._dump(sch, payload))
+
     def put_schedule(self, spec: ScheduleSpec, now: float) -> Schedule:
         schedules.check(spec)
         old = self._load(spec.id)
         sch = schedules.declared(None if old is None else old[0], spec, now)
-        self._due = _UNKNOWN
-        self._r.hset(self._k("sch"), spec.id, self._dump(sch, spec.payload))
+        self._write_schedule(spec.id, sch, spec.payload)
         return sch
 
     def schedules(self) -> list[Schedule]:
-        raw = self._r.hgetall(self._k("sch"))
-        return [Schedule(*json.loads(v)["s"]) for _, v in sorted(raw.items())]
+        return [s for s, _, _ in self._read_schedules().values()]
 
     def pause_schedule(self, schedule_id: str, paused: bool, now: float) -> Schedule | None:
         got = self._load(schedule_id)
@@ -510,33 +604,38 @@ class RedisBackend(Backend):
             return None
         sch, payload, _ = got
         sch = schedules.paused_as(sch, paused, now)
-        self._due = _UNKNOWN
-        self._r.hset(self._k("sch"), schedule_id, self._dump(sch, payload))
+        self._write_schedule(schedule_id, sch, payload)
         return sch
 
     def delete_schedule(self, schedule_id: str) -> bool:
+        self._forget_schedules()
         return bool(self._r.hdel(self._k("sch"), schedule_id))
 
     def fire_schedules(self, now: float) -> list[str]:
-        if self._nothing_due(now):
+        at = self._known_fire_at()
+        if at is None or now < at:
             return []
-        self._due = _UNKNOWN  # the fires move each schedule's next time
         fired: list[str] = []
-        for sch in self.schedules():
+        known = self._sch or {}  # read by _known_fire_at
+        stale = False
+        for sid, (sch, payload, raw) in list(known.items()):
             if sch.next_fire is None or sch.next_fire > now:
                 continue
-            got = self._load(sch.id)
-            if got is None:
-                continue
-            sch, payload, raw = got
             times, nxt = schedules.due_fires(sch, now)
-            ids = [schedules.fire_id(sch.id, t) for t in times]
+            ids = [schedules.fire_id(sid, t) for t in times]
             last = times[-1] if times else sch.last_fire
-            new = self._dump(sch._replace(next_fire=nxt, last_fire=last), payload)
+            new_sch = sch._replace(next_fire=nxt, last_fire=last)
+            new = self._dump(new_sch, payload)
             specs = [SubmitSpec(i, payload, queue=sch.queue, priority=sch.priority) for i in ids]
-            res = self._run("SUBMIT", now, [sch.id, raw, new, *self._spec_args(specs)])
-            if res is not None:  # None: changed or deleted meanwhile (another coordinator)
-                fired += ids
+            self._forget_schedules()  # should the call fail
+            res = self._run("SUBMIT", now, [sid, raw, new, *self._spec_args(specs)])
+            if res is None:  # changed or deleted meanwhile (another coordinator): read again
+                stale = True
+                continue
+            known[sid] = (new_sch, payload, new)
+            fired += ids
+        if not stale:
+            self._sch = known
         return fired
 
     def stats(self) -> Stats:

@@ -1,6 +1,8 @@
 """Server-side scripts of the Redis store (Lua, one per atomic operation)."""
 
-# Every script starts with the same ARGV head: prefix, the policy, and now.
+# Every script starts with the same ARGV head: prefix, the policy, now, and how
+# many ids at the head of P:fin the store handed out since the last script
+# (drain_finished answered from what LEASE read): they are drained first.
 # Its body runs as main(); the counters it changed are written after it, and
 # it replies {main's reply, events}: what the store's telemetry counts.
 PRELUDE = r"""
@@ -12,7 +14,8 @@ local DTTL = tonumber(ARGV[5])
 local BCAP = tonumber(ARGV[6])
 local MAXDEAD = tonumber(ARGV[7])
 local NOW = tonumber(ARGV[8])
-local A = 9
+local HANDED = tonumber(ARGV[9])
+local A = 10
 local function tk(id) return P .. ':t:' .. id end
 local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
 local function fmt(x) return string.format('%.17g', x) end
@@ -153,6 +156,10 @@ local function forget(id)
   redis.call('ZREM', P .. ':dead', id)
   redis.call('INCR', P .. ':purged')
 end
+if HANDED > 0 then
+  drained(redis.call('LRANGE', P .. ':fin', 0, HANDED - 1))
+  redis.call('LTRIM', P .. ':fin', HANDED, -1)
+end
 """
 
 # ARGV: [schedule id, old, new] (compare-and-set of a fired schedule, '' for
@@ -231,7 +238,9 @@ return out
 """
 
 # ARGV per node: node, capacity, strict, seed, n queues, (name, weight)...
-# Returns per node with grants: node, held, k, then k * (id, token, payload).
+# Returns {grants, finished}: per node with grants: node, held, k, then
+# k * (id, token, payload); and P:fin as it stands after the leases (what the
+# coordinator's drain_finished asks for next, with nothing in between).
 # Each queue's settings are read once per call and its ready set in chunks
 # (ZRANGE with scores); what was leased leaves the sets in one ZREM each at
 # the end, so a task costs one HMGET and one HSET here.
@@ -391,7 +400,8 @@ for _, name in ipairs(order) do
     redis.call('HSET', qk(name, 'set'), 'tokens', fmt(q.tokens), 'stamp', fmt(NOW))
   end
 end
-return res
+flush()  -- dead-lettered ones onto P:fin first
+return {res, redis.call('LRANGE', P .. ':fin', 0, -1)}
 """
 
 # ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter,
@@ -571,6 +581,7 @@ end
 return ids
 """
 
+# Returns {how many, not_before of the earliest SCHEDULED task left or false}.
 PROMOTE = r"""
 local ids = redis.call('ZRANGEBYSCORE', P .. ':sched', '-inf', ARGV[8])
 for _, id in ipairs(ids) do
@@ -578,7 +589,8 @@ for _, id in ipairs(ids) do
   redis.call('HSET', tk(id), 'rdy', redis.call('HGET', tk(id), 'nb'))
   requeue(id)
 end
-return #ids
+local head = redis.call('ZRANGE', P .. ':sched', 0, 0, 'WITHSCORES')
+return {#ids, head[2] or false}
 """
 
 # ARGV: limit.
