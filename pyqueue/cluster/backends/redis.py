@@ -162,7 +162,12 @@ class RedisBackend(Backend):
         self._sch: dict[str, tuple[Schedule, bytes, str]] | None = None
         self._fire_at: float | None = _UNKNOWN  # their earliest next fire
         self._limited: set[str] | None = None  # the queues with a rate limit
-        #: P:fin as the last LEASE left it, while no other script ran since
+        #: queues whose ready set LEASE found empty, while no script that can
+        #: add to one ran since: a lease from only those needs no round trip
+        self._empty: set[str] = set()
+        #: P:fin past its handed-out head, as this object's scripts left it
+        #: (each replies with what it pushed there), or None after a failed
+        #: call: drain_finished reads nothing while it is known
         self._ahead: list[str] | None = None
         #: how many ids at P:fin's head drain_finished handed out from
         #: _ahead: the next script drains them first (the same effect, one
@@ -216,6 +221,7 @@ class RedisBackend(Backend):
             )
         }
         self._run("RECOVER", time.time() if now is None else now, [])
+        self._ahead = []  # RECOVER drained P:fin
 
     def _warn_if_volatile(self) -> None:
         """Say so when the server keeps nothing on disk: a restart would empty the queue."""
@@ -241,10 +247,13 @@ class RedisBackend(Backend):
         # it is lost with a failed call, those ids are drained again later and
         # their clients may be told twice (they count duplicate pushes).
         handed, self._handed = self._handed, 0
-        self._ahead = None
-        reply, events = self._scripts[name](args=[*self._head, _f(now), handed, *args])
+        ahead, self._ahead = self._ahead, None  # unknown should the call fail
+        reply, events, pushed = self._scripts[name](args=[*self._head, _f(now), handed, *args])
         if events:
             self._observe(events)
+        if ahead is not None:
+            ahead += [_s(x) for x in pushed]
+            self._ahead = ahead
         return reply
 
     def _observe(self, events: Sequence[bytes]) -> None:
@@ -274,6 +283,7 @@ class RedisBackend(Backend):
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
         specs = list(specs)
         self._scheduling(min((s.not_before for s in specs if s.not_before > now), default=None))
+        self._empty.difference_update(s.queue for s in specs)
         got = self._run("SUBMIT", now, ["", "", "", *self._spec_args(specs)])
         return [TaskState(int(x)) for x in got]
 
@@ -296,6 +306,9 @@ class RedisBackend(Backend):
         return args
 
     def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
+        empty = self._empty
+        if all(name in empty for d in demands.values() for name in d.queues):
+            return {}  # nothing to grant, and nodes with no grant may be left out
         args: list[Any] = []
         for node, d in demands.items():
             args += [node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
@@ -304,8 +317,8 @@ class RedisBackend(Backend):
                 args += [name, w]
         if not args:
             return {}
-        got, fin = self._run("LEASE", now, args)
-        self._ahead = [_s(x) for x in fin]
+        got, empty_now = self._run("LEASE", now, args)
+        self._empty.update(_s(x) for x in empty_now)
         out: dict[str, Grant] = {}
         i = 0
         while i < len(got):
@@ -356,12 +369,14 @@ class RedisBackend(Backend):
             args += [r.id, r.token, int(r.started)]
         if not rows:
             return []
+        self._empty.clear()
         return [bool(x) for x in self._run("RELEASE", now, args)]
 
     def revoked(self, node: str, task_id: str, token: int, now: float) -> bool:
         return bool(self._run("REVOKED", now, [node, task_id, token]))
 
     def node_lost(self, node: str, now: float) -> list[str]:
+        self._empty.clear()
         out = [_s(x) for x in self._run("NODE_LOST", now, [node])]
         self.telemetry.leases_expired += len(out)
         return out
@@ -372,6 +387,7 @@ class RedisBackend(Backend):
 
     def requeue_dead(self, ids: Iterable[str], now: float) -> list[bool]:
         args = list(ids)
+        self._empty.clear()
         return [bool(x) for x in self._run("REQUEUE_DEAD", now, args)] if args else []
 
     def delete_dead(self, ids: Iterable[str], now: float) -> list[bool]:
@@ -436,11 +452,12 @@ class RedisBackend(Backend):
         return out
 
     def drain_finished(self) -> list[str]:
-        if self._ahead is not None:  # P:fin as the LEASE just before read it
-            ids, self._ahead = self._ahead, None
-            self._handed = len(ids)
+        if self._ahead is not None:  # what P:fin holds, known without a read
+            ids, self._ahead = self._ahead, []
+            self._handed += len(ids)
         else:
             ids = [_s(x) for x in self._run("DRAIN", 0.0, [])]
+            self._ahead = []
         told = self._told
         self._outcomes = {tid: told[tid] for tid in ids if tid in told} if told else {}
         self._told = {}  # each of them ended on P:fin: this drain had it
@@ -462,6 +479,7 @@ class RedisBackend(Backend):
         if at != _UNKNOWN and (at is None or now < at):
             return 0
         self._sched_at = _UNKNOWN
+        self._empty.clear()
         n, head = self._run("PROMOTE", now, [])
         self._sched_at = None if head is None else float(head)
         return int(n)
@@ -628,6 +646,7 @@ class RedisBackend(Backend):
             new = self._dump(new_sch, payload)
             specs = [SubmitSpec(i, payload, queue=sch.queue, priority=sch.priority) for i in ids]
             self._forget_schedules()  # should the call fail
+            self._empty.discard(sch.queue)
             res = self._run("SUBMIT", now, [sid, raw, new, *self._spec_args(specs)])
             if res is None:  # changed or deleted meanwhile (another coordinator): read again
                 stale = True

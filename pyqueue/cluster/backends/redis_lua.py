@@ -2,9 +2,11 @@
 
 # Every script starts with the same ARGV head: prefix, the policy, now, and how
 # many ids at the head of P:fin the store handed out since the last script
-# (drain_finished answered from what LEASE read): they are drained first.
+# (drain_finished answered from what it knew P:fin held): they are drained
+# first, so that every reader of P:fin and P:exp, a script, sees them drained.
 # Its body runs as main(); the counters it changed are written after it, and
-# it replies {main's reply, events}: what the store's telemetry counts.
+# it replies {main's reply, events, pushed}: events are what the store's
+# telemetry counts, pushed the ids it put onto P:fin (tasks that ended), in order.
 PRELUDE = r"""
 local P = ARGV[1]
 local MAXLOST = tonumber(ARGV[2])
@@ -33,8 +35,9 @@ local function bulk(cmd, key, items)
   end
   return sum
 end
--- ids that ended in this script, in order: pushed onto P:fin at the end
+-- ids that ended in this script, in order: pushed onto P:fin by flush()
 local FIN = {}
+local PUSHED = {}
 -- counter changes add up here and are written once, at the end of the script
 local D = {}
 local function count(key, field, n)
@@ -50,7 +53,11 @@ local function flush()
     end
   end
   D = {}
-  if #FIN > 0 then bulk('RPUSH', P .. ':fin', FIN); FIN = {} end
+  if #FIN > 0 then
+    bulk('RPUSH', P .. ':fin', FIN)
+    for _, id in ipairs(FIN) do PUSHED[#PUSHED + 1] = id end
+    FIN = {}
+  end
 end
 -- telemetry events, flat (kind, queue, value) triples: the store's Python side
 -- counts them (values are strings: Redis would truncate a Lua float)
@@ -174,60 +181,66 @@ if sid ~= '' then
   if cur ~= ARGV[A + 1] then return false end
   redis.call('HSET', P .. ':sch', sid, ARGV[A + 2])
 end
+-- first which ids are new (P:seq then moves once for all of them)
 local out = {}
-local seen = {}  -- id -> state, for an id twice in one call
-local seq = nil  -- P:seq, read at the first new task, written once at the end
-local byq = {}  -- queue -> {ready pairs, since pairs}
-local names = {}
-local sched = {}
+local seen = {}  -- id -> true once found new: a repeat in the same call is not
+local new = {}  -- ARGV index of each new task
+local fill = {}  -- out index -> id, for the new ones and their repeats
 local i = A + 3
 while i <= #ARGV do
   local id = ARGV[i]
-  local st = seen[id]
-  if st == nil then
-    st = redis.call('HGET', tk(id), 'st')
-    if st then st = tonumber(st) end
-  end
+  local st = nil
+  if not seen[id] then st = redis.call('HGET', tk(id), 'st') end
   if st then
-    out[#out + 1] = st
+    out[#out + 1] = tonumber(st)
   else
-    if not seq then seq = tonumber(redis.call('GET', P .. ':seq') or '0') end
-    seq = seq + 1
-    local nb = tonumber(ARGV[i + 4])
-    local q = ARGV[i + 6]
-    local pri = tonumber(ARGV[i + 7])
-    local state = 1
-    local rdy = NOW
-    if nb > NOW then state = 0; rdy = nb end
-    local f = {'st', state, 'seq', seq, 'pl', ARGV[i + 1], 'q', q, 'pri', pri, 'rdy', fmt(rdy),
-      'cre', fmt(NOW)}
-    if ARGV[i + 2] ~= '0' then
-      f[#f + 1] = 'ret'; f[#f + 1] = ARGV[i + 2]; f[#f + 1] = 'bo'; f[#f + 1] = ARGV[i + 3]
-    end
-    if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = ARGV[i + 4] end
-    if ARGV[i + 5] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = ARGV[i + 5] end
-    redis.call('HSET', tk(id), unpack(f))
-    count(P .. ':cnt', state, 1)
-    count(qk(q, 'cnt'), state, 1)
-    event('n', q, '')
-    local b = byq[q]
-    if not b then b = {{}, {}}; byq[q] = b; names[#names + 1] = q end
-    if state == 0 then
-      sched[#sched + 1] = ARGV[i + 4]
-      sched[#sched + 1] = id
-    else
-      local r, s = b[1], b[2]
-      r[#r + 1] = score(pri, seq)
-      r[#r + 1] = id
-      s[#s + 1] = fmt(rdy)
-      s[#s + 1] = id
-    end
-    seen[id] = state
-    out[#out + 1] = state
+    if not seen[id] then seen[id] = true; new[#new + 1] = i end
+    out[#out + 1] = false
+    fill[#out] = id
   end
   i = i + 8
 end
-if seq then redis.call('SET', P .. ':seq', seq) end
+if #new == 0 then return out end
+local seq = redis.call('INCRBY', P .. ':seq', #new) - #new
+local byq = {}  -- queue -> {ready pairs, since pairs}
+local names = {}
+local sched = {}
+local states = {}  -- id -> state
+for _, j in ipairs(new) do
+  local id = ARGV[j]
+  seq = seq + 1
+  local nb = tonumber(ARGV[j + 4])
+  local q = ARGV[j + 6]
+  local pri = tonumber(ARGV[j + 7])
+  local state = 1
+  local rdy = NOW
+  if nb > NOW then state = 0; rdy = nb end
+  states[id] = state
+  local f = {'st', state, 'seq', seq, 'pl', ARGV[j + 1], 'q', q, 'pri', pri, 'rdy', fmt(rdy),
+    'cre', fmt(NOW)}
+  if ARGV[j + 2] ~= '0' then
+    f[#f + 1] = 'ret'; f[#f + 1] = ARGV[j + 2]; f[#f + 1] = 'bo'; f[#f + 1] = ARGV[j + 3]
+  end
+  if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = ARGV[j + 4] end
+  if ARGV[j + 5] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = ARGV[j + 5] end
+  redis.call('HSET', tk(id), unpack(f))
+  count(P .. ':cnt', state, 1)
+  count(qk(q, 'cnt'), state, 1)
+  event('n', q, '')
+  local b = byq[q]
+  if not b then b = {{}, {}}; byq[q] = b; names[#names + 1] = q end
+  if state == 0 then
+    sched[#sched + 1] = ARGV[j + 4]
+    sched[#sched + 1] = id
+  else
+    local r, s = b[1], b[2]
+    r[#r + 1] = score(pri, seq)
+    r[#r + 1] = id
+    s[#s + 1] = fmt(rdy)
+    s[#s + 1] = id
+  end
+end
+for n, id in pairs(fill) do out[n] = states[id] end
 for _, q in ipairs(names) do
   redis.call('SADD', P .. ':queues', q)
   bulk('ZADD', qk(q, 'ready'), byq[q][1])
@@ -238,9 +251,8 @@ return out
 """
 
 # ARGV per node: node, capacity, strict, seed, n queues, (name, weight)...
-# Returns {grants, finished}: per node with grants: node, held, k, then
-# k * (id, token, payload); and P:fin as it stands after the leases (what the
-# coordinator's drain_finished asks for next, with nothing in between).
+# Returns {grants, empty}: per node with grants: node, held, k, then
+# k * (id, token, payload); and the served queues whose ready set is empty now.
 # Each queue's settings are read once per call and its ready set in chunks
 # (ZRANGE with scores); what was leased leaves the sets in one ZREM each at
 # the end, so a task costs one HMGET and one HSET here.
@@ -292,7 +304,7 @@ local function can_grant(name, want)
   if q.rate and q.tokens < 1.0 then return nil end
   return id
 end
-local known = {}
+local empty = {}
 while i <= #ARGV do
   local node = ARGV[i]
   local cap = tonumber(ARGV[i + 1])
@@ -301,22 +313,18 @@ while i <= #ARGV do
   local nq = tonumber(ARGV[i + 4])
   local served = {}
   for j = 0, nq - 1 do
-    local name = ARGV[i + 5 + 2 * j]
-    if known[name] == nil then
-      known[name] = redis.call('SISMEMBER', P .. ':queues', name) == 1
-    end
-    if known[name] then served[#served + 1] = {name, tonumber(ARGV[i + 6 + 2 * j])} end
+    -- a queue with no keys yet reads as not paused, without limit, empty
+    served[#served + 1] = {ARGV[i + 5 + 2 * j], tonumber(ARGV[i + 6 + 2 * j])}
   end
   i = i + 5 + 2 * nq
   local nkey = P .. ':n:' .. node
-  redis.call('SADD', P .. ':nodes', node)
   local held = redis.call('HLEN', nkey)
   local n = cap - held
   local out = {}
   local k = 0
   if n > 0 and #served > 0 then
-    local sus0 = tonumber(redis.call('HGET', P .. ':sus', node) or '0')
-    local sus = sus0
+    local sus0 = nil  -- the node's suspect leases, read at its first suspect task
+    local sus = nil
     local slots = {}  -- nkey's new fields: id, suspect flag...
     for _, qw in ipairs(served) do queue(qw[1]).pos = 1 end
     while k < n do
@@ -356,6 +364,10 @@ while i <= #ARGV do
       local t = redis.call('HMGET', key, 'lost', 'att', 'base', 'pl', 'rdy', 'ttl')
       local suspect = tonumber(t[1] or 0) > 0
       local att = tonumber(t[2] or 0)
+      if suspect and not sus then
+        sus0 = tonumber(redis.call('HGET', P .. ':sus', node) or '0')
+        sus = sus0
+      end
       if suspect and sus > 0 then
         -- passed over for this node: it keeps its place for the next one
       elseif att - tonumber(t[3] or 0) >= MAXATT then
@@ -381,7 +393,10 @@ while i <= #ARGV do
       end
     end
     if sus ~= sus0 then redis.call('HSET', P .. ':sus', node, sus) end
-    held = held + bulk('HSET', nkey, slots)
+    if #slots > 0 then
+      redis.call('SADD', P .. ':nodes', node)
+      held = held + bulk('HSET', nkey, slots)
+    end
   end
   if k > 0 then
     res[#res + 1] = node
@@ -400,18 +415,28 @@ for _, name in ipairs(order) do
     redis.call('HSET', qk(name, 'set'), 'tokens', fmt(q.tokens), 'stamp', fmt(NOW))
   end
 end
-flush()  -- dead-lettered ones onto P:fin first
-return {res, redis.call('LRANGE', P .. ':fin', 0, -1)}
+for _, name in ipairs(order) do
+  local q = Q[name]
+  if q.full and not q.paused then
+    local left = false
+    for j = 1, #q.ids, 2 do if not q.gone[q.ids[j]] then left = true; break end end
+    if not left then empty[name] = true end
+  end
+end
+local names = {}
+for name in pairs(empty) do names[#names + 1] = name end
+return {res, names}
 """
 
 # ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter,
-# run seconds ('' not reported).  Returns {verdicts, states}: each row's verdict,
-# and the state an accepted row left its task in (-1 for the others).
+# run seconds ('' not reported).  Returns {verdicts, states}: each row's
+# verdict, and the state an accepted row left its task in (-1 for the others).
 COMPLETE = r"""
 local out = {}
 local states = {}
-local freed = {}  -- node -> ids whose lease ended here (one HMGET and HDEL per node)
+local freed = {}  -- node -> ids whose lease ended here (one HDEL per node)
 local nodes = {}
+local suspects = {}  -- node -> how many of those were suspect (lost > 0 when leased)
 local i = A
 while i <= #ARGV do
   local id = ARGV[i]
@@ -422,7 +447,7 @@ while i <= #ARGV do
   local err = false
   if ARGV[i + 5] == '1' then err = ARGV[i + 6] end
   local key = tk(id)
-  local t = redis.call('HMGET', key, 'st', 'att', 'node', 'ret', 'bo', 'q', 'ttl')
+  local t = redis.call('HMGET', key, 'st', 'att', 'node', 'ret', 'bo', 'q', 'ttl', 'lost')
   local v
   local new = -1
   if not t[1] then
@@ -431,9 +456,12 @@ while i <= #ARGV do
     local st = tonumber(t[1])
     local att = tonumber(t[2] or 0)
     if st == 2 and att == tok then
+      -- the node's slot (its flag is '1' when the task had been lost
+      -- before this lease: lost only grows when a lease ends)
       local f = freed[t[3]]
-      if not f then f = {}; freed[t[3]] = f; nodes[#nodes + 1] = t[3] end
+      if not f then f = {}; freed[t[3]] = f; nodes[#nodes + 1] = t[3]; suspects[t[3]] = 0 end
       f[#f + 1] = id
+      if tonumber(t[8] or 0) > 0 then suspects[t[3]] = suspects[t[3]] + 1 end
     end
     if st >= 3 then v = 'duplicate'
     elseif st == 0 then if att == tok then v = 'duplicate' else v = 'stale' end
@@ -473,16 +501,8 @@ while i <= #ARGV do
   i = i + 9
 end
 for _, node in ipairs(nodes) do
-  local ids = freed[node]
-  local nkey = P .. ':n:' .. node
-  local sus = 0
-  for j = 1, #ids, 4000 do
-    for _, s in ipairs(redis.call('HMGET', nkey, unpack(ids, j, math.min(#ids, j + 3999)))) do
-      if s == '1' then sus = sus + 1 end
-    end
-  end
-  bulk('HDEL', nkey, ids)
-  if sus > 0 then redis.call('HINCRBY', P .. ':sus', node, -sus) end
+  bulk('HDEL', P .. ':n:' .. node, freed[node])
+  if suspects[node] > 0 then redis.call('HINCRBY', P .. ':sus', node, -suspects[node]) end
 end
 return {out, states}
 """
@@ -677,11 +697,13 @@ return 1
 
 
 def script(body: str) -> str:
-    """The full text of one script: the prelude, the body, then the counters and events."""
+    """The full text of one script: the prelude, the body, then the counters, events
+    and finished ids."""
     # false, not nil, for no reply: a nil would end the reply table before E
     return (
         PRELUDE
         + "local function main()\n"
         + body
-        + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\nreturn {r, E}\n"
+        + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\n"
+        + "return {r, E, PUSHED}\n"
     )
