@@ -220,6 +220,11 @@ class RedisBackend(Backend):
                 "DELETE_DEAD",
             )
         }
+        # loaded at once (one round trip), not at each one's first EVALSHA (three)
+        pipe = self._r.pipeline(transaction=False)
+        for sc in self._scripts.values():
+            pipe.script_load(sc.script)
+        pipe.execute()
         self._run("RECOVER", time.time() if now is None else now, [])
         self._ahead = []  # RECOVER drained P:fin
 
@@ -349,9 +354,12 @@ class RedisBackend(Backend):
             ]
         if not args:
             return []
+        sched_at = self._sched_at
         if any(not r.ok for r in rows):
             self._sched_at = _UNKNOWN  # a failure may be retried later
         verdicts, states = self._run("COMPLETE", now, args)
+        if TaskState.SCHEDULED not in states:
+            self._sched_at = sched_at  # none was
         told = self._told
         for r, st in zip(rows, states):
             # what outcomes() would read back (see ended() in the scripts)
