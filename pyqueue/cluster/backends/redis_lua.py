@@ -21,6 +21,7 @@ local A = 10
 local function tk(id) return P .. ':t:' .. id end
 local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
 local function fmt(x) return string.format('%.17g', x) end
+local NOWS = fmt(NOW)  -- formatted once: a Lua number to text costs a printf
 local function score(pri, seq) return fmt(-pri * 4294967296 + seq) end
 local unpack = unpack
 -- one command over a list of arguments, in chunks (Lua's unpack has a limit;
@@ -102,7 +103,7 @@ local function ended(id, st, q, ttl, state, result, err)
   local life = RTTL
   if ttl then life = tonumber(ttl) end
   if state == 5 then life = DTTL end
-  local set = {'st', state, 'end', fmt(NOW), 'exp', fmt(NOW + life), 'node', ''}
+  local set = {'st', state, 'end', NOWS, 'exp', fmt(NOW + life), 'node', ''}
   local del = {}
   if result then set[#set + 1] = 'res'; set[#set + 1] = result else del[#del + 1] = 'res' end
   if err then set[#set + 1] = 'err'; set[#set + 1] = err else del[#del + 1] = 'err' end
@@ -213,11 +214,11 @@ for _, j in ipairs(new) do
   local q = ARGV[j + 6]
   local pri = tonumber(ARGV[j + 7])
   local state = 1
-  local rdy = NOW
-  if nb > NOW then state = 0; rdy = nb end
+  local rdy = NOWS
+  if nb > NOW then state = 0; rdy = fmt(nb) end
   states[id] = state
-  local f = {'st', state, 'seq', seq, 'pl', ARGV[j + 1], 'q', q, 'pri', pri, 'rdy', fmt(rdy),
-    'cre', fmt(NOW)}
+  local f = {'st', state, 'seq', seq, 'pl', ARGV[j + 1], 'q', q, 'pri', pri, 'rdy', rdy,
+    'cre', NOWS}
   if ARGV[j + 2] ~= '0' then
     f[#f + 1] = 'ret'; f[#f + 1] = ARGV[j + 2]; f[#f + 1] = 'bo'; f[#f + 1] = ARGV[j + 3]
   end
@@ -236,7 +237,7 @@ for _, j in ipairs(new) do
     local r, s = b[1], b[2]
     r[#r + 1] = score(pri, seq)
     r[#r + 1] = id
-    s[#s + 1] = fmt(rdy)
+    s[#s + 1] = rdy
     s[#s + 1] = id
   end
 end
@@ -382,7 +383,7 @@ while i <= #ARGV do
         if suspect then sus = sus + 1; flag = '1' end
         att = att + 1
         recount(name, '1', 2)
-        redis.call('HSET', key, 'st', 2, 'att', att, 'node', node, 'sta', fmt(NOW))
+        redis.call('HSET', key, 'st', 2, 'att', att, 'node', node, 'sta', NOWS)
         slots[#slots + 1] = id
         slots[#slots + 1] = flag
         k = k + 1
@@ -412,7 +413,7 @@ for _, name in ipairs(order) do
     bulk('ZREM', qk(name, 'since'), q.taken)
   end
   if q.refilled then
-    redis.call('HSET', qk(name, 'set'), 'tokens', fmt(q.tokens), 'stamp', fmt(NOW))
+    redis.call('HSET', qk(name, 'set'), 'tokens', fmt(q.tokens), 'stamp', NOWS)
   end
 end
 for _, name in ipairs(order) do
@@ -567,7 +568,7 @@ return each_id(function(id)
   local t = redis.call('HMGET', key, 'st', 'att', 'pl')
   if t[1] ~= '5' or not t[3] then return false end
   redis.call('HSET', key, 'lost', 0, 'fail', 0, 'base', t[2] or 0, 'end', 0, 'exp', 0,
-    'rdy', fmt(NOW))
+    'rdy', NOWS)
   redis.call('HDEL', key, 'err', 'res')
   redis.call('ZREM', P .. ':dead', id)
   redis.call('ZREM', P .. ':exp', id)
