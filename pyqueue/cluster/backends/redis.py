@@ -5,7 +5,10 @@ redis-py 8.x; the scripts use LPOS, so 6.0.6 is the floor in principle).
 
 Layout (all keys start with ``prefix``; foreign keys in the db are never read)
 -----------------------------------------------------------------------------
-* ``P:t:ID`` a hash per task (state, counters, payload, result, queue...).
+* ``P:t:ID`` a hash per task (state, counters, payload, result, queue...);
+  a field at its default (a counter or time at 0, no node, no retries) is
+  left out until it changes, since every field costs the server time in each
+  HSET.
 * ``{P:Q}:ready`` a sorted set per queue of its PENDING tasks, scored
   ``-priority * 2**32 + seq``: the lowest score is the next lease (highest
   priority, then submit order).  Streams keep arrival order only, and a task
@@ -35,6 +38,21 @@ is what opening a store means in the contract: every lease goes back to its
 queue without a loss, the completion counters restart, and what expired while
 no coordinator ran is purged.  (Several coordinators over one Redis, issue 13
 part 2, will need leases owned per coordinator instead.)
+
+One coordinator
+---------------
+Each Redis call is a round trip (~0.15 ms on a local server), so the store
+keeps what only its own writes change and answers from it: the earliest
+SCHEDULED time, the schedules and which queues have a rate limit
+(``next_ready``, ``promote_due`` and ``fire_schedules`` read nothing while
+nothing is due), the queues a LEASE found empty (``lease`` from only those
+needs no call), what ``P:fin`` holds (every script replies with the ids it
+pushed there, so ``drain_finished`` needs no call; the next script, whichever,
+drains the ids handed out first, before anything can read them), and the
+outcomes ``complete`` produced (``outcomes`` of the ids just drained).  A
+steady flush is one LEASE; one after a DONE, often none.  This is right while
+one coordinator writes the prefix, as today; several (issue 13 part 2) must
+drop or fence these caches.
 
 Jitter for retry backoff is drawn in Python from the seeded generator (one
 draw per failing completion, so the sequence differs from the memory store's
