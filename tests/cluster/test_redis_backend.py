@@ -4,13 +4,14 @@ password, or holds keys that are not ours (a real redis-server each time)."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from redis_server import RedisServer, free_port
 
 from pyqueue.cluster.backends.redis import RedisBackend, RedisUnavailable
-from pyqueue.cluster.states import Completion, Demand, SubmitSpec, TaskState
+from pyqueue.cluster.states import Completion, Demand, Release, SubmitSpec, TaskState
 
 T0 = 1_000_000.0
 
@@ -103,3 +104,83 @@ def test_a_redis_without_persistence_is_reported(caplog: pytest.LogCaptureFixtur
         assert "a restart loses every task" in caplog.text
     finally:
         server.stop()
+
+
+def _flush(b: RedisBackend, demands: dict[str, Demand], now: float) -> tuple[Any, list[str], Any]:
+    """What the coordinator's flush asks of its store, in its order."""
+    b.fire_schedules(now)
+    b.promote_due(now)
+    grants = b.lease(demands, now)
+    b.next_ready(now)
+    b.commit()
+    ids = b.drain_finished()
+    return grants, ids, b.outcomes(ids)
+
+
+def test_a_steady_flush_costs_one_round_trip_and_what_it_skips_reads_the_same(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the store answers from what it knows (queues it found empty, the
+    # finished list, the outcomes complete() made) must equal what it reads.
+    import redis.connection
+
+    sent = [0]
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        sent[0] += 1  # one per command or pipeline: a round trip
+        send(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def round_trips(f: Callable[[], Any]) -> tuple[int, Any]:
+        before = sent[0]
+        got = f()
+        return sent[0] - before, got
+
+    b = RedisBackend(redis_server.url, prefix="pqrt", now=T0)
+    b.submit([SubmitSpec(f"t{i}", b"p") for i in range(4)], T0)
+    grants, _, _ = _flush(b, {"n": Demand(2)}, T0)  # the first one reads what it must
+    first = grants["n"].leases
+    rows = [
+        Completion(first[0].id, first[0].token, True, b"v0", None),
+        Completion(first[1].id, first[1].token, False, b"exc", "Traceback: boom"),
+    ]
+    n, _ = round_trips(lambda: b.complete("n", rows, T0))
+    assert n == 1
+    n, (grants, ids, outs) = round_trips(lambda: _flush(b, {"n": Demand(4)}, T0))
+    assert n == 1  # LEASE alone
+    assert ids == [first[0].id, first[1].id]
+    second = grants["n"].leases
+    assert [le.id for le in second] == ["t2", "t3"]
+    rows = [
+        Completion(second[0].id, second[0].token, False, None, None, cancelled=True),
+        Completion(second[1].id, second[1].token, True, None, None),
+    ]
+    b.complete("n", rows, T0)
+    n, (grants, ids, outs2) = round_trips(lambda: _flush(b, {"n": Demand(4)}, T0))
+    assert n == 0  # the queue is known empty, the finished ids and outcomes known
+    assert grants == {} and ids == ["t2", "t3"]
+    every = ["t0", "t1", "t2", "t3"]
+    fresh = RedisBackend(redis_server.url, prefix="pqrt", now=T0)  # nothing cached
+    assert outs + outs2 == fresh.outcomes(every)
+    assert [o.state for o in outs + outs2 if o] == [
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.CANCELLED,
+        TaskState.SUCCEEDED,
+    ]
+    fresh.close()
+
+    # a new task in the queue found empty is leased; the drain handed out from
+    # what was known counts for retention from the next script on
+    b.submit([SubmitSpec("t4", b"p")], T0)
+    grants, ids, _ = _flush(b, {"n": Demand(4)}, T0)
+    assert [le.id for le in grants["n"].leases] == ["t4"] and ids == []
+    assert b.expire(T0 + 10**7, 100) == 4  # t0..t3, drained; t4 is leased
+    assert b.outcomes(every) == [None] * 4
+    (le,) = grants["n"].leases
+    assert b.release("n", [Release(le.id, le.token)], T0) == [True]
+    grants, _, _ = _flush(b, {"m": Demand(1)}, T0)  # released: in the queue again
+    assert [x.id for x in grants["m"].leases] == ["t4"]
+    b.close()

@@ -5,7 +5,10 @@ redis-py 8.x; the scripts use LPOS, so 6.0.6 is the floor in principle).
 
 Layout (all keys start with ``prefix``; foreign keys in the db are never read)
 -----------------------------------------------------------------------------
-* ``P:t:ID`` a hash per task (state, counters, payload, result, queue...).
+* ``P:t:ID`` a hash per task (state, counters, payload, result, queue...);
+  a field at its default (a counter or time at 0, no node, no retries) is
+  left out until it changes, since every field costs the server time in each
+  HSET.
 * ``{P:Q}:ready`` a sorted set per queue of its PENDING tasks, scored
   ``-priority * 2**32 + seq``: the lowest score is the next lease (highest
   priority, then submit order).  Streams keep arrival order only, and a task
@@ -35,6 +38,21 @@ is what opening a store means in the contract: every lease goes back to its
 queue without a loss, the completion counters restart, and what expired while
 no coordinator ran is purged.  (Several coordinators over one Redis, issue 13
 part 2, will need leases owned per coordinator instead.)
+
+One coordinator
+---------------
+Each Redis call is a round trip (~0.15 ms on a local server), so the store
+keeps what only its own writes change and answers from it: the earliest
+SCHEDULED time, the schedules and which queues have a rate limit
+(``next_ready``, ``promote_due`` and ``fire_schedules`` read nothing while
+nothing is due), the queues a LEASE found empty (``lease`` from only those
+needs no call), what ``P:fin`` holds (every script replies with the ids it
+pushed there, so ``drain_finished`` needs no call; the next script, whichever,
+drains the ids handed out first, before anything can read them), and the
+outcomes ``complete`` produced (``outcomes`` of the ids just drained).  A
+steady flush is one LEASE; one after a DONE, often none.  This is right while
+one coordinator writes the prefix, as today; several (issue 13 part 2) must
+drop or fence these caches.
 
 Jitter for retry backoff is drawn in Python from the seeded generator (one
 draw per failing completion, so the sequence differs from the memory store's
@@ -106,7 +124,7 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-#: the due-work hint before anything was read (see RedisBackend._due)
+#: a cached time not read yet (see RedisBackend.__init__)
 _UNKNOWN = -1.0
 
 _STATES = tuple(TaskState)  # by value: the scripts send states as their numbers
@@ -152,12 +170,31 @@ class RedisBackend(Backend):
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
         self.unavailable = (redis.ConnectionError, redis.TimeoutError)
-        # When the earliest scheduled task or schedule fire falls (None: there
-        # is none), as next_ready last read it, or _UNKNOWN.  Every change that
-        # can make work due sooner through this store resets it, so that
-        # promote_due and fire_schedules skip their round trips (~0.15 ms each
-        # here) while nothing is due: a single coordinator's view.
-        self._due: float | None = _UNKNOWN
+        # What this object knows without asking (each read costs a round trip,
+        # ~0.15 ms here), kept right by its own writes: a single coordinator's
+        # view (see "One coordinator" in the module doc).
+        #: not_before of the earliest SCHEDULED task (None: none), or _UNKNOWN;
+        #: never later than the truth (a cancel may leave it early: harmless)
+        self._sched_at: float | None = _UNKNOWN
+        #: the schedules by id (Schedule, payload, stored JSON), None: not read
+        self._sch: dict[str, tuple[Schedule, bytes, str]] | None = None
+        self._fire_at: float | None = _UNKNOWN  # their earliest next fire
+        self._limited: set[str] | None = None  # the queues with a rate limit
+        #: queues whose ready set LEASE found empty, while no script that can
+        #: add to one ran since: a lease from only those needs no round trip
+        self._empty: set[str] = set()
+        #: P:fin past its handed-out head, as this object's scripts left it
+        #: (each replies with what it pushed there), or None after a failed
+        #: call: drain_finished reads nothing while it is known
+        self._ahead: list[str] | None = None
+        #: how many ids at P:fin's head drain_finished handed out from
+        #: _ahead: the next script drains them first (the same effect, one
+        #: round trip less)
+        self._handed = 0
+        #: outcomes complete() produced, until the next drain; then those of
+        #: the ids it drained (what outcomes() is asked for next)
+        self._told: dict[str, Outcome] = {}
+        self._outcomes: dict[str, Outcome] = {}
         try:
             self._r.ping()
         except redis.AuthenticationError as e:
@@ -201,7 +238,13 @@ class RedisBackend(Backend):
                 "DELETE_DEAD",
             )
         }
+        # loaded at once (one round trip), not at each one's first EVALSHA (three)
+        pipe = self._r.pipeline(transaction=False)
+        for sc in self._scripts.values():
+            pipe.script_load(sc.script)
+        pipe.execute()
         self._run("RECOVER", time.time() if now is None else now, [])
+        self._ahead = []  # RECOVER drained P:fin
 
     def _warn_if_volatile(self) -> None:
         """Say so when the server keeps nothing on disk: a restart would empty the queue."""
@@ -223,9 +266,17 @@ class RedisBackend(Backend):
             )
 
     def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
-        reply, events = self._scripts[name](args=[*self._head, _f(now), *args])
+        # Whatever comes of it, the handed-out drain goes with this script: if
+        # it is lost with a failed call, those ids are drained again later and
+        # their clients may be told twice (they count duplicate pushes).
+        handed, self._handed = self._handed, 0
+        ahead, self._ahead = self._ahead, None  # unknown should the call fail
+        reply, events, pushed = self._scripts[name](args=[*self._head, _f(now), handed, *args])
         if events:
             self._observe(events)
+        if ahead is not None:
+            ahead += [_s(x) for x in pushed]
+            self._ahead = ahead
         return reply
 
     def _observe(self, events: Sequence[bytes]) -> None:
@@ -254,8 +305,8 @@ class RedisBackend(Backend):
     # -- Backend ---------------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:
         specs = list(specs)
-        if any(spec.not_before > now for spec in specs):
-            self._due = _UNKNOWN
+        self._scheduling(min((s.not_before for s in specs if s.not_before > now), default=None))
+        self._empty.difference_update(s.queue for s in specs)
         got = self._run("SUBMIT", now, ["", "", "", *self._spec_args(specs)])
         return [TaskState(int(x)) for x in got]
 
@@ -278,6 +329,9 @@ class RedisBackend(Backend):
         return args
 
     def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
+        empty = self._empty
+        if all(name in empty for d in demands.values() for name in d.queues):
+            return {}  # nothing to grant, and nodes with no grant may be left out
         args: list[Any] = []
         for node, d in demands.items():
             args += [node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
@@ -286,7 +340,8 @@ class RedisBackend(Backend):
                 args += [name, w]
         if not args:
             return {}
-        got = self._run("LEASE", now, args)
+        got, empty_now = self._run("LEASE", now, args)
+        self._empty.update(_s(x) for x in empty_now)
         out: dict[str, Grant] = {}
         i = 0
         while i < len(got):
@@ -317,9 +372,22 @@ class RedisBackend(Backend):
             ]
         if not args:
             return []
+        sched_at = self._sched_at
         if any(not r.ok for r in rows):
-            self._due = _UNKNOWN  # a failure may be retried later
-        return [Verdict(_s(v)) for v in self._run("COMPLETE", now, args)]
+            self._sched_at = _UNKNOWN  # a failure may be retried later
+        verdicts, states = self._run("COMPLETE", now, args)
+        if TaskState.SCHEDULED not in states:
+            self._sched_at = sched_at  # none was
+        told = self._told
+        for r, st in zip(rows, states):
+            # what outcomes() would read back (see ended() in the scripts)
+            if st == TaskState.SUCCEEDED:
+                told[r.id] = Outcome(r.id, TaskState.SUCCEEDED, r.value, None)
+            elif st == TaskState.FAILED:
+                told[r.id] = Outcome(r.id, TaskState.FAILED, r.value, r.error)
+            elif st == TaskState.CANCELLED:
+                told[r.id] = Outcome(r.id, TaskState.CANCELLED, None, "cancelled while running")
+        return [Verdict(_s(v)) for v in verdicts]
 
     def release(self, node: str, rows: Sequence[Release], now: float) -> list[bool]:
         args: list[Any] = [node]
@@ -327,12 +395,14 @@ class RedisBackend(Backend):
             args += [r.id, r.token, int(r.started)]
         if not rows:
             return []
+        self._empty.clear()
         return [bool(x) for x in self._run("RELEASE", now, args)]
 
     def revoked(self, node: str, task_id: str, token: int, now: float) -> bool:
         return bool(self._run("REVOKED", now, [node, task_id, token]))
 
     def node_lost(self, node: str, now: float) -> list[str]:
+        self._empty.clear()
         out = [_s(x) for x in self._run("NODE_LOST", now, [node])]
         self.telemetry.leases_expired += len(out)
         return out
@@ -343,6 +413,7 @@ class RedisBackend(Backend):
 
     def requeue_dead(self, ids: Iterable[str], now: float) -> list[bool]:
         args = list(ids)
+        self._empty.clear()
         return [bool(x) for x in self._run("REQUEUE_DEAD", now, args)] if args else []
 
     def delete_dead(self, ids: Iterable[str], now: float) -> list[bool]:
@@ -373,12 +444,12 @@ class RedisBackend(Backend):
                 TaskInfo(
                     tid,
                     TaskState(int(st)),
-                    int(att),
-                    int(fail),
-                    int(lost),
+                    int(att or 0),  # counters and times left out of a hash are 0
+                    int(fail or 0),
+                    int(lost or 0),
                     _s(node) or None if node else None,
                     None if err is None else _s(err),
-                    float(exp),
+                    float(exp or 0.0),
                     _s(q),
                     int(pri),
                     *times,
@@ -387,61 +458,90 @@ class RedisBackend(Backend):
         return out
 
     def outcomes(self, ids: Sequence[str]) -> list[Outcome | None]:
+        # The last drain's ids, as complete() saw them end, need no read: a
+        # finished task's outcome changes only when it is purged (purge and
+        # expire drop these copies).
+        known = self._outcomes
+        out: list[Outcome | None] = [known.get(tid) for tid in ids] if known else [None] * len(ids)
+        missing = [i for i, o in enumerate(out) if o is None]
+        if not missing:
+            return out
         pipe = self._r.pipeline(transaction=False)
-        for tid in ids:
-            pipe.hmget(self._k("t", tid), "st", "res", "err")
-        out: list[Outcome | None] = []
-        for tid, (st, res, err) in zip(ids, pipe.execute()):
+        for i in missing:
+            pipe.hmget(self._k("t", ids[i]), "st", "res", "err")
+        for i, (st, res, err) in zip(missing, pipe.execute()):
             if st is None:
-                out.append(None)
                 continue
             state = TaskState(int(st))
             value = res if state in (TaskState.SUCCEEDED, TaskState.FAILED) else None
-            out.append(Outcome(tid, state, value, None if err is None else _s(err)))
+            out[i] = Outcome(ids[i], state, value, None if err is None else _s(err))
         return out
 
     def drain_finished(self) -> list[str]:
-        return [_s(x) for x in self._run("DRAIN", 0.0, [])]
+        if self._ahead is not None:  # what P:fin holds, known without a read
+            ids, self._ahead = self._ahead, []
+            self._handed += len(ids)
+        else:
+            ids = [_s(x) for x in self._run("DRAIN", 0.0, [])]
+            self._ahead = []
+        told = self._told
+        self._outcomes = {tid: told[tid] for tid in ids if tid in told} if told else {}
+        self._told = {}  # each of them ended on P:fin: this drain had it
+        return ids
 
-    def _nothing_due(self, now: float) -> bool:
-        due = self._due
-        return due != _UNKNOWN and (due is None or now < due)
+    def _scheduling(self, not_before: float | None) -> None:
+        """A task may become SCHEDULED until ``not_before`` (None: none)."""
+        at = self._sched_at
+        if not_before is not None and at != _UNKNOWN:
+            self._sched_at = not_before if at is None else min(at, not_before)
+
+    def _known_sched_at(self) -> float | None:
+        if self._sched_at == _UNKNOWN:
+            self._sched_at = self.next_due()
+        return self._sched_at
 
     def promote_due(self, now: float) -> int:
-        if self._nothing_due(now):
+        at = self._sched_at
+        if at != _UNKNOWN and (at is None or now < at):
             return 0
-        return int(self._run("PROMOTE", now, []))
+        self._sched_at = _UNKNOWN
+        self._empty.clear()
+        n, head = self._run("PROMOTE", now, [])
+        self._sched_at = None if head is None else float(head)
+        return int(n)
 
     def next_due(self) -> float | None:
         got = self._r.zrange(self._k("sched"), 0, 0, withscores=True)
         return float(got[0][1]) if got else None
 
     def expire(self, now: float, limit: int) -> int:
-        return int(self._run("EXPIRE", now, [limit])) if limit > 0 else 0
+        n = int(self._run("EXPIRE", now, [limit])) if limit > 0 else 0
+        if n:
+            self._outcomes = {}
+        return n
 
     def purge(self, now: float, *, finished_before: float | None, dead: bool, limit: int) -> int:
         fb = "" if finished_before is None else _f(finished_before)
-        return int(self._run("PURGE", now, [fb, int(dead), limit])) if limit > 0 else 0
+        n = int(self._run("PURGE", now, [fb, int(dead), limit])) if limit > 0 else 0
+        if n:
+            self._outcomes = {}
+        return n
 
     def next_ready(self, now: float) -> float | None:
-        # two round trips whatever the number of queues and schedules
-        pipe = self._r.pipeline(transaction=False)
-        pipe.zrange(self._k("sched"), 0, 0, withscores=True)
-        pipe.hgetall(self._k("sch"))
-        pipe.smembers(self._k("queues"))
-        first, raw_schedules, raw_names = pipe.execute()
-        due = float(first[0][1]) if first else None
-        for raw in raw_schedules.values():
-            fire = Schedule(*json.loads(raw)["s"]).next_fire
-            if fire is not None:
-                due = fire if due is None else min(due, fire)
-        self._due = due
-        names = sorted(_s(x) for x in raw_names)
+        # no round trip while the caches hold what it needs (see __init__),
+        # one per flush while some queue has a rate limit
+        due = self._known_sched_at()
+        fire = self._known_fire_at()
+        if fire is not None:
+            due = fire if due is None else min(due, fire)
+        names = sorted(self._known_limited())
+        if not names:
+            return due
         pipe = self._r.pipeline(transaction=False)
         for name in names:
             pipe.hmget(self._qk(name, "set"), "rate", "paused", "tokens", "stamp")
             pipe.zcard(self._qk(name, "ready"))
-        got = pipe.execute() if names else []
+        got = pipe.execute()
         for i in range(len(names)):
             rate, paused, tokens, stamp = _settings(got[2 * i])
             if rate is None or paused or not got[2 * i + 1]:
@@ -452,6 +552,16 @@ class RedisBackend(Backend):
             at = dispatch.token_at(tokens, now, rate)
             due = at if due is None else min(due, at)
         return due
+
+    def _known_limited(self) -> set[str]:
+        if self._limited is None:
+            names = self._queue_names()
+            pipe = self._r.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(self._qk(name, "set"), "rate")
+            rates = pipe.execute() if names else []
+            self._limited = {n for n, rate in zip(names, rates) if rate is not None}
+        return self._limited
 
     def _queue_names(self) -> list[str]:
         return sorted(_s(x) for x in self._r.smembers(self._k("queues")))
@@ -466,7 +576,14 @@ class RedisBackend(Backend):
             raise ValueError(f"rate_limit must be > 0 per second or None, not {rate_limit!r}")
         rate = "" if rate_limit is None else _f(rate_limit)
         tokens = 0.0 if rate_limit is None else dispatch.bucket_capacity(rate_limit)
+        limited, self._limited = self._limited, None  # unknown should the call fail
         self._run("CONFIGURE", now, [name, rate, _f(tokens), int(bool(paused))])
+        if limited is not None:
+            if rate_limit is None:
+                limited.discard(name)
+            else:
+                limited.add(name)
+            self._limited = limited
         return self._queue_info(name)
 
     def _queue_info(self, name: str) -> QueueInfo:
@@ -482,8 +599,10 @@ class RedisBackend(Backend):
     # -- schedules (stored as JSON; fires are one script with the submit) ----
     def _load(self, schedule_id: str) -> tuple[Schedule, bytes, str] | None:
         raw = self._r.hget(self._k("sch"), schedule_id)
-        if raw is None:
-            return None
+        return None if raw is None else self._parse(raw)
+
+    @staticmethod
+    def _parse(raw: bytes | str) -> tuple[Schedule, bytes, str]:
         d = json.loads(raw)
         return Schedule(*d["s"]), bytes.fromhex(d["p"]), _s(raw)
 
@@ -491,17 +610,37 @@ class RedisBackend(Backend):
     def _dump(sch: Schedule, payload: bytes) -> str:
         return json.dumps({"s": list(sch), "p": payload.hex()})
 
+    def _read_schedules(self) -> dict[str, tuple[Schedule, bytes, str]]:
+        raw = self._r.hgetall(self._k("sch"))
+        self._sch = {_s(k): self._parse(v) for k, v in sorted(raw.items())}
+        self._fire_at = _UNKNOWN
+        return self._sch
+
+    def _known_fire_at(self) -> float | None:
+        if self._fire_at == _UNKNOWN:
+            sch = self._read_schedules() if self._sch is None else self._sch
+            fires = [s.next_fire for s, _, _ in sch.values() if s.next_fire is not None]
+            self._fire_at = min(fires, default=None)
+        return self._fire_at
+
+    def _forget_schedules(self) -> None:
+        """Read the schedules again when next needed (a write may have failed)."""
+        self._sch = None
+        self._fire_at = _UNKNOWN
+
+    def _write_schedule(self, schedule_id: str, sch: Schedule, payload: bytes) -> None:
+        self._forget_schedules()
+        self._r.hset(self._k("sch"), schedule_id, self._dump(sch, payload))
+
     def put_schedule(self, spec: ScheduleSpec, now: float) -> Schedule:
         schedules.check(spec)
         old = self._load(spec.id)
         sch = schedules.declared(None if old is None else old[0], spec, now)
-        self._due = _UNKNOWN
-        self._r.hset(self._k("sch"), spec.id, self._dump(sch, spec.payload))
+        self._write_schedule(spec.id, sch, spec.payload)
         return sch
 
     def schedules(self) -> list[Schedule]:
-        raw = self._r.hgetall(self._k("sch"))
-        return [Schedule(*json.loads(v)["s"]) for _, v in sorted(raw.items())]
+        return [s for s, _, _ in self._read_schedules().values()]
 
     def pause_schedule(self, schedule_id: str, paused: bool, now: float) -> Schedule | None:
         got = self._load(schedule_id)
@@ -509,33 +648,39 @@ class RedisBackend(Backend):
             return None
         sch, payload, _ = got
         sch = schedules.paused_as(sch, paused, now)
-        self._due = _UNKNOWN
-        self._r.hset(self._k("sch"), schedule_id, self._dump(sch, payload))
+        self._write_schedule(schedule_id, sch, payload)
         return sch
 
     def delete_schedule(self, schedule_id: str) -> bool:
+        self._forget_schedules()
         return bool(self._r.hdel(self._k("sch"), schedule_id))
 
     def fire_schedules(self, now: float) -> list[str]:
-        if self._nothing_due(now):
+        at = self._known_fire_at()
+        if at is None or now < at:
             return []
-        self._due = _UNKNOWN  # the fires move each schedule's next time
         fired: list[str] = []
-        for sch in self.schedules():
+        known = self._sch or {}  # read by _known_fire_at
+        stale = False
+        for sid, (sch, payload, raw) in list(known.items()):
             if sch.next_fire is None or sch.next_fire > now:
                 continue
-            got = self._load(sch.id)
-            if got is None:
-                continue
-            sch, payload, raw = got
             times, nxt = schedules.due_fires(sch, now)
-            ids = [schedules.fire_id(sch.id, t) for t in times]
+            ids = [schedules.fire_id(sid, t) for t in times]
             last = times[-1] if times else sch.last_fire
-            new = self._dump(sch._replace(next_fire=nxt, last_fire=last), payload)
+            new_sch = sch._replace(next_fire=nxt, last_fire=last)
+            new = self._dump(new_sch, payload)
             specs = [SubmitSpec(i, payload, queue=sch.queue, priority=sch.priority) for i in ids]
-            res = self._run("SUBMIT", now, [sch.id, raw, new, *self._spec_args(specs)])
-            if res is not None:  # None: changed or deleted meanwhile (another coordinator)
-                fired += ids
+            self._forget_schedules()  # should the call fail
+            self._empty.discard(sch.queue)
+            res = self._run("SUBMIT", now, [sid, raw, new, *self._spec_args(specs)])
+            if res is None:  # changed or deleted meanwhile (another coordinator): read again
+                stale = True
+                continue
+            known[sid] = (new_sch, payload, new)
+            fired += ids
+        if not stale:
+            self._sch = known
         return fired
 
     def stats(self) -> Stats:

@@ -1,8 +1,12 @@
 """Server-side scripts of the Redis store (Lua, one per atomic operation)."""
 
-# Every script starts with the same ARGV head: prefix, the policy, and now.
+# Every script starts with the same ARGV head: prefix, the policy, now, and how
+# many ids at the head of P:fin the store handed out since the last script
+# (drain_finished answered from what it knew P:fin held): they are drained
+# first, so that every reader of P:fin and P:exp, a script, sees them drained.
 # Its body runs as main(); the counters it changed are written after it, and
-# it replies {main's reply, events}: what the store's telemetry counts.
+# it replies {main's reply, events, pushed}: events are what the store's
+# telemetry counts, pushed the ids it put onto P:fin (tasks that ended), in order.
 PRELUDE = r"""
 local P = ARGV[1]
 local MAXLOST = tonumber(ARGV[2])
@@ -12,11 +16,29 @@ local DTTL = tonumber(ARGV[5])
 local BCAP = tonumber(ARGV[6])
 local MAXDEAD = tonumber(ARGV[7])
 local NOW = tonumber(ARGV[8])
-local A = 9
+local HANDED = tonumber(ARGV[9])
+local A = 10
 local function tk(id) return P .. ':t:' .. id end
 local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
 local function fmt(x) return string.format('%.17g', x) end
+local NOWS = fmt(NOW)  -- formatted once: a Lua number to text costs a printf
 local function score(pri, seq) return fmt(-pri * 4294967296 + seq) end
+local unpack = unpack
+-- one command over a list of arguments, in chunks (Lua's unpack has a limit;
+-- chunks are even, so pairs stay whole); returns the sum of the integer replies
+local function bulk(cmd, key, items)
+  local n, i, sum = #items, 1, 0
+  while i <= n do
+    local j = math.min(n, i + 3999)
+    local got = redis.call(cmd, key, unpack(items, i, j))
+    if type(got) == 'number' then sum = sum + got end
+    i = j + 1
+  end
+  return sum
+end
+-- ids that ended in this script, in order: pushed onto P:fin by flush()
+local FIN = {}
+local PUSHED = {}
 -- counter changes add up here and are written once, at the end of the script
 local D = {}
 local function count(key, field, n)
@@ -32,6 +54,11 @@ local function flush()
     end
   end
   D = {}
+  if #FIN > 0 then
+    bulk('RPUSH', P .. ':fin', FIN)
+    for _, id in ipairs(FIN) do PUSHED[#PUSHED + 1] = id end
+    FIN = {}
+  end
 end
 -- telemetry events, flat (kind, queue, value) triples: the store's Python side
 -- counts them (values are strings: Redis would truncate a Lua float)
@@ -63,20 +90,20 @@ local function unlease(node, id)
     if s == '1' then redis.call('HINCRBY', P .. ':sus', node, -1) end
   end
 end
-local function finish(id, state, result, err)
+-- the end of a task whose state (st), queue and ttl field the caller read
+local function ended(id, st, q, ttl, state, result, err)
   local key = tk(id)
-  local t = redis.call('HMGET', key, 'st', 'q', 'ttl')
-  if t[1] == '1' then
-    redis.call('ZREM', qk(t[2], 'ready'), id)
-    redis.call('ZREM', qk(t[2], 'since'), id)
+  if st == '1' then
+    redis.call('ZREM', qk(q, 'ready'), id)
+    redis.call('ZREM', qk(q, 'since'), id)
   end
-  if t[1] == '0' then redis.call('ZREM', P .. ':sched', id) end
-  recount(t[2], t[1], state)
-  event('f', t[2], tostring(state))
-  local ttl = RTTL
-  if t[3] then ttl = tonumber(t[3]) end
-  if state == 5 then ttl = DTTL end
-  local set = {'st', state, 'end', fmt(NOW), 'exp', fmt(NOW + ttl), 'node', ''}
+  if st == '0' then redis.call('ZREM', P .. ':sched', id) end
+  recount(q, st, state)
+  event('f', q, tostring(state))
+  local life = RTTL
+  if ttl then life = tonumber(ttl) end
+  if state == 5 then life = DTTL end
+  local set = {'st', state, 'end', NOWS, 'exp', fmt(NOW + life), 'node', ''}
   local del = {}
   if result then set[#set + 1] = 'res'; set[#set + 1] = result else del[#del + 1] = 'res' end
   if err then set[#set + 1] = 'err'; set[#set + 1] = err else del[#del + 1] = 'err' end
@@ -87,7 +114,11 @@ local function finish(id, state, result, err)
   end
   redis.call('HSET', key, unpack(set))
   redis.call('HDEL', key, unpack(del))
-  redis.call('RPUSH', P .. ':fin', id)
+  FIN[#FIN + 1] = id
+end
+local function finish(id, state, result, err)
+  local t = redis.call('HMGET', tk(id), 'st', 'q', 'ttl')
+  ended(id, t[1], t[2], t[3], state, result, err)
 end
 local function requeue(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
@@ -115,10 +146,14 @@ local function each_id(f)
   end
   return out
 end
--- a drained finished task counts for retention from now on
-local function drained(id)
-  local e = redis.call('HGET', tk(id), 'exp')
-  if e and tonumber(e) ~= 0 then redis.call('ZADD', P .. ':exp', e, id) end
+-- drained finished tasks count for retention from now on (one ZADD for all)
+local function drained(ids)
+  local z = {}
+  for _, id in ipairs(ids) do
+    local e = redis.call('HGET', tk(id), 'exp')
+    if e and tonumber(e) ~= 0 then z[#z + 1] = e; z[#z + 1] = id end
+  end
+  bulk('ZADD', P .. ':exp', z)
 end
 local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
@@ -129,11 +164,17 @@ local function forget(id)
   redis.call('ZREM', P .. ':dead', id)
   redis.call('INCR', P .. ':purged')
 end
+if HANDED > 0 then
+  drained(redis.call('LRANGE', P .. ':fin', 0, HANDED - 1))
+  redis.call('LTRIM', P .. ':fin', HANDED, -1)
+end
 """
 
 # ARGV: [schedule id, old, new] (compare-and-set of a fired schedule, '' for
 # none), then 8 fields per task.  Returns each task's state, or false when the
-# schedule changed meanwhile (another coordinator fired it).
+# schedule changed meanwhile (another coordinator fired it).  A new task's hash
+# holds only what is not a default (see the module doc of the store); its
+# queue's sets get one ZADD per call, not per task.
 SUBMIT = r"""
 local sid = ARGV[A]
 if sid ~= '' then
@@ -141,45 +182,81 @@ if sid ~= '' then
   if cur ~= ARGV[A + 1] then return false end
   redis.call('HSET', P .. ':sch', sid, ARGV[A + 2])
 end
+-- first which ids are new (P:seq then moves once for all of them)
 local out = {}
+local seen = {}  -- id -> true once found new: a repeat in the same call is not
+local new = {}  -- ARGV index of each new task
+local fill = {}  -- out index -> id, for the new ones and their repeats
 local i = A + 3
 while i <= #ARGV do
   local id = ARGV[i]
-  local key = tk(id)
-  local st = redis.call('HGET', key, 'st')
+  local st = nil
+  if not seen[id] then st = redis.call('HGET', tk(id), 'st') end
   if st then
     out[#out + 1] = tonumber(st)
   else
-    local seq = redis.call('INCR', P .. ':seq')
-    local nb = tonumber(ARGV[i + 4])
-    local q = ARGV[i + 6]
-    local pri = tonumber(ARGV[i + 7])
-    local state = 1
-    local rdy = NOW
-    if nb > NOW then state = 0; rdy = nb end
-    redis.call('HSET', key, 'st', state, 'seq', seq, 'pl', ARGV[i + 1], 'att', 0, 'fail', 0,
-      'lost', 0, 'ret', ARGV[i + 2], 'bo', ARGV[i + 3], 'nb', ARGV[i + 4], 'base', 0, 'q', q,
-      'pri', pri, 'rdy', fmt(rdy), 'node', '', 'exp', 0, 'end', 0, 'cre', fmt(NOW), 'sta', 0)
-    if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'ttl', ARGV[i + 5]) end
-    count(P .. ':cnt', state, 1)
-    count(qk(q, 'cnt'), state, 1)
-    event('n', q, '')
-    redis.call('SADD', P .. ':queues', q)
-    if state == 0 then
-      redis.call('ZADD', P .. ':sched', ARGV[i + 4], id)
-    else
-      redis.call('ZADD', qk(q, 'ready'), score(pri, seq), id)
-      redis.call('ZADD', qk(q, 'since'), fmt(rdy), id)
-    end
-    out[#out + 1] = state
+    if not seen[id] then seen[id] = true; new[#new + 1] = i end
+    out[#out + 1] = false
+    fill[#out] = id
   end
   i = i + 8
 end
+if #new == 0 then return out end
+local seq = redis.call('INCRBY', P .. ':seq', #new) - #new
+local byq = {}  -- queue -> {ready pairs, since pairs}
+local names = {}
+local sched = {}
+local states = {}  -- id -> state
+for _, j in ipairs(new) do
+  local id = ARGV[j]
+  seq = seq + 1
+  local nb = tonumber(ARGV[j + 4])
+  local q = ARGV[j + 6]
+  local pri = tonumber(ARGV[j + 7])
+  local state = 1
+  local rdy = NOWS
+  if nb > NOW then state = 0; rdy = fmt(nb) end
+  states[id] = state
+  local f = {'st', state, 'seq', seq, 'pl', ARGV[j + 1], 'q', q, 'pri', pri, 'rdy', rdy,
+    'cre', NOWS}
+  if ARGV[j + 2] ~= '0' then
+    f[#f + 1] = 'ret'; f[#f + 1] = ARGV[j + 2]; f[#f + 1] = 'bo'; f[#f + 1] = ARGV[j + 3]
+  end
+  if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = ARGV[j + 4] end
+  if ARGV[j + 5] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = ARGV[j + 5] end
+  redis.call('HSET', tk(id), unpack(f))
+  count(P .. ':cnt', state, 1)
+  count(qk(q, 'cnt'), state, 1)
+  event('n', q, '')
+  local b = byq[q]
+  if not b then b = {{}, {}}; byq[q] = b; names[#names + 1] = q end
+  if state == 0 then
+    sched[#sched + 1] = ARGV[j + 4]
+    sched[#sched + 1] = id
+  else
+    local r, s = b[1], b[2]
+    r[#r + 1] = score(pri, seq)
+    r[#r + 1] = id
+    s[#s + 1] = rdy
+    s[#s + 1] = id
+  end
+end
+for n, id in pairs(fill) do out[n] = states[id] end
+for _, q in ipairs(names) do
+  redis.call('SADD', P .. ':queues', q)
+  bulk('ZADD', qk(q, 'ready'), byq[q][1])
+  bulk('ZADD', qk(q, 'since'), byq[q][2])
+end
+bulk('ZADD', P .. ':sched', sched)
 return out
 """
 
 # ARGV per node: node, capacity, strict, seed, n queues, (name, weight)...
-# Returns per node with grants: node, held, k, then k * (id, token, payload).
+# Returns {grants, empty}: per node with grants: node, held, k, then
+# k * (id, token, payload); and the served queues whose ready set is empty now.
+# Each queue's settings are read once per call and its ready set in chunks
+# (ZRANGE with scores); what was leased leaves the sets in one ZREM each at
+# the end, so a task costs one HMGET and one HSET here.
 LEASE = r"""
 local res = {}
 local i = A
@@ -188,22 +265,47 @@ local function rand()
   x = (x * 16807) % 2147483647
   return (x - 1) / 2147483646
 end
-local limited = {}  -- queue name -> true when it has a rate limit
-local function can_grant(name)
+local Q = {}  -- queue name -> what this call knows of it
+local order = {}
+local function queue(name)
+  local q = Q[name]
+  if q then return q end
   local s = redis.call('HMGET', qk(name, 'set'), 'paused', 'rate', 'tokens', 'stamp')
-  if s[1] == '1' then return nil end
-  local head = redis.call('ZRANGE', qk(name, 'ready'), 0, 0)
-  if #head == 0 then return nil end
-  limited[name] = s[2] and true
-  if s[2] then
-    local rate = tonumber(s[2])
-    local cap = math.max(1.0, rate / 20.0)
-    local tokens = math.min(cap, tonumber(s[3]) + math.max(0.0, NOW - tonumber(s[4])) * rate)
-    redis.call('HSET', qk(name, 'set'), 'tokens', fmt(tokens), 'stamp', fmt(NOW))
-    if tokens < 1.0 then return nil end
-  end
-  return head[1]
+  -- ids: the ready set's head as read so far (id, score, id, score...), from
+  -- its rank 0; off: the rank of the next unread one; gone: ids leased or
+  -- dead-lettered in this call; pos: where the node now served looks next
+  q = {key = qk(name, 'ready'), paused = s[1] == '1', rate = tonumber(s[2]), tokens = s[3],
+    stamp = s[4], ids = {}, off = 0, full = false, gone = {}, pos = 1, taken = {}}
+  Q[name] = q
+  order[#order + 1] = name
+  return q
 end
+-- the first task of q that this node has not passed over, or nil
+local function head(q, want)
+  while true do
+    while q.pos <= #q.ids and q.gone[q.ids[q.pos]] do q.pos = q.pos + 2 end
+    if q.pos <= #q.ids then return q.ids[q.pos] end
+    if q.full then return nil end
+    local got = redis.call('ZRANGE', q.key, q.off, q.off + want - 1, 'WITHSCORES')
+    for _, v in ipairs(got) do q.ids[#q.ids + 1] = v end
+    q.off = q.off + #got / 2
+    if #got < 2 * want then q.full = true end
+  end
+end
+local function can_grant(name, want)
+  local q = queue(name)
+  if q.paused then return nil end
+  local id = head(q, want)
+  if not id then return nil end
+  if q.rate and not q.refilled then
+    q.refilled = true
+    local cap = math.max(1.0, q.rate / 20.0)
+    q.tokens = math.min(cap, tonumber(q.tokens) + math.max(0.0, NOW - tonumber(q.stamp)) * q.rate)
+  end
+  if q.rate and q.tokens < 1.0 then return nil end
+  return id
+end
+local empty = {}
 while i <= #ARGV do
   local node = ARGV[i]
   local cap = tonumber(ARGV[i + 1])
@@ -212,31 +314,31 @@ while i <= #ARGV do
   local nq = tonumber(ARGV[i + 4])
   local served = {}
   for j = 0, nq - 1 do
-    local name = ARGV[i + 5 + 2 * j]
-    if redis.call('SISMEMBER', P .. ':queues', name) == 1 then
-      served[#served + 1] = {name, tonumber(ARGV[i + 6 + 2 * j])}
-    end
+    -- a queue with no keys yet reads as not paused, without limit, empty
+    served[#served + 1] = {ARGV[i + 5 + 2 * j], tonumber(ARGV[i + 6 + 2 * j])}
   end
   i = i + 5 + 2 * nq
   local nkey = P .. ':n:' .. node
-  redis.call('SADD', P .. ':nodes', node)
-  local n = cap - redis.call('HLEN', nkey)
+  local held = redis.call('HLEN', nkey)
+  local n = cap - held
   local out = {}
   local k = 0
   if n > 0 and #served > 0 then
-    local sus = tonumber(redis.call('HGET', P .. ':sus', node) or '0')
-    local deferred = {}
+    local sus0 = nil  -- the node's suspect leases, read at its first suspect task
+    local sus = nil
+    local slots = {}  -- nkey's new fields: id, suspect flag...
+    for _, qw in ipairs(served) do queue(qw[1]).pos = 1 end
     while k < n do
       local name, id
       if #served == 1 then
         name = served[1][1]
-        id = can_grant(name)
+        id = can_grant(name, n - k)
       else
         local elig = {}
         local heads = {}
         local total = 0
         for _, qw in ipairs(served) do
-          local h = can_grant(qw[1])
+          local h = can_grant(qw[1], n - k)
           if h then elig[#elig + 1] = qw; heads[qw[1]] = h; total = total + qw[2] end
         end
         if #elig == 0 then break end
@@ -257,24 +359,33 @@ while i <= #ARGV do
         id = heads[name]
       end
       if not id then break end
+      local q = Q[name]
+      q.pos = q.pos + 2  -- this node is past it, whatever comes of it
       local key = tk(id)
-      local sc = redis.call('ZSCORE', qk(name, 'ready'), id)
-      redis.call('ZREM', qk(name, 'ready'), id)
-      local t = redis.call('HMGET', key, 'lost', 'att', 'base', 'pl', 'rdy')
-      local suspect = tonumber(t[1]) > 0
+      local t = redis.call('HMGET', key, 'lost', 'att', 'base', 'pl', 'rdy', 'ttl')
+      local suspect = tonumber(t[1] or 0) > 0
+      local att = tonumber(t[2] or 0)
+      if suspect and not sus then
+        sus0 = tonumber(redis.call('HGET', P .. ':sus', node) or '0')
+        sus = sus0
+      end
       if suspect and sus > 0 then
-        deferred[#deferred + 1] = {name, sc, id}
-      elseif tonumber(t[2]) - tonumber(t[3]) >= MAXATT then
-        finish(id, 5, false, 'hard cap of ' .. MAXATT .. ' attempts reached')
+        -- passed over for this node: it keeps its place for the next one
+      elseif att - tonumber(t[3] or 0) >= MAXATT then
+        q.gone[id] = true
+        ended(id, '1', name, t[6], 5, false, 'hard cap of ' .. MAXATT .. ' attempts reached')
+        q.off = q.off - 1  -- ended took it out of the ready set: ranks moved up
       else
-        if limited[name] then redis.call('HINCRBYFLOAT', qk(name, 'set'), 'tokens', -1) end
+        q.gone[id] = true
+        q.taken[#q.taken + 1] = id
+        if q.rate then q.tokens = q.tokens - 1 end
         local flag = '0'
         if suspect then sus = sus + 1; flag = '1' end
-        redis.call('ZREM', qk(name, 'since'), id)
-        local att = redis.call('HINCRBY', key, 'att', 1)
-        setstate(id, name, '1', 2)
-        redis.call('HSET', key, 'node', node, 'sta', fmt(NOW))
-        redis.call('HSET', nkey, id, flag)
+        att = att + 1
+        recount(name, '1', 2)
+        redis.call('HSET', key, 'st', 2, 'att', att, 'node', node, 'sta', NOWS)
+        slots[#slots + 1] = id
+        slots[#slots + 1] = flag
         k = k + 1
         out[#out + 1] = id
         out[#out + 1] = att
@@ -282,23 +393,51 @@ while i <= #ARGV do
         event('w', name, fmt(math.max(0.0, NOW - tonumber(t[5]))))
       end
     end
-    redis.call('HSET', P .. ':sus', node, sus)
-    for _, d in ipairs(deferred) do redis.call('ZADD', qk(d[1], 'ready'), d[2], d[3]) end
+    if sus ~= sus0 then redis.call('HSET', P .. ':sus', node, sus) end
+    if #slots > 0 then
+      redis.call('SADD', P .. ':nodes', node)
+      held = held + bulk('HSET', nkey, slots)
+    end
   end
   if k > 0 then
     res[#res + 1] = node
-    res[#res + 1] = redis.call('HLEN', nkey)
+    res[#res + 1] = held
     res[#res + 1] = k
     for _, v in ipairs(out) do res[#res + 1] = v end
   end
 end
-return res
+for _, name in ipairs(order) do
+  local q = Q[name]
+  if #q.taken > 0 then
+    bulk('ZREM', q.key, q.taken)
+    bulk('ZREM', qk(name, 'since'), q.taken)
+  end
+  if q.refilled then
+    redis.call('HSET', qk(name, 'set'), 'tokens', fmt(q.tokens), 'stamp', NOWS)
+  end
+end
+for _, name in ipairs(order) do
+  local q = Q[name]
+  if q.full and not q.paused then
+    local left = false
+    for j = 1, #q.ids, 2 do if not q.gone[q.ids[j]] then left = true; break end end
+    if not left then empty[name] = true end
+  end
+end
+local names = {}
+for name in pairs(empty) do names[#names + 1] = name end
+return {res, names}
 """
 
 # ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter,
-# run seconds ('' not reported).
+# run seconds ('' not reported).  Returns {verdicts, states}: each row's
+# verdict, and the state an accepted row left its task in (-1 for the others).
 COMPLETE = r"""
 local out = {}
+local states = {}
+local freed = {}  -- node -> ids whose lease ended here (one HDEL per node)
+local nodes = {}
+local suspects = {}  -- node -> how many of those were suspect (lost > 0 when leased)
 local i = A
 while i <= #ARGV do
   local id = ARGV[i]
@@ -309,14 +448,22 @@ while i <= #ARGV do
   local err = false
   if ARGV[i + 5] == '1' then err = ARGV[i + 6] end
   local key = tk(id)
-  local t = redis.call('HMGET', key, 'st', 'att', 'node', 'ret', 'bo', 'q')
+  local t = redis.call('HMGET', key, 'st', 'att', 'node', 'ret', 'bo', 'q', 'ttl', 'lost')
   local v
+  local new = -1
   if not t[1] then
     v = 'unknown'
   else
     local st = tonumber(t[1])
-    local att = tonumber(t[2])
-    if st == 2 and att == tok then unlease(t[3], id) end
+    local att = tonumber(t[2] or 0)
+    if st == 2 and att == tok then
+      -- the node's slot (its flag is '1' when the task had been lost
+      -- before this lease: lost only grows when a lease ends)
+      local f = freed[t[3]]
+      if not f then f = {}; freed[t[3]] = f; nodes[#nodes + 1] = t[3]; suspects[t[3]] = 0 end
+      f[#f + 1] = id
+      if tonumber(t[8] or 0) > 0 then suspects[t[3]] = suspects[t[3]] + 1 end
+    end
     if st >= 3 then v = 'duplicate'
     elseif st == 0 then if att == tok then v = 'duplicate' else v = 'stale' end
     elseif att ~= tok then v = 'stale'
@@ -324,19 +471,26 @@ while i <= #ARGV do
     if v == 'accepted' then
       if ARGV[i + 8] ~= '' then event('r', t[6], ARGV[i + 8]) end
       if kind == 'cancel' then
-        finish(id, 6, false, 'cancelled while running')
+        new = 6
+        ended(id, t[1], t[6], t[7], 6, false, 'cancelled while running')
       elseif kind == 'ok' then
-        finish(id, 3, val, false)
+        new = 3
+        ended(id, t[1], t[6], t[7], 3, val, false)
       else
         local fails = redis.call('HINCRBY', key, 'fail', 1)
-        if fails > tonumber(t[4]) then
-          finish(id, 4, val, err)
+        if fails > tonumber(t[4] or 0) then
+          new = 4
+          ended(id, t[1], t[6], t[7], 4, val, err)
         else
-          local delay = math.min(BCAP, tonumber(t[5]) * 2.0 ^ (fails - 1)) * tonumber(ARGV[i + 7])
-          redis.call('ZREM', qk(t[6], 'ready'), id)
-          redis.call('ZREM', qk(t[6], 'since'), id)
-          setstate(id, t[6], t[1], 0)
-          redis.call('HSET', key, 'node', '', 'nb', fmt(NOW + delay))
+          new = 0
+          local delay = math.min(BCAP, tonumber(t[5] or 1) * 2.0 ^ (fails - 1))
+            * tonumber(ARGV[i + 7])
+          if t[1] == '1' then
+            redis.call('ZREM', qk(t[6], 'ready'), id)
+            redis.call('ZREM', qk(t[6], 'since'), id)
+          end
+          recount(t[6], t[1], 0)
+          redis.call('HSET', key, 'st', 0, 'node', '', 'nb', fmt(NOW + delay))
           redis.call('ZADD', P .. ':sched', fmt(NOW + delay), id)
         end
       end
@@ -344,9 +498,14 @@ while i <= #ARGV do
   end
   count(P .. ':verd', v, 1)
   out[#out + 1] = v
+  states[#states + 1] = new
   i = i + 9
 end
-return out
+for _, node in ipairs(nodes) do
+  bulk('HDEL', P .. ':n:' .. node, freed[node])
+  if suspects[node] > 0 then redis.call('HINCRBY', P .. ':sus', node, -suspects[node]) end
+end
+return {out, states}
 """
 
 # ARGV: node, then (id, token, started) per row.
@@ -408,7 +567,8 @@ return each_id(function(id)
   local key = tk(id)
   local t = redis.call('HMGET', key, 'st', 'att', 'pl')
   if t[1] ~= '5' or not t[3] then return false end
-  redis.call('HSET', key, 'lost', 0, 'fail', 0, 'base', t[2], 'end', 0, 'exp', 0, 'rdy', fmt(NOW))
+  redis.call('HSET', key, 'lost', 0, 'fail', 0, 'base', t[2] or 0, 'end', 0, 'exp', 0,
+    'rdy', NOWS)
   redis.call('HDEL', key, 'err', 'res')
   redis.call('ZREM', P .. ':dead', id)
   redis.call('ZREM', P .. ':exp', id)
@@ -435,11 +595,14 @@ end)
 
 DRAIN = r"""
 local ids = redis.call('LRANGE', P .. ':fin', 0, -1)
-redis.call('DEL', P .. ':fin')
-for _, id in ipairs(ids) do drained(id) end
+if #ids > 0 then
+  redis.call('DEL', P .. ':fin')
+  drained(ids)
+end
 return ids
 """
 
+# Returns {how many, not_before of the earliest SCHEDULED task left or false}.
 PROMOTE = r"""
 local ids = redis.call('ZRANGEBYSCORE', P .. ':sched', '-inf', ARGV[8])
 for _, id in ipairs(ids) do
@@ -447,7 +610,8 @@ for _, id in ipairs(ids) do
   redis.call('HSET', tk(id), 'rdy', redis.call('HGET', tk(id), 'nb'))
   requeue(id)
 end
-return #ids
+local head = redis.call('ZRANGE', P .. ':sched', 0, 0, 'WITHSCORES')
+return {#ids, head[2] or false}
 """
 
 # ARGV: limit.
@@ -526,7 +690,7 @@ for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
   redis.call('DEL', P .. ':n:' .. node)
 end
 redis.call('DEL', P .. ':nodes', P .. ':sus')
-for _, id in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do drained(id) end
+drained(redis.call('LRANGE', P .. ':fin', 0, -1))
 redis.call('DEL', P .. ':fin')
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8])) do forget(id) end
 return 1
@@ -534,11 +698,13 @@ return 1
 
 
 def script(body: str) -> str:
-    """The full text of one script: the prelude, the body, then the counters and events."""
+    """The full text of one script: the prelude, the body, then the counters, events
+    and finished ids."""
     # false, not nil, for no reply: a nil would end the reply table before E
     return (
         PRELUDE
         + "local function main()\n"
         + body
-        + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\nreturn {r, E}\n"
+        + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\n"
+        + "return {r, E, PUSHED}\n"
     )
