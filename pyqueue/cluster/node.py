@@ -576,8 +576,7 @@ class Node:
             self._running[key] = threading.get_ident()
         t0 = time.perf_counter()
         try:
-            arm = functools.partial(self._arm, key)
-            return (*run_payload(key[0], key[1], payload, arm), time.perf_counter() - t0)
+            return (*run_payload(key[0], key[1], payload, self._arm), time.perf_counter() - t0)
         finally:
             while True:
                 try:
@@ -592,8 +591,9 @@ class Node:
                 except (TaskCancelled, TaskTimeout):
                     continue  # arrived after the task returned: too late to stop it
 
-    def _arm(self, key: Key, limit: float, name: str) -> None:
-        """Start ``key``'s time limit (its worker thread, just before it runs)."""
+    def _arm(self, task_id: str, token: int, limit: float, name: str) -> None:
+        """Start a task's time limit (its worker thread, just before it runs)."""
+        key = (task_id, token)
         now = time.monotonic()
         with self._lock:
             slot = self._free_slots.pop() if self._free_slots else -1

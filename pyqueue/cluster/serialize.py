@@ -150,8 +150,9 @@ def decode_task(
     """Inverse of :func:`encode_call`: ``(fn, args, kwargs, time_limit)``."""
     item = pickle.loads(payload)
     ref, fnb, args, kwargs = item[:4]
-    options = item[4] if len(item) > 4 and isinstance(item[4], dict) else {}
-    limit = options.get("time_limit")
+    limit = None
+    if len(item) > 4 and isinstance(item[4], dict):  # a call with options
+        limit = item[4].get("time_limit")
     return _resolve(ref, fnb), args, kwargs, None if limit is None else float(limit)
 
 
@@ -170,13 +171,13 @@ def run_payload(
     task_id: str,
     attempt: int,
     payload: bytes,
-    on_start: Callable[[float, str], None] | None = None,
+    on_start: Callable[[str, int, float, str], None] | None = None,
 ) -> tuple[bool, bytes, str | None, str]:
     """Run one task; return ``(ok, pickled value or exception, traceback text,
     function name)``.
 
-    ``on_start(time_limit, name)`` is called just before a task that has a
-    time limit runs (the node arms its deadline there).  A
+    ``on_start(task_id, attempt, time_limit, name)`` is called just before a
+    task that has a time limit runs (the node arms its deadline there).  A
     :class:`~pyqueue.errors.TaskTimeout` raised into the task without a
     message (the node's soft limit) gets one saying which limit it passed.
     Never raises for a task's own errors (they become the result).
@@ -189,7 +190,7 @@ def run_payload(
             fn, args, kwargs, limit = decode_task(payload)
             name = getattr(fn, "__qualname__", None) or repr(fn)
             if limit is not None and on_start is not None:
-                on_start(limit, name)
+                on_start(task_id, attempt, limit, name)
             value = fn(*args, **kwargs)
         except Exception as exc:
             if isinstance(exc, TaskTimeout) and not exc.args and limit is not None:
