@@ -162,8 +162,8 @@ def _addresses(option: str, value: str) -> list[str]:
 
 #: the help of every --connect
 _CONNECT_HELP = (
-    "coordinator HOST:PORT, or several joined by commas (standbys, tried in order;"
-    " the node or client moves to the next when one is lost) (default %(default)s)"
+    "coordinator HOST:PORT, or several joined by commas: standbys, tried in order and"
+    " moved on from when a connection is lost (default %(default)s)"
 )
 
 
