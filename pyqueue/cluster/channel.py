@@ -5,6 +5,14 @@ reader thread that (re)connects with exponential backoff and jitter, runs the
 handshake and hands every received message to ``on_message``.  Any thread may
 :meth:`Channel.send`; sends are serialized by a lock.
 
+A channel may be given several coordinator addresses (standbys): it connects
+to the first that answers, trying them in order, and after a lost connection,
+a failed handshake or a refused connection it moves on to the next one, round
+robin; the backoff delay comes between full passes over the list.  Each
+connection runs ``on_connect`` as usual, which resends whatever the
+coordinator has not acknowledged: when the coordinators share a durable store,
+moving to another one loses nothing.
+
 Liveness works both ways: the coordinator answers every HEARTBEAT, and a
 channel that hears nothing from it for ``timings.dead_after`` seconds (a
 stopped or wedged coordinator) drops the connection and makes a new one.
@@ -28,12 +36,13 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from pyqueue.errors import AuthenticationError, PeerError, ProtocolError
 
 from . import protocol as P
-from .config import DEFAULT_TIMINGS, Timings, parse_address
+from .config import DEFAULT_TIMINGS, Timings, parse_address, parse_addresses
 from .protocol import MsgType
 
 __all__ = ["Channel"]
@@ -54,8 +63,10 @@ class Channel:
 
     Parameters
     ----------
-    address : str
-        ``"HOST:PORT"`` of the coordinator.
+    address : str or sequence of str
+        ``"HOST:PORT"`` of the coordinator, or several (a sequence, or one
+        string joined by commas) tried in order then round robin; see
+        :func:`~pyqueue.cluster.config.parse_addresses`.
     key : bytes
         Shared secret.
     role, name : str
@@ -83,11 +94,20 @@ class Channel:
     Thread safety
     -------------
     :meth:`send`, :meth:`close` and :meth:`wait_connected` are thread-safe.
+
+    Attributes
+    ----------
+    addresses : tuple of str
+        Every coordinator address, in the order given.
+    address : str
+        The one connected to now, or last connected to (the first of
+        :attr:`addresses` until a connection was made); :attr:`host` and
+        :attr:`port` are its parts.
     """
 
     def __init__(
         self,
-        address: str,
+        address: str | Iterable[str],
         key: bytes,
         *,
         role: str,
@@ -104,7 +124,9 @@ class Channel:
         timings: Timings = DEFAULT_TIMINGS,
         keepalive: bool = True,
     ) -> None:
-        self.host, self.port = parse_address(address)
+        self.addresses = tuple(parse_addresses(address))
+        self._targets = [parse_address(a) for a in self.addresses]
+        self._current = 0  # index of the address connected to now, or last
         self.key = key
         self.role = role
         self.name = name
@@ -141,6 +163,21 @@ class Channel:
         self.connections = 0
         #: grows with every connection; a send for an older one is refused
         self.generation = 0
+
+    @property
+    def address(self) -> str:
+        """The coordinator connected to now, or last connected to, as given."""
+        return self.addresses[self._current]
+
+    @property
+    def host(self) -> str:
+        """The host part of :attr:`address`."""
+        return self._targets[self._current][0]
+
+    @property
+    def port(self) -> int:
+        """The port of :attr:`address`."""
+        return self._targets[self._current][1]
 
     def start(self) -> None:
         """Start the reader thread (it connects in the background)."""
@@ -238,10 +275,9 @@ class Channel:
             self._serve()
         except BaseException:  # a bug here would leave the peer unreachable: say so
             log.critical(
-                "%s reader thread died; no more messages from %s:%s",
+                "%s reader thread died; no more messages from %s",
                 self.role,
-                self.host,
-                self.port,
+                ",".join(self.addresses),
                 exc_info=True,
             )
             self._connected.clear()
@@ -249,13 +285,18 @@ class Channel:
 
     def _serve(self) -> None:
         delay = self.backoff[0]
-        where = f"{self.host}:{self.port}"
+        n = len(self._targets)
+        i = 0  # the address to try next
+        failed = 0  # failed attempts in this pass over the addresses
+        slow = False  # one of them will not get better by retrying soon
         while not self._closing.is_set():
+            where = self.addresses[i]
             try:
-                sock, conn = self._connect()
+                sock, conn = self._connect(*self._targets[i])
             except AuthenticationError as exc:
                 # A wrong key will not fix itself, but the coordinator might be
-                # restarted with the right one: keep trying, slowly and loudly.
+                # restarted with the right one: keep trying, slowly and loudly
+                # (and the other addresses first).
                 log.error(
                     "authentication with the coordinator at %s failed: %s",
                     where,
@@ -263,78 +304,113 @@ class Channel:
                     extra={"event": "auth_failed", "coordinator": where},
                 )
                 self.fatal = exc
-                self._closing.wait(self.backoff[1])
-                continue
+                slow = True
             except (OSError, ProtocolError) as exc:
                 log.debug("connect to %s failed: %s", where, exc)
-                self._closing.wait(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.backoff[1])
-                continue
             except Exception:
                 log.exception("connecting to %s failed unexpectedly; retrying", where)
-                self._closing.wait(self.backoff[1])
-                continue
-            self.fatal = None
-            started = time.monotonic()
-            with self._lock:
-                if self._closing.is_set():
-                    sock.close()
+                slow = True
+            else:
+                lived = self._session(i, sock, conn)
+                if lived is None:
                     return
-                self._sock, self._conn = sock, conn
-                self.generation += 1
-                self.max_payload = min(self._own_max_payload, conn.peer_max_payload)
-                self._out_message = self.max_payload + P.ENVELOPE_BYTES
-                self._out_frame = min(self.max_frame, conn.peer_max_frame, self._out_message)
-                self._connected.set()
-            self.connections += 1
-            log.info(
-                "%s %s connected to the coordinator at %s",
+                # A connection that dies at once (a rejecting or crashing peer)
+                # must not turn into a reconnect storm; one that lived a while
+                # resets the backoff.
+                if lived > 5.0:
+                    delay = self.backoff[0]
+                self._closing.wait(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.backoff[1])
+                i, failed, slow = (i + 1) % n, 0, False  # the next coordinator first
+                continue
+            i = (i + 1) % n
+            failed += 1
+            if failed < n:
+                continue  # the next address at once: the delay is between passes
+            if slow:
+                self._closing.wait(self.backoff[1])
+            else:
+                self._closing.wait(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.backoff[1])
+            failed, slow = 0, False
+
+    def _session(self, index: int, sock: socket.socket, conn: P.Connection) -> float | None:
+        """Serve one authenticated connection to ``self.addresses[index]`` until
+        it is lost; how long it lived, in seconds, or None when the channel
+        was closed before it could start."""
+        where = self.addresses[index]
+        self.fatal = None
+        started = time.monotonic()
+        with self._lock:
+            if self._closing.is_set():
+                sock.close()
+                return None
+            previous = self.addresses[self._current] if self.connections else None
+            self._current = index
+            self._sock, self._conn = sock, conn
+            self.generation += 1
+            self.max_payload = min(self._own_max_payload, conn.peer_max_payload)
+            self._out_message = self.max_payload + P.ENVELOPE_BYTES
+            self._out_frame = min(self.max_frame, conn.peer_max_frame, self._out_message)
+            self._connected.set()
+        self.connections += 1
+        if previous is not None and previous != where:
+            log.warning(
+                "%s %s switched from the coordinator at %s to the one at %s",
                 self.role,
                 self.name,
+                previous,
                 where,
-                extra={"event": "connected", "role": self.role, "coordinator": where},
+                extra={
+                    "event": "coordinator_switch",
+                    "role": self.role,
+                    "previous": previous,
+                    "coordinator": where,
+                },
             )
-            try:
-                self.on_connect()
-                self._read(sock, conn)
-            except (OSError, ProtocolError) as exc:
-                if not self._closing.is_set():
-                    log.warning(
-                        "%s %s lost its connection to %s: %s",
-                        self.role,
-                        self.name,
-                        where,
-                        exc,
-                        extra={"event": "disconnected", "role": self.role, "coordinator": where},
-                    )
-            except Exception:
-                log.exception(
-                    "%s %s: handling a message from %s failed; reconnecting",
+        log.info(
+            "%s %s connected to the coordinator at %s",
+            self.role,
+            self.name,
+            where,
+            extra={"event": "connected", "role": self.role, "coordinator": where},
+        )
+        try:
+            self.on_connect()
+            self._read(sock, conn)
+        except (OSError, ProtocolError) as exc:
+            if not self._closing.is_set():
+                log.warning(
+                    "%s %s lost its connection to %s: %s",
                     self.role,
                     self.name,
                     where,
+                    exc,
+                    extra={"event": "disconnected", "role": self.role, "coordinator": where},
                 )
-            with self._lock:
-                if self._sock is sock:
-                    self._drop_locked()
-            if self.on_disconnect is not None and not self._closing.is_set():
-                try:
-                    self.on_disconnect()
-                except Exception:
-                    log.exception("%s %s: disconnect handler failed", self.role, self.name)
-            # A connection that dies at once (a rejecting or crashing peer) must
-            # not turn into a reconnect storm; one that lived a while resets it.
-            if time.monotonic() - started > 5.0:
-                delay = self.backoff[0]
-            self._closing.wait(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.backoff[1])
+        except Exception:
+            log.exception(
+                "%s %s: handling a message from %s failed; reconnecting",
+                self.role,
+                self.name,
+                where,
+            )
+        with self._lock:
+            if self._sock is sock:
+                self._drop_locked()
+        if self.on_disconnect is not None and not self._closing.is_set():
+            try:
+                self.on_disconnect()
+            except Exception:
+                log.exception("%s %s: disconnect handler failed", self.role, self.name)
+        return time.monotonic() - started
 
-    def _connect(self) -> tuple[socket.socket, P.Connection]:
-        sock = socket.create_connection((self.host, self.port), timeout=self.handshake_timeout)
+    def _connect(self, host: str, port: int) -> tuple[socket.socket, P.Connection]:
+        sock = socket.create_connection((host, port), timeout=self.handshake_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
             conn = P.Connection(
                 self.key,
                 server=False,

@@ -46,6 +46,7 @@ from .config import (
     dashboard_token,
     load_key,
     parse_address,
+    parse_addresses,
 )
 
 if TYPE_CHECKING:
@@ -151,6 +152,19 @@ def _load_key(a: argparse.Namespace) -> bytes:
 def _address(option: str, value: str) -> tuple[str, int]:
     with _startup(option):
         return parse_address(value)
+
+
+def _addresses(option: str, value: str) -> list[str]:
+    """Coordinator addresses joined by commas, each one checked."""
+    with _startup(option):
+        return parse_addresses(value)
+
+
+#: the help of every --connect
+_CONNECT_HELP = (
+    "coordinator HOST:PORT, or several joined by commas: standbys, tried in order and"
+    " moved on from when a connection is lost (default %(default)s)"
+)
 
 
 def _common(p: argparse.ArgumentParser, log_level: str = "INFO") -> None:
@@ -403,7 +417,7 @@ def _import_paths(a: argparse.Namespace) -> list[str]:
 def _node_preflight(a: argparse.Namespace) -> tuple[bytes, ssl.SSLContext | None, list[str]]:
     """Every check a node makes before it starts, so that a supervisor fails
     once, in one line, instead of restarting a child that cannot start."""
-    _address("--connect", a.connect)
+    _addresses("--connect", a.connect)
     if a.workers < 1:
         raise _StartupError(f"--workers {a.workers}: must be at least 1")
     if a.prefetch is not None and a.prefetch < 0:
@@ -425,18 +439,14 @@ def _node_preflight(a: argparse.Namespace) -> tuple[bytes, ssl.SSLContext | None
 
 @_cli("node")
 def main_node(argv: list[str] | None = None) -> int:
-    """``pyqueue node --connect HOST:PORT --workers N``.
+    """``pyqueue node --connect HOST:PORT[,HOST:PORT...] --workers N``.
 
     Runs a :class:`~pyqueue.cluster.supervisor.Supervisor` that runs the node
     itself in a child process (``--no-supervise``) and restarts it after a crash.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="pyqueue node", description="Run a worker node.")
-    p.add_argument(
-        "--connect",
-        default=f"127.0.0.1:{DEFAULT_PORT}",
-        help="coordinator HOST:PORT (default %(default)s)",
-    )
+    p.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help=_CONNECT_HELP)
     p.add_argument(
         "--workers",
         type=int,
@@ -604,11 +614,7 @@ def _run_node(
 
 def _parse_admin(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The options every command that talks to a coordinator shares, parsed."""
-    p.add_argument(
-        "--connect",
-        default=f"127.0.0.1:{DEFAULT_PORT}",
-        help="coordinator HOST:PORT (default %(default)s)",
-    )
+    p.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help=_CONNECT_HELP)
     p.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default %(default)g)"
     )
@@ -616,7 +622,7 @@ def _parse_admin(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse
     _common(p, log_level="WARNING")
     a = p.parse_args(argv)
     _setup_logging(a.log_level, a.log_json)
-    _address("--connect", a.connect)
+    _addresses("--connect", a.connect)
     return a
 
 

@@ -39,7 +39,7 @@ from . import messages as M
 from . import protocol as P
 from ._outbox import Outbox
 from .channel import Channel
-from .config import DEFAULT_TIMINGS, Timings, load_key
+from .config import DEFAULT_TIMINGS, Timings, load_key, parse_addresses
 from .protocol import MsgType
 from .schedules import Schedule, ScheduleSpec
 from .schedules import check as check_schedule
@@ -333,12 +333,21 @@ class Client:
 
     Parameters
     ----------
-    address : str
-        ``"HOST:PORT"`` of the coordinator.
+    address : str or sequence of str
+        ``"HOST:PORT"`` of the coordinator, or of several: a list
+        (``["A:7878", "B:7878"]``) or one string joined by commas
+        (``"A:7878,B:7878"``).  The client connects to the first that
+        answers, in order, and moves on to the next one (round robin) when a
+        connection is lost or refused; each new connection resends the
+        unacknowledged submits and waits again for the tasks not yet ended,
+        so that a standby coordinator over the same durable store takes over
+        without losing a task.  Every address is checked here: a malformed
+        one, an empty list or the same address twice raises ValueError.
     key : bytes, optional
         Shared secret; defaults to :func:`~pyqueue.cluster.config.load_key`.
     connect_timeout : float
-        How long the constructor waits for the first connection.
+        How long the constructor waits for the first connection (to any of
+        the addresses).
     max_payload : int
         Largest encoded call accepted by :meth:`submit` (the coordinator's
         own limit, if smaller, wins); larger ones raise
@@ -347,6 +356,14 @@ class Client:
         A coordinator silent for ``timings.dead_after`` seconds is taken for
         stopped: the client reconnects and resends what is unacknowledged.
 
+    Attributes
+    ----------
+    address : str
+        The coordinator connected to now, or last connected to while
+        reconnecting, spelled as given (with one address: that address).
+    addresses : tuple of str
+        Every coordinator address, in the order given.
+
     Thread safety
     -------------
     All public methods are thread-safe.
@@ -354,7 +371,7 @@ class Client:
 
     def __init__(
         self,
-        address: str,
+        address: str | Iterable[str],
         *,
         key: bytes | None = None,
         name: str | None = None,
@@ -363,7 +380,7 @@ class Client:
         max_payload: int = P.DEFAULT_MAX_PAYLOAD,
         timings: Timings = DEFAULT_TIMINGS,
     ) -> None:
-        self.address = address
+        addresses = parse_addresses(address)  # first: a bad one fails before anything starts
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # a handle was acked or ended
         # Handles of tasks not yet ended, held weakly: a dropped handle costs nothing.
@@ -383,7 +400,7 @@ class Client:
         self.duplicate_pushes = 0
         self._results_taken = 0  # result rows handled, not yet acknowledged
         self.channel = Channel(
-            address,
+            addresses,
             key if key is not None else load_key(),
             role="client",
             name=name or f"client:{os.getpid()}",
@@ -406,10 +423,23 @@ class Client:
         self.outbox.start()
         if not self.channel.wait_connected(connect_timeout):
             self.close()
+            where = (
+                f"at {addresses[0]}" if len(addresses) == 1 else f"at any of {', '.join(addresses)}"
+            )
             raise ConnectionError(
-                f"could not connect to the coordinator at {address} within {connect_timeout} s"
+                f"could not connect to the coordinator {where} within {connect_timeout} s"
                 + (f": {self.channel.fatal}" if self.channel.fatal else "")
             )
+
+    @property
+    def address(self) -> str:
+        """The coordinator connected to now (or last, while reconnecting)."""
+        return self.channel.address
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every coordinator address given, in order."""
+        return self.channel.addresses
 
     # -- context manager -----------------------------------------------------------
     def __enter__(self) -> Client:

@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from pyqueue.errors import KeyNotFound
@@ -25,6 +26,7 @@ __all__ = [
     "generate_key",
     "dashboard_token",
     "parse_address",
+    "parse_addresses",
 ]
 
 log = logging.getLogger("pyqueue.cluster")
@@ -145,3 +147,53 @@ def parse_address(address: str, default_host: str = "127.0.0.1") -> tuple[str, i
     if not 0 <= num <= 65535:
         raise ValueError(f"address {address!r} has a bad port")
     return host, num
+
+
+def parse_addresses(addresses: str | Iterable[str]) -> list[str]:
+    """The coordinator addresses in ``addresses``, validated, in order and as spelled.
+
+    ``addresses`` is one ``"HOST:PORT"``, several joined by commas
+    (``"A:1,B:2"``), or a sequence of single addresses (``["A:1", "B:2"]``).
+    Blanks around each address are dropped.
+
+    Raises
+    ------
+    ValueError
+        If the list is empty, holds an empty entry, an address that
+        :func:`parse_address` refuses (the message names it) or the same
+        address twice.
+    TypeError
+        If ``addresses`` is neither a string nor an iterable of strings.
+    """
+    if isinstance(addresses, str):
+        items = addresses.split(",")
+        if not addresses.strip():
+            items = []
+    elif isinstance(addresses, (bytes, bytearray)) or not isinstance(addresses, Iterable):
+        raise TypeError(
+            f"coordinator addresses must be a string or a list of strings, not {addresses!r}"
+        )
+    else:
+        items = list(addresses)
+        for item in items:
+            if not isinstance(item, str):
+                raise TypeError(f"coordinator address {item!r} is not a string")
+            if "," in item:
+                raise ValueError(f"address {item!r} holds a comma: give one address per item")
+    if not items:
+        raise ValueError("no coordinator address given")
+    out: list[str] = []
+    seen: dict[tuple[str, int], str] = {}
+    for item in items:
+        spelled = item.strip()
+        if not spelled:
+            raise ValueError(f"empty address in the list {addresses!r}")
+        target = parse_address(spelled)
+        if target in seen:
+            raise ValueError(
+                f"address {spelled!r} is in the list twice"
+                + (f" (as {seen[target]!r})" if seen[target] != spelled else "")
+            )
+        seen[target] = spelled
+        out.append(spelled)
+    return out

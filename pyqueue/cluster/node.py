@@ -84,7 +84,7 @@ from . import messages as M
 from . import protocol as P
 from ._outbox import Outbox
 from .channel import Channel
-from .config import DEFAULT_TIMINGS, Timings, load_key
+from .config import DEFAULT_TIMINGS, Timings, load_key, parse_addresses
 from .protocol import MsgType
 from .serialize import encode_exception, run_payload
 from .states import ACCEPTED, DEFAULT_SERVED, Completion, Lease, Release, Verdict
@@ -184,7 +184,7 @@ def stuck_completion(task_id: str, token: int, limit: float, grace: float, what:
 
 
 def report_stuck(
-    address: str,
+    address: str | Iterable[str],
     rows: list[Completion],
     *,
     key: bytes,
@@ -235,8 +235,16 @@ class Node:
 
     Parameters
     ----------
-    address : str
-        ``"HOST:PORT"`` of the coordinator.
+    address : str or sequence of str
+        ``"HOST:PORT"`` of the coordinator, or of several: a list or one
+        string joined by commas (``"A:7878,B:7878"``).  The node connects to
+        the first that answers, in order, and moves on to the next one (round
+        robin) when a connection is lost or refused; each new connection
+        resends the unacknowledged results and announces the node again, so
+        that a standby coordinator over the same durable store takes over.
+        Every address is checked here: a malformed one, an empty list or the
+        same address twice raises ValueError.  :attr:`address` is the one
+        connected to now (or last).
     key : bytes, optional
         Shared secret; defaults to :func:`~pyqueue.cluster.config.load_key`.
     workers : int
@@ -283,7 +291,7 @@ class Node:
 
     def __init__(
         self,
-        address: str,
+        address: str | Iterable[str],
         *,
         key: bytes | None = None,
         workers: int | None = None,
@@ -299,6 +307,7 @@ class Node:
         deadlines: DeadlineBoard | None = None,
         on_stuck: Callable[[], object] | None = None,
     ) -> None:
+        addresses = parse_addresses(address)  # first: a bad one fails before anything starts
         self.queues = served_queues(queues)
         self.strict = bool(strict)
         if (
@@ -366,7 +375,7 @@ class Node:
             "max_held": 0,
         }
         self.channel = Channel(
-            address,
+            addresses,
             key if key is not None else load_key(),
             role="node",
             name=self.name,
@@ -392,6 +401,11 @@ class Node:
         self._watchdog = threading.Thread(
             target=self._limits_loop, name="pyqueue-node-time-limits", daemon=True
         )
+
+    @property
+    def address(self) -> str:
+        """The coordinator connected to now (or last, while reconnecting)."""
+        return self.channel.address
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> Node:

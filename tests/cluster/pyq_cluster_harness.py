@@ -116,14 +116,16 @@ class Harness:
         return proc
 
     def coordinator(
-        self, store: str | None = None, fast: bool = True, *extra: str
+        self, store: str | None = None, fast: bool = True, *extra: str, port: int | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start (or restart, on the same port) the coordinator; wait until it listens."""
+        """Start (or restart, on the same port unless ``port`` is given) the
+        coordinator; wait until it listens.  It becomes :attr:`coord`, and
+        :attr:`address` is where it listens."""
         port_file = self.tmp / f"port-{self._n + 1}"
         args = [
             "coordinator",
             "--bind",
-            f"127.0.0.1:{self.port}",
+            f"127.0.0.1:{self.port if port is None else port}",
             "--port-file",
             str(port_file),
             "--seed",
@@ -154,13 +156,15 @@ class Harness:
         fast: bool = True,
         *extra: str,
         cwd: Path | None = None,
+        connect: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``pyqueue node`` (a supervisor and its worker child, in a
-        process group of their own); ``cwd`` is its working directory."""
+        process group of their own); ``cwd`` is its working directory and
+        ``connect`` its ``--connect`` (default: this cluster's coordinator)."""
         args = [
             "node",
             "--connect",
-            self.address,
+            self.address if connect is None else connect,
             "--workers",
             str(workers),
             "--name",
@@ -175,8 +179,9 @@ class Harness:
             args.append("--fast")
         return self._spawn(args, name, cwd=cwd, new_group=True)
 
-    def client(self, **kw: Any) -> Client:
-        c = Client(self.address, key=self.key.encode(), **kw)
+    def client(self, address: str | list[str] | None = None, **kw: Any) -> Client:
+        """A Client of this cluster's coordinator, or of ``address``; closed at the end."""
+        c = Client(self.address if address is None else address, key=self.key.encode(), **kw)
         self.clients.append(c)
         return c
 

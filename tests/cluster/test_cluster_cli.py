@@ -55,9 +55,13 @@ def _busy_port() -> socket.socket:
         "key-file-is-a-folder",
         "store-folder-missing",
         "node-bad-connect",
+        "node-bad-connect-in-list",
+        "node-duplicate-connect",
         "node-bad-path",
         "status-bad-connect",
+        "status-bad-connect-in-list",
         "status-unreachable",
+        "status-unreachable-list",
     ],
 )
 def test_startup_error_is_one_line_and_exit_2(harness, tmp_path, case):
@@ -85,10 +89,21 @@ def test_startup_error_is_one_line_and_exit_2(harness, tmp_path, case):
         want = "does not exist"
     elif case == "node-bad-connect":
         args, want = ["node", "--connect", "nonsense"], "--connect: address 'nonsense'"
+    elif case == "node-bad-connect-in-list":
+        args = ["node", "--connect", "127.0.0.1:7001,nonsense"]
+        want = "--connect: address 'nonsense' must look like HOST:PORT"
+    elif case == "node-duplicate-connect":
+        args = ["node", "--connect", "127.0.0.1:7001,127.0.0.1:7001"]
+        want = "--connect: address '127.0.0.1:7001' is in the list twice"
     elif case == "node-bad-path":
         args, want = ["node", "--path", str(tmp_path / "nope")], "not a directory"
     elif case == "status-bad-connect":
         args, want = ["status", "--connect", "x"], "--connect: address 'x'"
+    elif case == "status-bad-connect-in-list":
+        args, want = ["status", "--connect", "127.0.0.1:9,"], "--connect: empty address"
+    elif case == "status-unreachable-list":
+        args = ["status", "--connect", "127.0.0.1:9,127.0.0.1:10", "--timeout", "0.3"]
+        want = "could not connect to the coordinator at any of 127.0.0.1:9, 127.0.0.1:10"
     else:
         args, want = ["status", "--connect", "127.0.0.1:9", "--timeout", "0.3"], "could not connect"
     try:
