@@ -19,6 +19,14 @@ from pyqueue._native import Kernel, _builtin_kernels, kernel, run_serial
 __all__ = ["add_one_f64", "spin_f64", "sqrt_or_fail_f64", "scale2_f64_range", "run_serial"]
 
 
+# Made on first use (PEP 562): a kernel's dtype needs numpy, and importing
+# numpy starts OpenBLAS threads whose signal mask no supervisor chose.
+add_one_f64: Kernel
+spin_f64: Kernel
+sqrt_or_fail_f64: Kernel
+scale2_f64_range: Kernel
+
+
 def _load() -> dict[str, Kernel]:
     made = {}
     for name, (capsule, abi, dtype) in _builtin_kernels().items():
@@ -26,8 +34,8 @@ def _load() -> dict[str, Kernel]:
     return made
 
 
-_KERNELS = _load()
-add_one_f64: Kernel = _KERNELS["add_one_f64"]
-spin_f64: Kernel = _KERNELS["spin_f64"]
-sqrt_or_fail_f64: Kernel = _KERNELS["sqrt_or_fail_f64"]
-scale2_f64_range: Kernel = _KERNELS["scale2_f64_range"]
+def __getattr__(name: str) -> Kernel:
+    if name not in __all__ or name == "run_serial":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals().update(_load())
+    return globals()[name]  # type: ignore[no-any-return]

@@ -93,6 +93,15 @@ _SUPERVISOR_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 # Signals the child waits for; SIGUSR1 is the child's own "stop() has returned".
 _CHILD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 _POLL = 0.5
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Caught(NamedTuple):
+    """What the supervisor's loop needs of a signal it took."""
+
+    si_signo: int
+    #: > 0 when the kernel sent it (the terminal, to the whole process group)
+    si_code: int
 
 
 class Overdue(NamedTuple):
@@ -289,6 +298,8 @@ class Supervisor:
         self.deadline_slots = deadline_slots
         self.on_wedged = on_wedged
         self.board: DeadlineBoard | None = None
+        #: stop signals another thread took for us (see run())
+        self._stray: collections.deque[int] = collections.deque()
         self.child: subprocess.Popen[bytes] | None = None
 
     def run(self) -> int:
@@ -299,6 +310,11 @@ class Supervisor:
         startup error.
         """
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        # Blocking covers this thread only: a thread started before run() (a
+        # library's native one) may still take a SIGTERM sent to the process,
+        # and its default action would kill us with no stop.  A handler turns
+        # that into a note the loop reads within _POLL.
+        old_handlers = {sig: signal.signal(sig, self._note_stray_signal) for sig in _STOP_SIGNALS}
         if self.deadline_slots > 0:
             self.board = DeadlineBoard.create(self.deadline_slots)
         try:
@@ -308,6 +324,8 @@ class Supervisor:
             if child is not None and child.poll() is None:
                 child.kill()  # never leave a child behind, whatever went wrong here
                 child.wait()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             if self.board is not None:
                 self.board.close()
@@ -351,12 +369,7 @@ class Supervisor:
             # Capped: a SIGCHLD taken by another thread (if a caller has any)
             # delays noticing the exit by at most this much.
             timeout = _POLL if timeout is None else min(timeout, _POLL)
-            info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, timeout)
-            if info is not None and info.si_signo not in _SUPERVISOR_SIGNALS:
-                # CPython returns an uninitialised siginfo instead of None when the
-                # wait is interrupted (EINTR: e.g. SIGSTOP then SIGCONT) past its
-                # deadline; that is a timeout.
-                info = None
+            info = self._next_signal(timeout)
             if info is None or info.si_signo == signal.SIGCHLD:
                 child = self.child
                 rc = None if child is None else child.poll()
@@ -475,6 +488,22 @@ class Supervisor:
                 self.grace,
                 extra={"event": "stopping", "node": self.name},
             )
+
+    def _note_stray_signal(self, signo: int, _frame: object) -> None:
+        self._stray.append(signo)
+
+    def _next_signal(self, timeout: float) -> _Caught | None:
+        """The next signal for the loop, waiting at most ``timeout`` s."""
+        if self._stray:
+            # sender unknown: treated as a kill() that reached only us
+            return _Caught(self._stray.popleft(), 0)
+        info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, timeout)
+        if info is None or info.si_signo not in _SUPERVISOR_SIGNALS:
+            # CPython returns an uninitialised siginfo instead of None when the
+            # wait is interrupted (EINTR: e.g. SIGSTOP then SIGCONT) past its
+            # deadline; that is a timeout.  A stray signal's handler runs here too.
+            return _Caught(self._stray.popleft(), 0) if self._stray else None
+        return _Caught(info.si_signo, info.si_code)
 
     def _wedged(self, child: subprocess.Popen[bytes]) -> bool:
         """Kill ``child`` if a task's posted deadline passed (it cannot act

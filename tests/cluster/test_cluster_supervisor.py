@@ -117,6 +117,42 @@ def test_supervisor_kills_a_child_still_running_grace_plus_5_s_after_sigterm(tmp
     assert "still running 5.5 s after SIGTERM; killing it" in err
 
 
+def test_a_sigterm_taken_by_another_thread_still_stops_the_child_gracefully(tmp_path):
+    # A thread started before run() (numpy's OpenBLAS threads were one) keeps
+    # SIGTERM unblocked; the kernel hands it a process-directed SIGTERM while
+    # the loop is busy, and its default action used to kill the supervisor
+    # (exit -15, the child SIGKILLed by its death signal, no grace).  Sent to
+    # that thread itself here, so the test does not depend on timing.
+    child = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}); "
+        "open('ready', 'w').close(); time.sleep(30)"
+    )
+    package_parent = str(Path(pyqueue.__file__).resolve().parent.parent)
+    script = textwrap.dedent(
+        f"""
+        import logging, os, signal, sys, threading, time
+        sys.path.insert(0, {package_parent!r})
+        from pyqueue.cluster.supervisor import Supervisor
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+        def stray():
+            while not os.path.exists("ready"):
+                time.sleep(0.01)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        threading.Thread(target=stray, daemon=True).start()
+        cmd = [sys.executable, "-c", {child!r}]
+        sys.exit(Supervisor(cmd, name="unit", grace=5).run())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "unit: SIGTERM; worker pid" in out.stderr and "killing" not in out.stderr
+
+
 def test_poison_task_under_supervised_nodes(harness):
     harness.coordinator(None, False)  # deaths are seen as closed connections
     nodes = [
