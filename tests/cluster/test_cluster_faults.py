@@ -35,11 +35,20 @@ def _node_holding_work(client, procs_by_name):
     return None
 
 
-def test_kill9_busy_node_mid_task_several_times(harness):
+def _store(kind, request, tmp_path):
+    """The ``--store`` for a store kind: None (memory), a SQLite file, or the
+    URL of a private redis-server started for the test."""
+    if kind == "redis":
+        return request.getfixturevalue("redis_server").url
+    return str(tmp_path / "coord.db") if kind == "sqlite" else None
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+def test_kill9_busy_node_mid_task_several_times(harness, tmp_path, request, store_kind):
     rng = random.Random(1234)
     # Default timings: a silent node would only be declared dead after 15 s,
     # so a quick requeue proves the closed connection requeued at once.
-    harness.coordinator(None, False)
+    harness.coordinator(_store(store_kind, request, tmp_path), False)
     procs = {
         f"n{i}": harness.node(workers=2, prefetch=2, name=f"n{i}", fast=False) for i in range(3)
     }
@@ -108,10 +117,7 @@ def test_sigstop_past_lease_then_sigcont_late_results_are_duplicates(harness):
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
 def test_kill9_coordinator_during_submits_then_restart(harness, tmp_path, request, store_kind):
-    if store_kind == "redis":
-        store = request.getfixturevalue("redis_server").url
-    else:
-        store = str(tmp_path / "coord.db")
+    store = _store(store_kind, request, tmp_path)
     harness.coordinator(store)
     harness.node(workers=2, name="n0")
     harness.node(workers=2, name="n1")
@@ -184,8 +190,10 @@ def test_resubmitting_same_ids_after_timeout_keeps_one_task_each(harness):
     assert execs == {tid: 1 for tid in ids}
 
 
-def test_poison_task_is_dead_lettered_after_four_losses(harness):
-    harness.coordinator(None, False)  # deaths are seen as closed connections
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+def test_poison_task_is_dead_lettered_after_four_losses(harness, tmp_path, request, store_kind):
+    # deaths are seen as closed connections
+    harness.coordinator(_store(store_kind, request, tmp_path), False)
     c = harness.client()
     live: list = []
     respawns = [0]
