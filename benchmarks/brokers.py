@@ -17,7 +17,9 @@ Rows (each with 2 worker processes):
   with the default memory store and with a durable SQLite store (``store=path``);
 - ``pyqueue-redis``: the same over pyqueue's Redis store
   (``store="redis://..."``), when ``pyqueue.cluster.backends.redis`` is on the
-  tree; otherwise the row says so.
+  tree; otherwise the row says so;
+- ``pyqueue-redis-2co``: two coordinators over that Redis
+  (``LocalCluster(coordinators=2)``), a node on each, the client on the first.
 
 Measured in each (row, repetition), in this order, after a warm-up:
 
@@ -504,6 +506,7 @@ class PyQueueRow(System):
     needs_redis = False
     broker_peer = False
     store = "memory"
+    coordinators = 1
     how = "`LocalCluster(nodes=2, workers=1)`; `client.submit` each, then `result()` each"
 
     def unavailable(self) -> str | None:
@@ -525,7 +528,7 @@ class PyQueueRow(System):
             return handle.result(timeout=timeout)
 
         def check(self) -> None:
-            for p in [self.cluster.coordinator, *self.cluster.nodes]:
+            for p in [*self.cluster.coordinators, *self.cluster.nodes]:
                 if p is not None and p.poll() is not None:
                     raise StartFailed(f"a pyqueue process exited ({p.returncode})")
 
@@ -538,7 +541,12 @@ class PyQueueRow(System):
 
         log = logdir / f"{tag}-cluster.log"
         with tempfile.TemporaryDirectory(prefix="pyqueue-brokers-") as tmp:
-            cluster = LocalCluster(nodes=2, workers=1, store=self.store_arg(url, tmp))
+            cluster = LocalCluster(
+                nodes=2,
+                workers=1,
+                store=self.store_arg(url, tmp),
+                coordinators=self.coordinators,
+            )
             try:
                 with output_to(log):  # the coordinator and nodes inherit it
                     cluster.start()
@@ -579,6 +587,16 @@ class PyQueueRedisRow(PyQueueRow):
         return url
 
 
+class PyQueueRedisTwoRow(PyQueueRedisRow):
+    key = "pyqueue-redis-2co"
+    name = "pyqueue, Redis store, 2 coordinators"
+    coordinators = 2
+    how = (
+        "`LocalCluster(nodes=2, workers=1, coordinators=2, store='redis://...')`: a node on "
+        "each coordinator, the client on the first (half its results come through the other)"
+    )
+
+
 #: Every row, in the table's order.
 SYSTEMS: dict[str, System] = {
     s.key: s
@@ -590,6 +608,7 @@ SYSTEMS: dict[str, System] = {
         PyQueueRow(),
         PyQueueSQLiteRow(),
         PyQueueRedisRow(),
+        PyQueueRedisTwoRow(),
     )
 }
 

@@ -97,6 +97,12 @@ class LocalCluster:
         ``"HOST:PORT"`` where the coordinator serves its web dashboard and
         probes (``--http``) and Prometheus ``/metrics`` (``--metrics``); off
         when None.  The dashboard's token is ``dashboard_token(key)``.
+    coordinators : int
+        Coordinator processes over the one store (default 1).  More than one
+        needs a shared store, a ``redis://`` URL: each node connects to its
+        own first (node i to coordinator i mod N, the others as its failover
+        list) and the client takes every address.  ``http``/``metrics`` are
+        then for the first coordinator only.
 
     Examples
     --------
@@ -124,9 +130,16 @@ class LocalCluster:
         strict: bool = False,
         http: str | None = None,
         metrics: str | None = None,
+        coordinators: int = 1,
     ) -> None:
-        if nodes < 1 or workers < 1:
-            raise ValueError("nodes and workers must be at least 1")
+        if nodes < 1 or workers < 1 or coordinators < 1:
+            raise ValueError("nodes, workers and coordinators must be at least 1")
+        if coordinators > 1 and not (store or "").startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "several coordinators need a shared store: a redis:// URL "
+                "(a SQLite file is locked by one coordinator, memory is per process)"
+            )
+        self.n_coordinators = coordinators
         self.queues = served_queues(queues)  # ValueError here, not in a node process
         self.strict = strict
         self.n_nodes = nodes
@@ -146,7 +159,11 @@ class LocalCluster:
         self.servers = {"--http": http, "--metrics": metrics}
         self.key = generate_key()
         self.address = ""
+        #: every coordinator's address (``address`` is the first)
+        self.addresses: list[str] = []
         self.coordinator: subprocess.Popen[bytes] | None = None
+        #: every coordinator process (``coordinator`` is the first)
+        self.coordinators: list[subprocess.Popen[bytes]] = []
         self.nodes: list[subprocess.Popen[bytes]] = []
         self._client: Client | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -171,40 +188,22 @@ class LocalCluster:
     def start(self) -> Client:
         """Start the processes, wait until every node has joined, connect a client."""
         self._tmp = tempfile.TemporaryDirectory(prefix="pyqueue-local-")
-        port_file = os.path.join(self._tmp.name, "port")
         env = child_env(self.key)
-        fast = ["--fast"] if self.fast else []
-        cmd = self._cmd("coordinator", "--bind", "127.0.0.1:0", "--port-file", port_file, *fast)
-        if self.store:
-            cmd += ["--store", self.store]
-        if self.max_payload is not None:
-            cmd += ["--max-payload", str(self.max_payload)]
-        if self.synchronous is not None:
-            cmd += ["--synchronous", self.synchronous]
-        for flag, value in {**self.retention, **self.servers}.items():
-            if value is not None:
-                cmd += [flag, str(value)]
         try:
-            self.coordinator = subprocess.Popen(cmd, env=env)
             deadline = time.monotonic() + self.start_timeout
-            while not os.path.exists(port_file):
-                if self.coordinator.poll() is not None:
-                    raise RuntimeError(f"coordinator exited with {self.coordinator.returncode}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("coordinator did not start listening in time")
-                time.sleep(0.01)
-            with open(port_file) as fh:
-                self.address = fh.read().strip()
+            for i in range(self.n_coordinators):
+                self.addresses.append(self._start_coordinator(i, env, deadline))
+            self.address = self.addresses[0]
             for i in range(self.n_nodes):
                 self.add_node(name=f"local-{i}")
             self._client = Client(
-                self.address,
+                self.addresses,
                 key=self.key.encode(),
                 name="local-client",
                 timings=FAST_TIMINGS if self.fast else DEFAULT_TIMINGS,
                 connect_timeout=max(1.0, deadline - time.monotonic()),
             )
-            while len(self._client.status()["nodes"]) < self.n_nodes:
+            while len(self._client.status()["nodes"]) < self._joined_here():
                 if time.monotonic() > deadline:
                     raise TimeoutError("nodes did not join in time")
                 for p in self.nodes:
@@ -216,6 +215,40 @@ class LocalCluster:
             raise
         return self._client
 
+    def _joined_here(self) -> int:
+        # status() answers for the coordinator the client is connected to,
+        # which sees the nodes connected to it: node i starts on coordinator i mod N
+        here = self.addresses.index(self._client.address) if self._client else 0
+        return len(range(here, self.n_nodes, self.n_coordinators))
+
+    def _start_coordinator(self, i: int, env: dict[str, str], deadline: float) -> str:
+        assert self._tmp is not None
+        port_file = os.path.join(self._tmp.name, f"port-{i}")
+        fast = ["--fast"] if self.fast else []
+        cmd = self._cmd("coordinator", "--bind", "127.0.0.1:0", "--port-file", port_file, *fast)
+        if self.store:
+            cmd += ["--store", self.store]
+        if self.max_payload is not None:
+            cmd += ["--max-payload", str(self.max_payload)]
+        if self.synchronous is not None:
+            cmd += ["--synchronous", self.synchronous]
+        servers = self.servers if i == 0 else {}
+        for flag, value in {**self.retention, **servers}.items():
+            if value is not None:
+                cmd += [flag, str(value)]
+        proc = subprocess.Popen(cmd, env=env)
+        self.coordinators.append(proc)
+        if self.coordinator is None:
+            self.coordinator = proc
+        while not os.path.exists(port_file):
+            if proc.poll() is not None:
+                raise RuntimeError(f"coordinator exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("coordinator did not start listening in time")
+            time.sleep(0.01)
+        with open(port_file) as fh:
+            return fh.read().strip()
+
     def add_node(
         self,
         name: str | None = None,
@@ -225,7 +258,10 @@ class LocalCluster:
     ) -> subprocess.Popen[bytes]:
         """Start one more node process (serving the cluster's queues unless told)."""
         served = self.queues if queues is None else served_queues(queues)
-        args = ["node", "--connect", self.address, "--workers", str(workers or self.workers)]
+        # its own coordinator first, then the others (round robin over nodes)
+        first = len(self.nodes) % len(self.addresses)
+        connect = ",".join(self.addresses[first:] + self.addresses[:first])
+        args = ["node", "--connect", connect, "--workers", str(workers or self.workers)]
         args += ["--queues", ",".join(f"{q}:{w}" for q, w in served.items())]
         if self.strict if strict is None else strict:
             args.append("--strict")
@@ -248,9 +284,10 @@ class LocalCluster:
         for p in procs:
             p.terminate()
         _reap(procs, timeout)
-        if self.coordinator is not None and self.coordinator.poll() is None:
-            self.coordinator.terminate()
-            _reap([self.coordinator], timeout)
+        coordinators = [p for p in self.coordinators if p.poll() is None]
+        for p in coordinators:
+            p.terminate()
+        _reap(coordinators, timeout)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -126,6 +126,14 @@ def test_local_cluster_runs_tasks_on_several_processes(key_env):
         assert p.poll() is not None  # everything stopped
 
 
+@pytest.mark.parametrize("store", [None, "coord.db", "redis-like.db"])
+def test_local_cluster_refuses_several_coordinators_without_a_shared_store(store):
+    with pytest.raises(ValueError, match="several coordinators need a shared store"):
+        LocalCluster(nodes=2, coordinators=2, store=store)
+    with pytest.raises(ValueError, match="coordinators must be at least 1"):
+        LocalCluster(nodes=2, coordinators=0)
+
+
 def test_graceful_node_stop_releases_unstarted_tasks(harness):
     import signal
 
