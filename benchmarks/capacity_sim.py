@@ -81,7 +81,7 @@ from benchmarks.compare import REPO, machine_info
 from benchmarks.workloads import noop
 
 STORES = ("memory", "sqlite", "redis")
-PHASES = ("e2e", "core", "idle", "load")
+PHASES = ("e2e", "core", "idle", "load", "paced")
 #: what a simulated node answers for every task: the pickled result of a no-op returning None
 _NONE = pickle.dumps(None)
 #: each simulated working node's capacity (a node with 2 workers and its prefetch)
@@ -100,6 +100,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "idle_stores": ("memory",),
         "load_nodes": (100, 1000),
         "load_tasks": 8000,
+        "paced": (500.0, 3.0, 0.5),  # tasks/s, seconds, task duration s
+        "paced_nodes": (1000,),
     },
     "full": {
         "e2e_tasks": 20000,
@@ -107,10 +109,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "core_nodes": (10, 100, 300, 1000, 3000),
         "idle_nodes": (100, 1000),
         "heartbeats": (5.0, 1.0),
-        "idle_window": 15.0,
+        "idle_window": 10.0,
+        "idle_reps": 2,
         "idle_stores": ("memory", "redis"),
         "load_nodes": (10, 100, 300, 1000),
         "load_tasks": 30000,
+        "paced": (500.0, 10.0, 0.5),
+        "paced_nodes": (100, 1000),
     },
 }
 
@@ -240,13 +245,14 @@ class FakeNodes:
         heartbeat: float,
         capacity: int,
         tmp: Path,
+        task_s: float = 0.0,
         timeout: float = 120.0,
     ) -> None:
         from pyqueue.cluster.local import child_env
 
         _more_files()
         cmd = [sys.executable, "-m", "benchmarks.capacity_sim", "--fake-nodes"]
-        cmd += [",".join(addresses), str(n), str(heartbeat), str(capacity)]
+        cmd += [",".join(addresses), str(n), str(heartbeat), str(capacity), str(task_s)]
         env = child_env(key)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
         self.log = tmp / f"fake-{n}.log"
@@ -323,10 +329,19 @@ class _SimNode(asyncio.Protocol):
                 self.sim.joined(self)
             elif ev.type == MsgType.TASKS:
                 rows = ev.body["tasks"]
-                self.corr += 1
-                done = [[r[0], r[1], True, _NONE, None, False, 0.0] for r in rows]
-                self.conn.send(MsgType.DONE, {"results": done}, self.corr)
-                self.sim.tasks += len(rows)
+                if self.sim.task_s > 0:  # they "run" that long, then one DONE
+                    asyncio.get_running_loop().call_later(self.sim.task_s, self.finish, rows)
+                else:
+                    self.finish(rows)
+        self.flush()
+
+    def finish(self, rows: list[list[Any]]) -> None:
+        from pyqueue.cluster.protocol import MsgType
+
+        self.corr += 1
+        done = [[r[0], r[1], True, _NONE, None, False, self.sim.task_s] for r in rows]
+        self.conn.send(MsgType.DONE, {"results": done}, self.corr)
+        self.sim.tasks += len(rows)
         self.flush()
 
     def flush(self) -> None:
@@ -349,8 +364,9 @@ class _SimNode(asyncio.Protocol):
 
 
 class _Sim:
-    def __init__(self, key: bytes, n: int, heartbeat: float, capacity: int) -> None:
+    def __init__(self, key: bytes, n: int, heartbeat: float, capacity: int, task_s: float) -> None:
         self.key = key
+        self.task_s = task_s
         self.n = n
         self.heartbeat = heartbeat
         self.capacity = capacity
@@ -367,10 +383,12 @@ class _Sim:
             self.all_ready.set()
 
 
-async def _fake_run(addresses: list[str], n: int, heartbeat: float, capacity: int) -> None:
+async def _fake_run(
+    addresses: list[str], n: int, heartbeat: float, capacity: int, task_s: float
+) -> None:
     from pyqueue.cluster.config import load_key, parse_address
 
-    sim = _Sim(load_key(), n, heartbeat, capacity)
+    sim = _Sim(load_key(), n, heartbeat, capacity, task_s)
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(64)  # connects in flight: within the listen backlog
     nodes: list[asyncio.Transport] = []
@@ -394,8 +412,10 @@ async def _fake_run(addresses: list[str], n: int, heartbeat: float, capacity: in
 
 
 def fake_main(argv: Sequence[str]) -> int:
-    addresses, n, heartbeat, capacity = argv
-    asyncio.run(_fake_run(addresses.split(","), int(n), float(heartbeat), int(capacity)))
+    addresses, n, heartbeat, capacity, task_s = argv
+    asyncio.run(
+        _fake_run(addresses.split(","), int(n), float(heartbeat), int(capacity), float(task_s))
+    )
     return 0
 
 
@@ -689,6 +709,50 @@ def run_load(
                 finally:
                     for c in clients:
                         c.close()
+                    sim.stop()
+    return samples
+
+
+def run_paced(
+    stores: Sequence[str],
+    sizes: Sequence[int],
+    rate: float,
+    seconds: float,
+    task_s: float,
+    tmp: Path,
+) -> list[dict[str, Any]]:
+    """Tasks that last ``task_s`` submitted at ``rate`` per second for ``seconds``:
+    the coordinator's cost per task when it is far from saturation (each
+    completion then gets a flush of its own, which looks at every node)."""
+    from pyqueue.cluster.client import Client
+
+    samples = []
+    for store in stores:
+        for n in sizes:
+            with coordinators(store, 1, tmp) as (addresses, groups):
+                key = os.environ["PYQUEUE_KEY"]
+                sim = FakeNodes(addresses, key, n, DEFAULT_HEARTBEAT, LOAD_CAPACITY, tmp, task_s)
+                client = Client(addresses[0], key=key.encode(), name="sim-client")
+                try:
+                    for _ in client.map(noop, range(200)):  # warm up
+                        pass
+                    total = int(rate * seconds)
+                    s: dict[str, Any] = {"phase": "paced", "store": store, "nodes": n}
+                    s.update(tasks=total, rate=rate, task_s=task_s)
+                    meter = Meter({**groups, "sim": [sim.proc.pid]})
+                    with meter.span(s):
+                        t0 = time.perf_counter()
+                        handles = []
+                        for i in range(total):  # in steps of 10 ms
+                            handles.append(client.submit(noop, i))
+                            if i % max(1, int(rate / 100)) == 0:
+                                time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+                        for h in handles:
+                            h.result(60)
+                    samples.append(s)
+                    print(f"  paced {store:<6} {n:>4} nodes, {rate:g}/s of {task_s:g} s: {line(s)}")
+                finally:
+                    client.close()
                     sim.stop()
     return samples
 
@@ -1138,7 +1202,7 @@ def main(argv: list[str] | None = None) -> int:
                 _ints(a.idle_nodes, z["idle_nodes"]),
                 hbs,
                 z["idle_window"],
-                reps,
+                min(reps, z.get("idle_reps", reps)),
                 tmp,
             )
         if "load" in phases:
@@ -1152,6 +1216,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             doc["samples"] += run_load(
                 load_stores, _ints(a.load_nodes, z["load_nodes"]), z["load_tasks"], reps, k, tmp
+            )
+        if "paced" in phases:
+            rate, seconds, task_s = z["paced"]
+            doc["samples"] += run_paced(
+                [x for x in stores if x != "sqlite"], z["paced_nodes"], rate, seconds, task_s, tmp
             )
     meta["loadavg_end"] = os.getloadavg()
     meta["total_s"] = round(time.perf_counter() - t0, 1)
