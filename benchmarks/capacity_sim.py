@@ -799,124 +799,126 @@ def _fit(points: dict[int, float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def idle_costs(samples: list[dict[str, Any]], core: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per heartbeat and per connected node per second, at the coordinator (and Redis).
-
-    From the socket runs: a coordinator's CPU per second with N nodes beating
-    every H s, less its CPU with none, is N * (per_node + per_beat / H); two
-    heartbeat periods at the same N give both terms.  Without two periods the
-    sans-IO core's figures stand in (labelled so)."""
+def idle_costs(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """A coordinator's CPU for connected idle nodes, per store: its CPU per
+    second with none (``base_us_s``: the 0.5 s sweep) and, per heartbeat
+    period H, the CPU per second above that per connected node, measured at
+    the most nodes (``per_node_us_s[H]``: the event loop's wake-ups amortize
+    better with more nodes, so this is the figure for scaling up).
+    ``per_node_us_s[H] * H`` is then an upper bound of the cost of one
+    heartbeat (it also carries the node's share of the sweep)."""
     out: dict[str, Any] = {}
-    for store in sorted({s["store"] for s in samples}):
+    for store in sorted({s["store"] for s in samples}, key=STORES.index):
         mine = [s for s in samples if s["store"] == store]
-        base = _med([s["coordinator"] / s["wall"] * 1e6 for s in mine if s["nodes"] == 0]) or 0.0
-        rbase = _med(
-            [s["redis"] / s["wall"] * 1e6 for s in mine if s["nodes"] == 0 and "redis" in s]
-        )
-        per_n: dict[int, dict[float, float]] = {}
+        none = [s for s in mine if not s["nodes"]]
+        base = _med([s["coordinator"] / s["wall"] * 1e6 for s in none]) or 0.0
+        rbase = _med([s["redis"] / s["wall"] * 1e6 for s in none if "redis" in s])
+        cells: dict[tuple[int, float], list[float]] = {}
         for s in mine:
             if s["nodes"]:
                 rate = (s["coordinator"] / s["wall"] * 1e6 - base) / s["nodes"]
-                per_n.setdefault(s["nodes"], {}).setdefault(s["heartbeat_s"], [])  # type: ignore[arg-type]
-                per_n[s["nodes"]][s["heartbeat_s"]].append(rate)  # type: ignore[attr-defined]
-        fits = {}
-        for n, by_h in per_n.items():
-            rates = {h: statistics.median(v) for h, v in by_h.items()}  # type: ignore[arg-type]
-            if len(rates) >= 2:
-                (h1, r1), (h2, r2) = sorted(rates.items())[:2]
-                beat = max(0.0, (r1 - r2) / (1 / h1 - 1 / h2))
-                fits[n] = {"beat_us": beat, "node_us_s": max(0.0, r2 - beat / h2), "rates": rates}
+                cells.setdefault((s["nodes"], s["heartbeat_s"]), []).append(rate)
+        per_node: dict[float, float] = {}
+        at: dict[float, int] = {}
+        for (n, h), rates in sorted(cells.items()):
+            per_node[h], at[h] = max(0.0, statistics.median(rates)), n  # the largest n wins
         handshake = _med(
             [s["connect_coordinator_s"] / s["nodes"] * 1e6 for s in mine if s["nodes"]]
         )
-        entry: dict[str, Any] = {
+        out[store] = {
             "base_us_s": base,
             "redis_base_us_s": rbase,
             "handshake_us": handshake,
-            "by_nodes": fits,
-            "source": "socket runs",
+            "per_node_us_s": per_node,
+            "measured_at_nodes": at,
+            "cells": {f"{n}@{h:g}": statistics.median(v) for (n, h), v in cells.items()},
         }
-        if fits:
-            big = max(fits)  # the most nodes: the most signal above the base
-            entry["beat_us"] = fits[big]["beat_us"]
-            entry["node_us_s"] = fits[big]["node_us_s"]
-            entry["fit_nodes"] = big
-        out[store] = entry
-    if core and not any("beat_us" in e for e in out.values()):
-        big = max(core, key=lambda s: s["nodes"])
-        out.setdefault("memory", {"base_us_s": 0.0, "redis_base_us_s": None})
-        out["memory"].update(
-            beat_us=big["heartbeat_us"],
-            node_us_s=big["tick_us_per_node"] * 2,  # two sweeps a second
-            source="sans-IO core (no socket run with two heartbeat periods)",
-        )
     return out
 
 
+def _fits(samples: list[dict[str, Any]], name: str) -> tuple[dict[int, float], tuple[float, float]]:
+    """Median µs per task of ``name`` by node count, and the line through them."""
+    by_n: dict[int, float] = {}
+    for n in sorted({s["nodes"] for s in samples}):
+        v = _per_task([s for s in samples if s["nodes"] == n], name)
+        if v is not None:
+            by_n[n] = v
+    return by_n, (_fit(by_n) if by_n else (0.0, 0.0))
+
+
 def model(doc: dict[str, Any]) -> dict[str, Any]:
-    """Saturation points from the measured costs.  Everything here is a model."""
+    """Saturation points from the measured costs.  Everything here is a model:
+    one core is 10^6 CPU µs per second; a cost measured at some node counts is
+    carried to others along a straight line in N."""
     by_phase: dict[str, list[dict[str, Any]]] = {p: [] for p in PHASES}
     for s in doc["samples"]:
         by_phase[s["phase"]].append(s)
-    idle = idle_costs(by_phase["idle"], by_phase["core"])
+    idle = idle_costs(by_phase["idle"])
     ref = idle.get("memory") or next(iter(idle.values()), {})
-    beat_us = ref.get("beat_us", 0.0)
-    node_us_s = ref.get("node_us_s", 0.0)
     out: dict[str, Any] = {"idle": idle, "stores": {}, "three_over_redis": {}}
-    load = [s for s in by_phase["load"] if s.get("coordinators", 1) == 1]
+
+    def idle_us(store: str, n: float, hb: float) -> float:
+        e = idle.get(store) or ref
+        per = (e.get("per_node_us_s") or ref.get("per_node_us_s") or {}).get(hb, 0.0)
+        return float(e.get("base_us_s", 0.0)) + n * per
+
     for store in STORES:
-        mine = [s for s in load if s["store"] == store]
-        if not mine:
+        load = [s for s in by_phase["load"] if s["store"] == store and s["coordinators"] == 1]
+        if not load:
             continue
-        coord = {
-            n: _per_task([s for s in mine if s["nodes"] == n], "coordinator")
-            for n in sorted({s["nodes"] for s in mine})
-        }
-        a, b = _fit({n: v for n, v in coord.items() if v is not None})
+        coord, (a, b) = _fits(load, "coordinator")
         entry: dict[str, Any] = {"coordinator_us_per_task": coord, "fit": [a, b]}
-        redis = {n: _per_task([s for s in mine if s["nodes"] == n], "redis") for n in coord}
-        if any(v is not None for v in redis.values()):
-            ra, rb = _fit({n: v for n, v in redis.items() if v is not None})
-            entry["redis_us_per_task"] = redis
-            entry["redis_fit"] = [ra, rb]
-        base = idle.get(store, ref).get("base_us_s", ref.get("base_us_s", 0.0)) or 0.0
+        redis, (ra, rb) = _fits(load, "redis")
+        rbase = (idle.get(store) or {}).get("redis_base_us_s") or 0.0
+        if redis:
+            entry.update(redis_us_per_task=redis, redis_fit=[ra, rb], redis_base_us_s=rbase)
+        paced = [s for s in by_phase["paced"] if s["store"] == store]
+        entry["paced"] = {
+            s["nodes"]: {
+                "rate": s["rate"],
+                "task_s": s["task_s"],
+                "tasks_s": s["tasks"] / s["wall"],
+                "coordinator_us_per_task": s["coordinator"] / s["tasks"] * 1e6,
+                "coordinator_core_share": s["coordinator"] / s["wall"],
+                "redis_us_per_task": s["redis"] / s["tasks"] * 1e6 if "redis" in s else None,
+                "redis_core_share": s["redis"] / s["wall"] if "redis" in s else None,
+            }
+            for s in paced
+        }
         rows = []
         for n in (100, 1000):
             for hb in (DEFAULT_HEARTBEAT, 1.0):
-                idle_us = base + n * (node_us_s + beat_us / hb)
-                per_task = a + b * n
-                row = {
+                spent = idle_us(store, n, hb)
+                row: dict[str, Any] = {
                     "nodes": n,
                     "heartbeat_s": hb,
-                    "idle_cpu_share": idle_us / CORE_US,
-                    "coordinator_us_per_task": per_task,
-                    "coordinator_max_tasks_s": max(0.0, CORE_US - idle_us) / per_task,
+                    "idle_cpu_share": spent / CORE_US,
+                    "coordinator_us_per_task": a + b * n,
+                    "coordinator_max_tasks_s": max(0.0, CORE_US - spent) / (a + b * n),
                     "measured_nodes": n in coord,
                 }
-                if "redis_fit" in entry:
-                    ra, rb = entry["redis_fit"]
-                    rbase = idle.get("redis", {}).get("redis_base_us_s") or 0.0
+                if redis:
                     row["redis_us_per_task"] = ra + rb * n
-                    row["redis_max_tasks_s"] = (CORE_US - rbase) / (ra + rb * n)
+                    row["redis_max_tasks_s"] = max(0.0, CORE_US - rbase) / (ra + rb * n)
                 rows.append(row)
         entry["rows"] = rows
+        e = idle.get(store) or ref
         entry["idle_nodes_fill_core"] = {
-            hb: (CORE_US - base) / (node_us_s + beat_us / hb) if beat_us or node_us_s else None
-            for hb in (DEFAULT_HEARTBEAT, 1.0)
+            hb: (CORE_US - e.get("base_us_s", 0.0)) / per if per else None
+            for hb, per in (e.get("per_node_us_s") or {}).items()
         }
         out["stores"][store] = entry
     red = out["stores"].get("redis")
     if red and "redis_fit" in red:
         a, b = red["fit"]
         ra, rb = red["redis_fit"]
-        rbase = idle.get("redis", {}).get("redis_base_us_s") or 0.0
-        base = idle.get("redis", ref).get("base_us_s", 0.0) or 0.0
+        k = 3
         for n in (100, 1000):
-            k = 3
             per = n / k
-            idle_us = base + per * (node_us_s + beat_us / DEFAULT_HEARTBEAT)
-            coord_cap = k * max(0.0, CORE_US - idle_us) / (a + b * per)
-            redis_cap = max(0.0, CORE_US - k * rbase) / (ra + rb * per)
+            coord_cap = (
+                k * max(0.0, CORE_US - idle_us("redis", per, DEFAULT_HEARTBEAT)) / (a + b * per)
+            )
+            redis_cap = max(0.0, CORE_US - k * red["redis_base_us_s"]) / (ra + rb * per)
             out["three_over_redis"][n] = {
                 "coordinators": k,
                 "nodes_each": per,
@@ -1046,6 +1048,26 @@ def render(doc: dict[str, Any]) -> str:
                 f" | {_f(_per_task(mine, 'sim'))} | {_f(_per_task(mine, 'client'))} |"
             )
         lines.append("")
+    if by_phase["paced"]:
+        lines += [
+            "## Paced: tasks that last, submitted at a fixed rate (simulated nodes, capacity"
+            f" {LOAD_CAPACITY}, heartbeat {DEFAULT_HEARTBEAT:g} s)",
+            "",
+            "| store | nodes | asked tasks/s | task s | got tasks/s | coordinator µs/task"
+            " | coordinator share of a core | Redis µs/task | Redis share of a core |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in by_phase["paced"]:
+            r = s.get("redis")
+            share = "-" if r is None else f"{r / s['wall'] * 100:.0f}%"
+            lines.append(
+                f"| {s['store']} | {s['nodes']} | {s['rate']:g} | {s['task_s']:g}"
+                f" | {_f(s['tasks'] / s['wall'], 0)} | {_f(s['coordinator'] / s['tasks'] * 1e6)}"
+                f" | {s['coordinator'] / s['wall'] * 100:.0f}%"
+                f" | {_f(r / s['tasks'] * 1e6 if r is not None else None)}"
+                f" | {share} |"
+            )
+        lines.append("")
     lines += render_model(doc["model"])
     return "\n".join(lines) + "\n"
 
@@ -1053,17 +1075,20 @@ def render(doc: dict[str, Any]) -> str:
 def render_model(mod: dict[str, Any]) -> list[str]:
     lines = ["## Model (extrapolated from the costs above; one core = 10^6 CPU µs/s)", ""]
     for store, e in mod["idle"].items():
-        if "beat_us" in e:
-            lines.append(
-                f"- idle costs ({store}, {e['source']}, fit at {e.get('fit_nodes', '-')} nodes):"
-                f" {e['beat_us']:.1f} µs per heartbeat, {e['node_us_s']:.2f} µs per connected"
-                f" node per second, {e['base_us_s'] / 1e3:.2f} ms/s with no node"
-                + (
-                    f"; Redis {e['redis_base_us_s'] / 1e3:.2f} ms/s per idle coordinator"
-                    if e.get("redis_base_us_s") is not None
-                    else ""
-                )
+        per = ", ".join(
+            f"{v:.1f} µs/s per node at heartbeat {h:g} s (<= {v * h:.0f} µs per heartbeat;"
+            f" measured with {e['measured_at_nodes'][h]} nodes)"
+            for h, v in sorted(e["per_node_us_s"].items(), reverse=True)
+        )
+        lines.append(
+            f"- idle ({store}): {e['base_us_s'] / 1e3:.2f} ms CPU/s with no node; {per};"
+            f" handshake {_f(e['handshake_us'], 0)} µs per node"
+            + (
+                f"; Redis {e['redis_base_us_s'] / 1e3:.2f} ms CPU/s for an idle coordinator"
+                if e.get("redis_base_us_s") is not None
+                else ""
             )
+        )
     lines.append("")
     if mod["stores"]:
         lines += [
@@ -1094,6 +1119,18 @@ def render_model(mod: dict[str, Any]) -> list[str]:
             if "redis_fit" in e:
                 ra, rb = e["redis_fit"]
                 lines.append(f"  - Redis µs/task = {ra:.1f} + {rb:.4f} x nodes")
+            for n, p in e["paced"].items():
+                red = (
+                    f"; Redis {p['redis_us_per_task']:.0f} µs/task,"
+                    f" {p['redis_core_share'] * 100:.0f}% of a core"
+                    if p["redis_us_per_task"] is not None
+                    else ""
+                )
+                lines.append(
+                    f"  - far from saturation ({n} nodes, {p['tasks_s']:.0f} tasks/s of"
+                    f" {p['task_s']:g} s): coordinator {p['coordinator_us_per_task']:.0f} µs/task,"
+                    f" {p['coordinator_core_share'] * 100:.0f}% of a core{red}"
+                )
         lines.append("")
     if mod["three_over_redis"]:
         lines += [
@@ -1141,6 +1178,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--out", type=Path, default=None, help="write capacity-<mode>.json and .md here"
     )
+    ap.add_argument(
+        "--render", type=Path, default=None, help="print the tables and model of a saved JSON"
+    )
     a = ap.parse_args(argv)
     bad = [p for p in a.only.split(",") if p not in PHASES]
     bad += [s for s in a.stores.split(",") if s not in STORES]
@@ -1164,6 +1204,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--fake-nodes"]:
         return fake_main(argv[1:])
     a = parse_args(argv)
+    if a.render is not None:  # the tables and the model again, from a saved run
+        doc = json.loads(a.render.read_text())
+        doc["model"] = model(doc)
+        print(render(doc))
+        return 0
     mode = "quick" if a.quick else "full"
     z = SIZES[mode]
     reps = a.reps or z["reps"]
