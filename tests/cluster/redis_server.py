@@ -9,9 +9,14 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import pytest
+
+B = TypeVar("B")
 
 INSTALL = "redis-server is not installed: apt-get install redis-server"
 
@@ -96,3 +101,30 @@ def shared_url() -> str:
         _shared = RedisServer()
         atexit.register(_shared.stop)
     return _shared.url
+
+
+def open_beside(running: Iterable[Any], make: Callable[[], B], now: float, wait: float = 30.0) -> B:
+    """Open another coordinator's store (``make()``) on a prefix the ``running``
+    RedisBackends serve: it waits until each live one acknowledged it, which their
+    ``keepalive`` (the coordinator's tick) does; here they keep alive meanwhile."""
+    running = list(running)
+    box: dict[str, Any] = {}
+
+    def opener() -> None:
+        try:
+            box["store"] = make()
+        except BaseException as e:  # re-raised below, in the test's thread
+            box["error"] = e
+
+    th = threading.Thread(target=opener, name="open-beside", daemon=True)
+    th.start()
+    deadline = time.monotonic() + wait
+    while th.is_alive():
+        for r in running:
+            r.keepalive(now)
+        th.join(0.02)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the store did not open within {wait} s")
+    if "error" in box:
+        raise box["error"]
+    return box["store"]  # type: ignore[no-any-return]

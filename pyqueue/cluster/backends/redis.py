@@ -74,6 +74,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,13 +103,24 @@ from ..states import (
 from ..telemetry import Telemetry
 from . import redis_lua
 
-__all__ = ["RedisBackend", "RedisUnavailable"]
+__all__ = ["CoordinatorFenced", "RedisBackend", "RedisUnavailable"]
 
 log = logging.getLogger("pyqueue.cluster.store")
 
 
 class RedisUnavailable(ClusterError, ConnectionError):
     """The Redis server named by the URL cannot be reached or refused us."""
+
+
+class CoordinatorFenced(ClusterError, ConnectionError):
+    """This coordinator's liveness key had expired, so the others may have
+    recovered its leases: it joined again under a new owner id, and the
+    operation that found out was not applied (the coordinator retries it and
+    re-makes its connections, as after a store outage)."""
+
+
+#: how many P:fins entries one DRAIN reads at most
+_DRAIN_ENTRIES = 1000
 
 
 def redacted(url: str) -> str:
@@ -161,18 +173,37 @@ class RedisBackend(Backend):
         seed: int | None = None,
         now: float | None = None,
         client: Any = None,
+        liveness: float = 5.0,
+        poll: float = 0.05,
     ) -> None:
         import redis
 
+        if not liveness > 0 or not poll > 0:
+            raise ValueError(f"liveness and poll must be > 0 s, not {liveness!r} and {poll!r}")
         self.policy = policy or Policy()
         self.url = redacted(url)  # what messages and logs show
         self.prefix = prefix
+        #: seconds this coordinator's liveness key lives without a keepalive
+        self.liveness = float(liveness)
+        #: seconds between flushes while other coordinators share the store
+        self.poll = float(poll)
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
-        self.unavailable = (redis.ConnectionError, redis.TimeoutError)
+        self.unavailable = (redis.ConnectionError, redis.TimeoutError, CoordinatorFenced)
+        self._closed = False
+        #: this open's owner id (see "Several coordinators" in the module doc)
+        self.owner = ""
+        self._qp = ""  # owner + "/": the prefix of the node ids this owner leases to
+        #: no other live coordinator: the caches below are right (module doc)
+        self._alone = True
+        # P:fins, as this owner reads it: ids handed out up to _cursor, marked
+        # drained up to _marked; _handed_to: handed, to be marked by the next
+        # script; _tail: the stream's last id while _ahead is known
+        self._cursor = self._marked = self._tail = "0-0"
+        self._handed_to: str | None = None
         # What this object knows without asking (each read costs a round trip,
-        # ~0.15 ms here), kept right by its own writes: a single coordinator's
-        # view (see "One coordinator" in the module doc).
+        # ~0.15 ms here), kept right by its own writes while it is alone (see
+        # "Several coordinators" in the module doc).
         #: not_before of the earliest SCHEDULED task (None: none), or _UNKNOWN;
         #: never later than the truth (a cancel may leave it early: harmless)
         self._sched_at: float | None = _UNKNOWN
@@ -183,14 +214,11 @@ class RedisBackend(Backend):
         #: queues whose ready set LEASE found empty, while no script that can
         #: add to one ran since: a lease from only those needs no round trip
         self._empty: set[str] = set()
-        #: P:fin past its handed-out head, as this object's scripts left it
-        #: (each replies with what it pushed there), or None after a failed
-        #: call: drain_finished reads nothing while it is known
+        #: P:fins past _cursor, as this object's scripts left it (each replies
+        #: with what it added there), or None after a failed call or while not
+        #: alone: drain_finished reads nothing while it is known; the next
+        #: script marks what it handed out drained (one round trip less)
         self._ahead: list[str] | None = None
-        #: how many ids at P:fin's head drain_finished handed out from
-        #: _ahead: the next script drains them first (the same effect, one
-        #: round trip less)
-        self._handed = 0
         #: outcomes complete() produced, until the next drain; then those of
         #: the ids it drained (what outcomes() is asked for next)
         self._told: dict[str, Outcome] = {}
@@ -234,8 +262,11 @@ class RedisBackend(Backend):
                 "PURGE",
                 "CONFIGURE",
                 "OLDEST",
-                "RECOVER",
                 "DELETE_DEAD",
+                "KEEPALIVE",
+                "RECOVER_DEAD",
+                "ADOPT",
+                "OPEN",
             )
         }
         # loaded at once (one round trip), not at each one's first EVALSHA (three)
@@ -243,8 +274,121 @@ class RedisBackend(Backend):
         for sc in self._scripts.values():
             pipe.script_load(sc.script)
         pipe.execute()
-        self._run("RECOVER", time.time() if now is None else now, [])
-        self._ahead = []  # RECOVER drained P:fin
+        self._join(time.time() if now is None else now)
+
+    # -- owners ----------------------------------------------------------------
+    def _join(self, now: float) -> None:
+        """Register a new owner id, wait until every other live coordinator has
+        acknowledged it, recover the dead ones, and open (module doc)."""
+        self.owner = secrets.token_hex(6)
+        self._qp = self.owner + "/"
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(self._k("co", self.owner), 1, px=self._ttl_ms())
+        pipe.sadd(self._k("coords"), self.owner)
+        pipe.execute()
+        self._cursor = self._marked = self._tail = "0-0"
+        self._handed_to = None
+        self._reset_caches()
+        deadline = time.monotonic() + 3 * self.liveness + 1.0
+        while True:
+            _, _, waiting = self._run("KEEPALIVE", now, [self._ttl_ms()], rejoin=False)
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(sorted(_s(x) for x in waiting))
+                raise ClusterError(
+                    f"coordinator(s) {names} on the Redis store at {self.url} (prefix"
+                    f" {self.prefix!r}) did not acknowledge this one within"
+                    f" {3 * self.liveness + 1:g} s"
+                )
+            time.sleep(min(0.05, self.liveness / 10))
+        self._recover_dead(now)
+        cur, alone = self._run("OPEN", now, [], rejoin=False)
+        self._cursor = self._marked = self._tail = _s(cur)
+        self._alone = bool(alone)
+        self._reset_caches()
+        if self._alone:
+            self._ahead = []  # the stream's end is this owner's cursor
+        log.info(
+            "coordinator %s joined the Redis store at %s (prefix %r)%s",
+            self.owner,
+            self.url,
+            self.prefix,
+            "" if self._alone else " beside other live coordinators",
+            extra={"event": "store_joined", "owner": self.owner, "alone": self._alone},
+        )
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.liveness * 1000))
+
+    def _reset_caches(self) -> None:
+        """Forget what was known without asking: read it again when needed."""
+        self._sched_at = _UNKNOWN
+        self._forget_schedules()
+        self._limited = None
+        self._empty = set()
+        self._ahead = None
+        self._told = {}
+        self._outcomes = {}
+
+    def _stale(self) -> None:
+        """Other coordinators write too: no cache holds."""
+        if not self._alone:
+            self._reset_caches()
+
+    def _recover_dead(self, now: float) -> int:
+        got = self._run("RECOVER_DEAD", now, [], rejoin=False)
+        total = 0
+        for owner, n in zip(got[::2], got[1::2]):
+            owner, n = _s(owner), int(n)
+            total += n
+            log.warning(
+                "coordinator %s of the Redis store at %s is gone (closed, or its liveness"
+                " key expired): %d lease(s) it granted requeued without a loss",
+                owner or "(none registered)",
+                self.url,
+                n,
+                extra={"event": "coordinator_recovered", "owner": owner, "requeued": n},
+            )
+        if total:
+            self._empty.clear()
+        return total
+
+    def keepalive(self, now: float) -> bool:
+        """Refresh this owner's liveness, notice other coordinators coming and
+        going, and recover the leases of dead ones (module doc).  True: flush."""
+        if self._closed:
+            return False
+        others, dead, _ = self._run("KEEPALIVE", now, [self._ttl_ms()])
+        alone = not others
+        if alone != self._alone:
+            log.info(
+                "coordinator %s %s",
+                self.owner,
+                "is alone on the store again: caching what it writes"
+                if alone
+                else f"shares the store with {len(others)} other coordinator(s): reading"
+                " what they write",
+                extra={"event": "store_peers", "owner": self.owner, "others": len(others)},
+            )
+            self._alone = alone
+            self._reset_caches()
+        requeued = self._recover_dead(now) if dead else 0
+        return bool(requeued) or not alone
+
+    def node_joined(self, node: str, name: str, now: float) -> int:
+        """Adopt what a node of this name holds through other coordinators."""
+        if not name:
+            return 0  # nothing tells two unnamed nodes apart
+        n = int(self._run("ADOPT", now, [self._qp + node, name]))
+        if n:
+            log.info(
+                "node %s holds %d lease(s) granted through another coordinator: taken over",
+                node,
+                n,
+                extra={"event": "leases_adopted", "node": node, "adopted": n},
+            )
+        return n
 
     def _warn_if_volatile(self) -> None:
         """Say so when the server keeps nothing on disk: a restart would empty the queue."""
@@ -265,18 +409,43 @@ class RedisBackend(Backend):
                 extra={"event": "redis_volatile", "url": self.url},
             )
 
-    def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
-        # Whatever comes of it, the handed-out drain goes with this script: if
-        # it is lost with a failed call, those ids are drained again later and
-        # their clients may be told twice (they count duplicate pushes).
-        handed, self._handed = self._handed, 0
+    def _run(self, name: str, now: float, args: Sequence[Any], *, rejoin: bool = True) -> Any:
+        import redis
+
+        # The handed-out range is marked drained by this script; should the
+        # call fail, by the next one (marking twice changes nothing).
+        to = self._handed_to
         ahead, self._ahead = self._ahead, None  # unknown should the call fail
-        reply, events, pushed = self._scripts[name](args=[*self._head, _f(now), handed, *args])
+        try:
+            reply, events, pushed, xid = self._scripts[name](
+                args=[*self._head, _f(now), self.owner, self._marked, to or "", *args]
+            )
+        except redis.ResponseError as e:
+            if not str(e).startswith("PQFENCED"):
+                raise
+            if not rejoin:
+                raise CoordinatorFenced(str(e)) from None
+            old = self.owner
+            log.error(
+                "coordinator %s was taken for dead by the others (its liveness key expired):"
+                " joining the Redis store at %s again",
+                old,
+                self.url,
+                extra={"event": "store_fenced", "owner": old},
+            )
+            self._join(now)
+            raise CoordinatorFenced(f"coordinator {old} was fenced; now {self.owner}") from None
+        if to is not None:
+            self._marked = to
+            if self._handed_to == to:
+                self._handed_to = None
         if events:
             self._observe(events)
-        if ahead is not None:
+        if ahead is not None and self._alone:
             ahead += [_s(x) for x in pushed]
             self._ahead = ahead
+            if xid:
+                self._tail = _s(xid)
         return reply
 
     def _observe(self, events: Sequence[bytes]) -> None:
@@ -329,12 +498,14 @@ class RedisBackend(Backend):
         return args
 
     def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
+        self._stale()
         empty = self._empty
         if all(name in empty for d in demands.values() for name in d.queues):
             return {}  # nothing to grant, and nodes with no grant may be left out
         args: list[Any] = []
+        qp = self._qp
         for node, d in demands.items():
-            args += [node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
+            args += [qp + node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
             args.append(len(d.queues))
             for name, w in d.queues.items():
                 args += [name, w]
@@ -345,7 +516,7 @@ class RedisBackend(Backend):
         out: dict[str, Grant] = {}
         i = 0
         while i < len(got):
-            node, held, k = _s(got[i]), int(got[i + 1]), int(got[i + 2])
+            node, held, k = _s(got[i])[len(qp) :], int(got[i + 1]), int(got[i + 2])
             i += 3
             leases = []
             for _ in range(k):
@@ -390,7 +561,7 @@ class RedisBackend(Backend):
         return [Verdict(_s(v)) for v in verdicts]
 
     def release(self, node: str, rows: Sequence[Release], now: float) -> list[bool]:
-        args: list[Any] = [node]
+        args: list[Any] = [self._qp + node]
         for r in rows:
             args += [r.id, r.token, int(r.started)]
         if not rows:
@@ -399,11 +570,11 @@ class RedisBackend(Backend):
         return [bool(x) for x in self._run("RELEASE", now, args)]
 
     def revoked(self, node: str, task_id: str, token: int, now: float) -> bool:
-        return bool(self._run("REVOKED", now, [node, task_id, token]))
+        return bool(self._run("REVOKED", now, [self._qp + node, task_id, token]))
 
     def node_lost(self, node: str, now: float) -> list[str]:
         self._empty.clear()
-        out = [_s(x) for x in self._run("NODE_LOST", now, [node])]
+        out = [_s(x) for x in self._run("NODE_LOST", now, [self._qp + node])]
         self.telemetry.leases_expired += len(out)
         return out
 
@@ -447,7 +618,7 @@ class RedisBackend(Backend):
                     int(att or 0),  # counters and times left out of a hash are 0
                     int(fail or 0),
                     int(lost or 0),
-                    _s(node) or None if node else None,
+                    self._unqualified(_s(node)) or None if node else None,
                     None if err is None else _s(err),
                     float(exp or 0.0),
                     _s(q),
@@ -457,7 +628,12 @@ class RedisBackend(Backend):
             )
         return out
 
+    def _unqualified(self, node: str) -> str:
+        """A node id as the coordinator knows it (another owner's stays qualified)."""
+        return node[len(self._qp) :] if node.startswith(self._qp) else node
+
     def outcomes(self, ids: Sequence[str]) -> list[Outcome | None]:
+        self._stale()
         # The last drain's ids, as complete() saw them end, need no read: a
         # finished task's outcome changes only when it is purged (purge and
         # expire drop these copies).
@@ -478,12 +654,23 @@ class RedisBackend(Backend):
         return out
 
     def drain_finished(self) -> list[str]:
-        if self._ahead is not None:  # what P:fin holds, known without a read
+        self._stale()
+        if self._ahead is not None:  # what P:fins holds past _cursor, known without a read
             ids, self._ahead = self._ahead, []
-            self._handed += len(ids)
+            if ids:
+                self._cursor = self._handed_to = self._tail
         else:
-            ids = [_s(x) for x in self._run("DRAIN", 0.0, [])]
-            self._ahead = []
+            ids = []
+            while True:
+                got, cur = self._run("DRAIN", 0.0, [self._cursor, _DRAIN_ENTRIES])
+                cur = _s(cur)
+                ids += [_s(x) for x in got]
+                done = cur == self._cursor
+                self._cursor = self._marked = self._tail = cur
+                if done or len(got) < _DRAIN_ENTRIES:  # an entry holds one id or more
+                    break
+            if self._alone:
+                self._ahead = []
         told = self._told
         self._outcomes = {tid: told[tid] for tid in ids if tid in told} if told else {}
         self._told = {}  # each of them ended on P:fin: this drain had it
@@ -501,6 +688,7 @@ class RedisBackend(Backend):
         return self._sched_at
 
     def promote_due(self, now: float) -> int:
+        self._stale()
         at = self._sched_at
         if at != _UNKNOWN and (at is None or now < at):
             return 0
@@ -529,7 +717,10 @@ class RedisBackend(Backend):
 
     def next_ready(self, now: float) -> float | None:
         # no round trip while the caches hold what it needs (see __init__),
-        # one per flush while some queue has a rate limit
+        # one per flush while some queue has a rate limit; beside other
+        # coordinators, whose writes nothing announces, a flush every poll
+        if not self._alone:
+            return now + self.poll
         due = self._known_sched_at()
         fire = self._known_fire_at()
         if fire is not None:
@@ -656,6 +847,7 @@ class RedisBackend(Backend):
         return bool(self._r.hdel(self._k("sch"), schedule_id))
 
     def fire_schedules(self, now: float) -> list[str]:
+        self._stale()
         at = self._known_fire_at()
         if at is None or now < at:
             return []
@@ -690,7 +882,9 @@ class RedisBackend(Backend):
         pipe = self._r.pipeline(transaction=False)
         for n in nodes:
             pipe.hlen(self._k("n", n))
-        held = dict(zip(nodes, (int(x) for x in pipe.execute())))
+            pipe.hlen(self._k("a", n))
+        got = [int(x) for x in pipe.execute()]
+        held = {self._unqualified(n): got[2 * i] + got[2 * i + 1] for i, n in enumerate(nodes)}
         return Stats(
             tasks={st: int(cnt.get(str(int(st)).encode(), 0)) for st in TaskState},
             completions={v: int(verd.get(v.value.encode(), 0)) for v in Verdict},
@@ -702,4 +896,16 @@ class RedisBackend(Backend):
         """Nothing to do: Redis applied each script whole (see the module doc)."""
 
     def close(self) -> None:
+        """Leave the store: the liveness key goes at once, so the leases granted
+        here are recovered (without a loss) by the next coordinator that looks:
+        another live one within a keepalive, or this store's next open."""
+        if self._closed:
+            return
+        self._closed = True
+        import redis
+
+        try:
+            self._r.delete(self._k("co", self.owner))
+        except redis.RedisError:  # unreachable: the key expires on its own
+            pass
         self._r.close()
