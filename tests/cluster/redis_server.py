@@ -103,20 +103,20 @@ def shared_url() -> str:
     return _shared.url
 
 
-def open_beside(running: Iterable[Any], make: Callable[[], B], now: float, wait: float = 30.0) -> B:
-    """Open another coordinator's store (``make()``) on a prefix the ``running``
-    RedisBackends serve: it waits until each live one acknowledged it, which their
-    ``keepalive`` (the coordinator's tick) does; here they keep alive meanwhile."""
+def beside(running: Iterable[Any], call: Callable[[], B], now: float, wait: float = 30.0) -> B:
+    """``call()``, made while the ``running`` RedisBackends keep alive, as their
+    coordinators' ticks do: what opens (or joins again) a coordinator's store on
+    a prefix they serve waits until each live one acknowledged it."""
     running = list(running)
     box: dict[str, Any] = {}
 
-    def opener() -> None:
+    def caller() -> None:
         try:
-            box["store"] = make()
+            box["value"] = call()
         except BaseException as e:  # re-raised below, in the test's thread
             box["error"] = e
 
-    th = threading.Thread(target=opener, name="open-beside", daemon=True)
+    th = threading.Thread(target=caller, name="beside", daemon=True)
     th.start()
     deadline = time.monotonic() + wait
     while th.is_alive():
@@ -124,7 +124,7 @@ def open_beside(running: Iterable[Any], make: Callable[[], B], now: float, wait:
             r.keepalive(now)
         th.join(0.02)
         if time.monotonic() > deadline:
-            raise AssertionError(f"the store did not open within {wait} s")
+            raise AssertionError(f"no answer within {wait} s")
     if "error" in box:
         raise box["error"]
-    return box["store"]  # type: ignore[no-any-return]
+    return box["value"]  # type: ignore[no-any-return]

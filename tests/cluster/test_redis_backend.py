@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, free_port, open_beside
+from redis_server import RedisServer, beside, free_port
 
 from pyqueue.cluster.backends.redis import RedisBackend, RedisUnavailable
 from pyqueue.cluster.states import Completion, Demand, Release, SubmitSpec, TaskState
@@ -163,7 +163,7 @@ def test_a_steady_flush_costs_one_round_trip_and_what_it_skips_reads_the_same(
     assert grants == {} and ids == ["t2", "t3"]
     every = ["t0", "t1", "t2", "t3"]
     # nothing cached: a second coordinator on the same prefix, so b is not alone from here on
-    fresh = open_beside([b], lambda: RedisBackend(redis_server.url, prefix="pqrt", now=T0), T0)
+    fresh = beside([b], lambda: RedisBackend(redis_server.url, prefix="pqrt", now=T0), T0)
     assert outs + outs2 == fresh.outcomes(every)
     assert [o.state for o in outs + outs2 if o] == [
         TaskState.SUCCEEDED,
