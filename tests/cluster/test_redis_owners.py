@@ -180,3 +180,28 @@ def test_a_closed_coordinator_is_recovered_at_once_and_the_store_is_alone_again(
     assert info(b, "t0").state is TaskState.PENDING and info(b, "t0").lost == 0
     assert not b.keepalive(T0)  # alone: no flush asked for
     assert b.next_ready(T0) is None  # caching again
+
+
+def test_an_adopted_lease_still_open_after_adopt_for_is_requeued_without_a_loss(pair):
+    # a lease the dead coordinator granted but never sent: its node will never end it
+    a, b = pair
+    submit(a, "t0", "t1")
+    a.node_joined("n#1", "n", T0)
+    sent, unsent = lease(a, "n#1", 2)
+    assert b.node_joined("n#2", "n", T0 + 1) == 2
+    assert b.complete("n#2", [done(sent.id, sent.token)], T0 + 2) == [Verdict.ACCEPTED]
+    b.keepalive(T0 + 1 + b.adopt_for - 0.5)
+    assert info(b, unsent.id).state is TaskState.LEASED  # not yet
+    assert b.keepalive(T0 + 1 + b.adopt_for)
+    i = info(b, unsent.id)
+    assert (i.state, i.lost) == (TaskState.PENDING, 0)
+    assert leased_ids(b, "m#1", 2) == [unsent.id]
+
+
+def test_the_store_url_carries_the_owner_settings(opened, redis_server):
+    a = _open(opened, redis_server.url + "?liveness=2&adopt_for=3", [])
+    assert (a.liveness, a.poll, a.adopt_for) == (2.0, 0.05, 3.0)
+    with pytest.raises(ValueError, match="liveness must be a number of seconds > 0, not '0'"):
+        RedisBackend(redis_server.url + "?liveness=0", prefix="pqbad")
+    with pytest.raises(ValueError, match="poll must be"):
+        RedisBackend(redis_server.url, prefix="pqbad", poll=float("nan"))

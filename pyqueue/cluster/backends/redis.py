@@ -71,6 +71,7 @@ feeds it whichever operation caused it, as in the memory store.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import random
@@ -153,6 +154,33 @@ def _settings(raw: Sequence[Any]) -> tuple[float | None, bool, float, float]:
     )
 
 
+#: the query parameters of a store URL that are this store's, not redis-py's
+_OPTIONS = ("liveness", "poll", "adopt_for")
+
+
+def _own_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the store's own query parameters, and those."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url, {}
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    mine = {k: v for k, v in query if k in _OPTIONS}
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in _OPTIONS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), mine
+
+
+def _positive(name: str, given: float | None, opts: Mapping[str, str], default: float) -> float:
+    """A keyword's value, else the URL's (``?liveness=5``), else ``default``; > 0 s."""
+    raw: object = given if given is not None else opts.get(name, default)
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds > 0, not {raw!r}")
+    return value
+
+
 def _f(x: float) -> str:
     return repr(float(x))
 
@@ -173,20 +201,23 @@ class RedisBackend(Backend):
         seed: int | None = None,
         now: float | None = None,
         client: Any = None,
-        liveness: float = 5.0,
-        poll: float = 0.05,
+        liveness: float | None = None,
+        poll: float | None = None,
+        adopt_for: float | None = None,
     ) -> None:
         import redis
 
-        if not liveness > 0 or not poll > 0:
-            raise ValueError(f"liveness and poll must be > 0 s, not {liveness!r} and {poll!r}")
+        url, opts = _own_options(url)
         self.policy = policy or Policy()
         self.url = redacted(url)  # what messages and logs show
         self.prefix = prefix
         #: seconds this coordinator's liveness key lives without a keepalive
-        self.liveness = float(liveness)
+        self.liveness = _positive("liveness", liveness, opts, 5.0)
         #: seconds between flushes while other coordinators share the store
-        self.poll = float(poll)
+        self.poll = _positive("poll", poll, opts, 0.05)
+        #: seconds an adopted lease is held for its node before it is requeued
+        self.adopt_for = _positive("adopt_for", adopt_for, opts, 30.0)
+        self._adoptions: collections.deque[float] = collections.deque()  # their times
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
         self.unavailable = (redis.ConnectionError, redis.TimeoutError, CoordinatorFenced)
@@ -266,6 +297,7 @@ class RedisBackend(Backend):
                 "KEEPALIVE",
                 "RECOVER_DEAD",
                 "ADOPT",
+                "EXPIRE_ADOPTED",
                 "OPEN",
             )
         }
@@ -288,6 +320,7 @@ class RedisBackend(Backend):
         pipe.execute()
         self._cursor = self._marked = self._tail = "0-0"
         self._handed_to = None
+        self._adoptions.clear()  # P:ad of the old owner id: the others recover them
         self._reset_caches()
         deadline = time.monotonic() + 3 * self.liveness + 1.0
         while True:
@@ -374,6 +407,22 @@ class RedisBackend(Backend):
             self._alone = alone
             self._reset_caches()
         requeued = self._recover_dead(now) if dead else 0
+        adoptions = self._adoptions
+        if adoptions and adoptions[0] <= now - self.adopt_for:
+            cutoff = now - self.adopt_for
+            n = int(self._run("EXPIRE_ADOPTED", now, [_f(cutoff)]))
+            while adoptions and adoptions[0] <= cutoff:
+                adoptions.popleft()
+            if n:
+                log.warning(
+                    "%d adopted lease(s) still open after %g s requeued without a loss: never"
+                    " sent by the coordinator that died, or running that long (then twice)",
+                    n,
+                    self.adopt_for,
+                    extra={"event": "adopted_requeued", "requeued": n},
+                )
+                self._empty.clear()
+                requeued += n
         return bool(requeued) or not alone
 
     def node_joined(self, node: str, name: str, now: float) -> int:
@@ -382,6 +431,7 @@ class RedisBackend(Backend):
             return 0  # nothing tells two unnamed nodes apart
         n = int(self._run("ADOPT", now, [self._qp + node, name]))
         if n:
+            self._adoptions.append(now)
             log.info(
                 "node %s holds %d lease(s) granted through another coordinator: taken over",
                 node,

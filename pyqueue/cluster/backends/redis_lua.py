@@ -796,7 +796,7 @@ for _, o in ipairs(redis.call('SMEMBERS', P .. ':coords')) do
   if not alive(o) then
     redis.call('SREM', P .. ':coords', o)
     redis.call('HDEL', P .. ':cur', o)
-    redis.call('DEL', P .. ':ack:' .. o)
+    redis.call('DEL', P .. ':ack:' .. o, P .. ':ad:' .. o)
     tally(o, 0)
   end
 end
@@ -808,7 +808,8 @@ return out
 # A node that authenticated as NAME joined through this coordinator as ARGV[A]
 # (its qualified id): it takes over (adopts) the leases that a node of that name
 # holds through other coordinators, since it still runs them and resends their
-# results (see pyqueue.cluster.node).  Returns how many.  ARGV: node, name.
+# results (see pyqueue.cluster.node).  Each adoption is noted in P:ad:OWNER by
+# time (EXPIRE_ADOPTED).  Returns how many.  ARGV: node, name.
 ADOPT = r"""
 local me, name = ARGV[A], ARGV[A + 1]
 redis.call('HSET', P .. ':nn', me, name)
@@ -827,6 +828,7 @@ for _, other in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
       if t[1] == '2' and t[2] == other then
         redis.call('HSET', tk(id), 'node', me)
         redis.call('HSET', akey, id, flag)
+        redis.call('ZADD', P .. ':ad:' .. OWNER, NOWS, id)
         n = n + 1
         if flag == '1' then sus = sus + 1 end
       end
@@ -834,6 +836,27 @@ for _, other in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
   end
 end
 if sus > 0 then redis.call('HINCRBY', P .. ':sus', me, sus) end
+return n
+"""
+
+# ARGV: cutoff.  The leases this coordinator adopted up to the cutoff and that
+# its node still holds go back to their queues without a loss: a lease the dead
+# coordinator granted but never sent is held by nobody (a task that really runs
+# that long runs twice).  Returns how many.
+EXPIRE_ADOPTED = r"""
+local key = P .. ':ad:' .. OWNER
+local mine = OWNER .. '/'
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[A])) do
+  redis.call('ZREM', key, id)
+  local t = redis.call('HMGET', tk(id), 'st', 'node')
+  if t[1] == '2' and string.sub(t[2], 1, #mine) == mine
+      and redis.call('HEXISTS', P .. ':a:' .. t[2], id) == 1 then
+    unlease(t[2], id)
+    requeue(id)
+    n = n + 1
+  end
+end
 return n
 """
 
