@@ -205,3 +205,13 @@ def test_the_store_url_carries_the_owner_settings(opened, redis_server):
         RedisBackend(redis_server.url + "?liveness=0", prefix="pqbad")
     with pytest.raises(ValueError, match="poll must be"):
         RedisBackend(redis_server.url, prefix="pqbad", poll=float("nan"))
+
+
+def test_a_closed_store_leaves_the_leases_of_its_lost_connections_to_the_next_owner(pair):
+    # a stopping coordinator closes its store, then its connections close
+    a, b = pair
+    submit(a, "t0")
+    lease(a, "n#1", 1)
+    a.close()
+    assert a.node_lost("n#1", T0) == [] and a.keepalive(T0) is False
+    assert b.keepalive(T0) and info(b, "t0").lost == 0

@@ -1,7 +1,8 @@
 """The Redis store: every transition is one Lua script run on the server.
 
 Supported servers: Redis 7.0 and later (tested with Debian 12's 7.0.15 and
-redis-py 8.x; the scripts use LPOS, so 6.0.6 is the floor in principle).
+redis-py 8.x; the scripts use XTRIM MINID and exclusive XRANGE bounds, so
+6.2 is the floor in principle).
 
 Layout (all keys start with ``prefix``; foreign keys in the db are never read)
 -----------------------------------------------------------------------------
@@ -17,8 +18,18 @@ Layout (all keys start with ``prefix``; foreign keys in the db are never read)
 the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, rate, token bucket)
   and ``{P:Q}:cnt`` (counts per state) share the queue's hash tag.
 * ``P:sched`` (SCHEDULED by not_before), ``P:exp`` (drained finished tasks by
-  expiry), ``P:dead`` (dead tasks in death order), ``P:fin`` (a list: ended,
-  not drained), ``P:n:NODE`` (leases held), ``P:cnt``, ``P:verd``, ``P:sch``.
+  expiry: a task in no coordinator's drain yet is not there), ``P:dead`` (dead
+  tasks in death order), ``P:cnt``, ``P:verd``, ``P:sch``.
+* ``P:fins`` a stream of the ids of ended tasks (one entry per script, field
+  ``i`` per id), read by every coordinator from its own cursor ``P:cur``
+  (owner -> stream id) and trimmed below the lowest cursor.
+* Coordinators (owners): ``P:coords`` (the set of registered owner ids),
+  ``P:co:OWNER`` (its liveness key, with a TTL), ``P:ack:OWNER`` (the owners
+  that acknowledged it), ``P:ad:OWNER`` (the leases it adopted, by time).
+* Nodes, by qualified id ``OWNER/NODE`` (the coordinator's node id behind the
+  owner that gave it out): ``P:n:QNODE`` (leases granted to it, id -> suspect
+  flag), ``P:a:QNODE`` (leases it adopted), ``P:nodes``, ``P:sus`` (suspect
+  leases held), ``P:nn`` (the name each node authenticated with).
 
 Cluster: keys of one queue share a hash tag, but the scripts touch task hashes
 and the global sets too, so today they need one Redis (or one slot); the
@@ -33,26 +44,64 @@ nothing to do.  A submit is acknowledged once Redis applied it.  With
 or power loss loses nothing acknowledged; with ``everysec`` up to about one
 second of changes (submits, completions, leases) can be lost, so an
 acknowledged task may be forgotten.  Leases are stored, so a lease token is
-never issued twice across a coordinator restart; restarting the coordinator
-is what opening a store means in the contract: every lease goes back to its
-queue without a loss, the completion counters restart, and what expired while
-no coordinator ran is purged.  (Several coordinators over one Redis, issue 13
-part 2, will need leases owned per coordinator instead.)
+never issued twice across a coordinator restart.  A store closed (or a
+coordinator dead) leaves its leases to the next owner that looks: with no
+other coordinator, opening the store is a restart as the contract has it
+(every lease goes back to its queue without a loss, the completion counters
+restart, and what expired while no coordinator ran is purged).
 
-One coordinator
----------------
-Each Redis call is a round trip (~0.15 ms on a local server), so the store
-keeps what only its own writes change and answers from it: the earliest
-SCHEDULED time, the schedules and which queues have a rate limit
-(``next_ready``, ``promote_due`` and ``fire_schedules`` read nothing while
-nothing is due), the queues a LEASE found empty (``lease`` from only those
-needs no call), what ``P:fin`` holds (every script replies with the ids it
-pushed there, so ``drain_finished`` needs no call; the next script, whichever,
-drains the ids handed out first, before anything can read them), and the
-outcomes ``complete`` produced (``outcomes`` of the ids just drained).  A
-steady flush is one LEASE; one after a DONE, often none.  This is right while
-one coordinator writes the prefix, as today; several (issue 13 part 2) must
-drop or fence these caches.
+Several coordinators
+--------------------
+Any number of coordinators may serve one prefix at once.  Each open of a
+RedisBackend is an owner: a random id registered in ``P:coords`` with a
+liveness key ``P:co:OWNER`` that lives ``liveness`` seconds (5) unless
+:meth:`RedisBackend.keepalive` (the coordinator's tick) refreshes it.
+
+* Leases are the owner's: the node ids the coordinator gives are qualified by
+  owner in the store, so ``node_lost`` from one coordinator never touches the
+  leases the same node holds through another, however late it comes.  A
+  completion is accepted from any coordinator with the lease's token.
+* A dead owner (its key expired, or it closed) is found by the others'
+  keepalive and by every open (RECOVER_DEAD): its leases go back to their
+  queues at their old positions without a loss (the coordinator died, not the
+  task), and it is unregistered, one log line each with the count.
+* A node that joins (:meth:`RedisBackend.node_joined`, at its READY) takes over
+  the leases a node of the same name holds through other owners (ADOPT): the
+  node keeps running its previous connection's tasks and resends their
+  results (see :mod:`pyqueue.cluster.node`), so nothing runs twice.  They go
+  to ``P:a:QNODE``, not counted against the capacity it announces (which
+  leaves them out already).  One still open ``adopt_for`` seconds (30) later
+  is requeued without a loss: its coordinator may have died between granting
+  it and sending it, so that nobody holds it.  Node names must differ per
+  process (the default ``host:pid`` does).
+* Fencing: every script first checks that its owner's liveness key exists; if
+  it expired (a coordinator paused past its liveness, whose leases the others
+  may have recovered), the script changes nothing and the store joins again
+  under a new owner id, raising :class:`CoordinatorFenced` (an ``unavailable``
+  error: the coordinator retries and re-makes its connections).
+* Finished ids reach every coordinator through the stream ``P:fins``.
+
+Each Redis call is a round trip (~0.15 ms on a local server), so while it is
+alone the store keeps what only its own writes change and answers from it:
+the earliest SCHEDULED time, the schedules and which queues have a rate
+limit (``next_ready``, ``promote_due`` and ``fire_schedules`` read nothing
+while nothing is due), the queues a LEASE found empty (``lease`` from only
+those needs no call), what ``P:fins`` holds past its cursor (every script
+replies with the ids it added, so ``drain_finished`` needs no call; the next
+script, whichever, marks the ids handed out drained first, before anything
+can read ``P:exp``), and the outcomes ``complete`` produced (``outcomes`` of
+the ids just drained).  A steady flush is one LEASE; one after a DONE, often
+none.  Alone is proven, not guessed: an owner that joins waits until every
+other live owner has acknowledged it (KEEPALIVE writes ``P:ack``), and an
+owner acknowledges only from the keepalive that also makes it drop its
+caches; so no owner writes while another still trusts its caches (fencing
+covers an owner taken for dead).  Beside others, the store reads instead
+(about five round trips a flush) and ``next_ready`` asks for a flush every
+``poll`` seconds (0.05), since nothing announces the others' writes.  Alone
+again (the others gone), it caches again from fresh reads.
+
+``liveness``, ``poll`` and ``adopt_for`` are keywords, or query parameters of
+the URL (``redis://host/0?liveness=5``), which is how ``--store`` sets them.
 
 Jitter for retry backoff is drawn in Python from the seeded generator (one
 draw per failing completion, so the sequence differs from the memory store's
@@ -61,7 +110,7 @@ a Park-Miller generator inside the lease script, seeded per node per call.
 Priorities must stay within +-2**20 for the sorted score to be exact.
 
 Contract tests skipped for Redis: none (the restart tests run: a reopen is a
-new RedisBackend on the same server and prefix).
+new RedisBackend on the same server and prefix, after the old one's close).
 
 Telemetry: each script replies with its events beside its result (a task
 submitted or ended, a lease's wait, a completion's run time, by queue), and
@@ -462,6 +511,8 @@ class RedisBackend(Backend):
     def _run(self, name: str, now: float, args: Sequence[Any], *, rejoin: bool = True) -> Any:
         import redis
 
+        if self._closed:
+            raise ClusterError(f"the Redis store at {self.url} was closed")
         # The handed-out range is marked drained by this script; should the
         # call fail, by the next one (marking twice changes nothing).
         to = self._handed_to
@@ -623,6 +674,10 @@ class RedisBackend(Backend):
         return bool(self._run("REVOKED", now, [self._qp + node, task_id, token]))
 
     def node_lost(self, node: str, now: float) -> list[str]:
+        if self._closed:
+            # connections lost as the coordinator stops: its leases are the
+            # next owner's to recover (without a loss), or the node's to bring
+            return []
         self._empty.clear()
         out = [_s(x) for x in self._run("NODE_LOST", now, [self._qp + node])]
         self.telemetry.leases_expired += len(out)
