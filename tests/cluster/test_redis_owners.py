@@ -151,6 +151,9 @@ def test_a_task_submitted_through_one_is_leased_through_the_other_that_found_the
     assert a.next_ready(T0) == T0 + a.poll  # shared: a flushes every poll
     assert a.promote_due(T0 + 5) == 1 and b.promote_due(T0 + 5) == 0
     assert leased_ids(b, "m#1", 2) == ["later"]
+    assert a.lease({"n#1": Demand(2)}, T0) == {}  # empty again, as a finds out
+    submit(b, "t1")
+    assert leased_ids(a, "n#1", 2) == ["t1"]  # and does not take it for known
 
 
 def test_schedules_and_delayed_tasks_fire_once_across_coordinators(pair):

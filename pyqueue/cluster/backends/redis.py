@@ -441,7 +441,14 @@ class RedisBackend(Backend):
         going, and recover the leases of dead ones (module doc).  True: flush."""
         if self._closed:
             return False
-        others, dead, _ = self._run("KEEPALIVE", now, [self._ttl_ms()])
+        try:
+            others, dead, _ = self._run("KEEPALIVE", now, [self._ttl_ms()])
+        except BaseException:
+            # it may have acknowledged a newcomer, which then writes: trust
+            # nothing cached until a keepalive answers
+            self._alone = False
+            self._reset_caches()
+            raise
         alone = not others
         if alone != self._alone:
             log.info(
