@@ -72,8 +72,9 @@ liveness key ``P:co:OWNER`` that lives ``liveness`` seconds (5) unless
   to ``P:a:QNODE``, not counted against the capacity it announces (which
   leaves them out already).  One still open ``adopt_for`` seconds (30) later
   is requeued without a loss: its coordinator may have died between granting
-  it and sending it, so that nobody holds it.  Node names must differ per
-  process (the default ``host:pid`` does).
+  it and sending it, so that nobody holds it; or a node process restarted
+  under the same name never had it.  Node names should differ per process
+  (the default ``host:pid`` does), since adoption goes by name.
 * Fencing: every script first checks that its owner's liveness key exists; if
   it expired (a coordinator paused past its liveness, whose leases the others
   may have recovered), the script changes nothing and the store joins again
