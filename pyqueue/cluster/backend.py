@@ -317,3 +317,23 @@ class Backend(abc.ABC):
 
     def describe_owner(self, address: str) -> None:  # noqa: B027 - optional hook
         """Record where the coordinator that owns this store listens (optional)."""
+
+    def keepalive(self, now: float) -> bool:
+        """The coordinator's periodic tick (every ``timings.sweep`` seconds).
+
+        A store shared by several coordinators (Redis) refreshes this one's
+        liveness there, notices the others and recovers the leases of dead
+        ones.  True asks for a flush (leases came back, or others may have
+        changed what there is to dispatch or deliver).  Default: nothing to do.
+        """
+        return False
+
+    def node_joined(self, node: str, name: str, now: float) -> int:
+        """A node authenticated as ``name`` joined this coordinator as ``node``.
+
+        A store shared by several coordinators gives this node the leases that
+        a node of that name holds through other coordinators (it still runs
+        them and resends their results on its new connection); returns how
+        many.  Default: none (the old connection's leases are lost with it).
+        """
+        return 0

@@ -556,8 +556,11 @@ class CoordinatorCore:
         if peer.role != "node":
             raise UnexpectedMessage("READY from a peer that did not say it is a node")
         if peer.node_id is None:
-            peer.node_id = f"{peer.name or 'node'}#{next(self._node_ids)}"
-            self.nodes[peer.node_id] = peer
+            node_id = f"{peer.name or 'node'}#{next(self._node_ids)}"
+            # first: should it raise, READY is applied again from the start
+            self.backend.node_joined(node_id, peer.name or "", self.clock.time())
+            peer.node_id = node_id
+            self.nodes[node_id] = peer
         peer.capacity = ready.capacity
         peer.queues = dict(ready.queues)
         peer.strict = ready.strict
@@ -1008,6 +1011,8 @@ class CoordinatorCore:
                 peer.link.abort()
                 self.gone(peer)
         wall = self.clock.time()
+        if self.backend.keepalive(wall):
+            self.schedule_flush()
         if self.backend.promote_due(wall):
             self.schedule_flush()
         # bounded batches: a large backlog of expired tasks never stalls dispatch

@@ -9,9 +9,14 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import pytest
+
+B = TypeVar("B")
 
 INSTALL = "redis-server is not installed: apt-get install redis-server"
 
@@ -96,3 +101,30 @@ def shared_url() -> str:
         _shared = RedisServer()
         atexit.register(_shared.stop)
     return _shared.url
+
+
+def beside(running: Iterable[Any], call: Callable[[], B], now: float, wait: float = 30.0) -> B:
+    """``call()``, made while the ``running`` RedisBackends keep alive, as their
+    coordinators' ticks do: what opens (or joins again) a coordinator's store on
+    a prefix they serve waits until each live one acknowledged it."""
+    running = list(running)
+    box: dict[str, Any] = {}
+
+    def caller() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # re-raised below, in the test's thread
+            box["error"] = e
+
+    th = threading.Thread(target=caller, name="beside", daemon=True)
+    th.start()
+    deadline = time.monotonic() + wait
+    while th.is_alive():
+        for r in running:
+            r.keepalive(now)
+        th.join(0.02)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer within {wait} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]

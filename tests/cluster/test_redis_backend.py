@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, beside, free_port
 
 from pyqueue.cluster.backends.redis import RedisBackend, RedisUnavailable
 from pyqueue.cluster.states import Completion, Demand, Release, SubmitSpec, TaskState
@@ -162,7 +162,8 @@ def test_a_steady_flush_costs_one_round_trip_and_what_it_skips_reads_the_same(
     assert n == 0  # the queue is known empty, the finished ids and outcomes known
     assert grants == {} and ids == ["t2", "t3"]
     every = ["t0", "t1", "t2", "t3"]
-    fresh = RedisBackend(redis_server.url, prefix="pqrt", now=T0)  # nothing cached
+    # nothing cached: a second coordinator on the same prefix, so b is not alone from here on
+    fresh = beside([b], lambda: RedisBackend(redis_server.url, prefix="pqrt", now=T0), T0)
     assert outs + outs2 == fresh.outcomes(every)
     assert [o.state for o in outs + outs2 if o] == [
         TaskState.SUCCEEDED,
@@ -171,6 +172,12 @@ def test_a_steady_flush_costs_one_round_trip_and_what_it_skips_reads_the_same(
         TaskState.SUCCEEDED,
     ]
     fresh.close()
+    assert b.keepalive(T0) is False  # fresh is gone: b is alone again, and caches
+    n, _ = round_trips(lambda: _flush(b, {"n": Demand(4)}, T0))
+    # reads again: the schedules, PROMOTE, LEASE, the queues' names then rates, DRAIN
+    assert n == 6
+    n, _ = round_trips(lambda: _flush(b, {"n": Demand(4)}, T0))
+    assert n == 0  # and knows them from then on
 
     # a new task in the queue found empty is leased; the drain handed out from
     # what was known counts for retention from the next script on

@@ -1,7 +1,8 @@
 """The Redis store: every transition is one Lua script run on the server.
 
 Supported servers: Redis 7.0 and later (tested with Debian 12's 7.0.15 and
-redis-py 8.x; the scripts use LPOS, so 6.0.6 is the floor in principle).
+redis-py 8.x; the scripts use XTRIM MINID and exclusive XRANGE bounds, so
+6.2 is the floor in principle).
 
 Layout (all keys start with ``prefix``; foreign keys in the db are never read)
 -----------------------------------------------------------------------------
@@ -17,8 +18,18 @@ Layout (all keys start with ``prefix``; foreign keys in the db are never read)
 the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, rate, token bucket)
   and ``{P:Q}:cnt`` (counts per state) share the queue's hash tag.
 * ``P:sched`` (SCHEDULED by not_before), ``P:exp`` (drained finished tasks by
-  expiry), ``P:dead`` (dead tasks in death order), ``P:fin`` (a list: ended,
-  not drained), ``P:n:NODE`` (leases held), ``P:cnt``, ``P:verd``, ``P:sch``.
+  expiry: a task in no coordinator's drain yet is not there), ``P:dead`` (dead
+  tasks in death order), ``P:cnt``, ``P:verd``, ``P:sch``.
+* ``P:fins`` a stream of the ids of ended tasks (one entry per script, field
+  ``i`` per id), read by every coordinator from its own cursor ``P:cur``
+  (owner -> stream id) and trimmed below the lowest cursor.
+* Coordinators (owners): ``P:coords`` (the set of registered owner ids),
+  ``P:co:OWNER`` (its liveness key, with a TTL), ``P:ack:OWNER`` (the owners
+  that acknowledged it), ``P:ad:OWNER`` (the leases it adopted, by time).
+* Nodes, by qualified id ``OWNER/NODE`` (the coordinator's node id behind the
+  owner that gave it out): ``P:n:QNODE`` (leases granted to it, id -> suspect
+  flag), ``P:a:QNODE`` (leases it adopted), ``P:nodes``, ``P:sus`` (suspect
+  leases held), ``P:nn`` (the name each node authenticated with).
 
 Cluster: keys of one queue share a hash tag, but the scripts touch task hashes
 and the global sets too, so today they need one Redis (or one slot); the
@@ -33,26 +44,65 @@ nothing to do.  A submit is acknowledged once Redis applied it.  With
 or power loss loses nothing acknowledged; with ``everysec`` up to about one
 second of changes (submits, completions, leases) can be lost, so an
 acknowledged task may be forgotten.  Leases are stored, so a lease token is
-never issued twice across a coordinator restart; restarting the coordinator
-is what opening a store means in the contract: every lease goes back to its
-queue without a loss, the completion counters restart, and what expired while
-no coordinator ran is purged.  (Several coordinators over one Redis, issue 13
-part 2, will need leases owned per coordinator instead.)
+never issued twice across a coordinator restart.  A store closed (or a
+coordinator dead) leaves its leases to the next owner that looks: with no
+other coordinator, opening the store is a restart as the contract has it
+(every lease goes back to its queue without a loss, the completion counters
+restart, and what expired while no coordinator ran is purged).
 
-One coordinator
----------------
-Each Redis call is a round trip (~0.15 ms on a local server), so the store
-keeps what only its own writes change and answers from it: the earliest
-SCHEDULED time, the schedules and which queues have a rate limit
-(``next_ready``, ``promote_due`` and ``fire_schedules`` read nothing while
-nothing is due), the queues a LEASE found empty (``lease`` from only those
-needs no call), what ``P:fin`` holds (every script replies with the ids it
-pushed there, so ``drain_finished`` needs no call; the next script, whichever,
-drains the ids handed out first, before anything can read them), and the
-outcomes ``complete`` produced (``outcomes`` of the ids just drained).  A
-steady flush is one LEASE; one after a DONE, often none.  This is right while
-one coordinator writes the prefix, as today; several (issue 13 part 2) must
-drop or fence these caches.
+Several coordinators
+--------------------
+Any number of coordinators may serve one prefix at once.  Each open of a
+RedisBackend is an owner: a random id registered in ``P:coords`` with a
+liveness key ``P:co:OWNER`` that lives ``liveness`` seconds (5) unless
+:meth:`RedisBackend.keepalive` (the coordinator's tick) refreshes it.
+
+* Leases are the owner's: the node ids the coordinator gives are qualified by
+  owner in the store, so ``node_lost`` from one coordinator never touches the
+  leases the same node holds through another, however late it comes.  A
+  completion is accepted from any coordinator with the lease's token.
+* A dead owner (its key expired, or it closed) is found by the others'
+  keepalive and by every open (RECOVER_DEAD): its leases go back to their
+  queues at their old positions without a loss (the coordinator died, not the
+  task), and it is unregistered, one log line each with the count.
+* A node that joins (:meth:`RedisBackend.node_joined`, at its READY) takes over
+  the leases a node of the same name holds through other owners (ADOPT): the
+  node keeps running its previous connection's tasks and resends their
+  results (see :mod:`pyqueue.cluster.node`), so nothing runs twice.  They go
+  to ``P:a:QNODE``, not counted against the capacity it announces (which
+  leaves them out already).  One still open ``adopt_for`` seconds (30) later
+  is requeued without a loss: its coordinator may have died between granting
+  it and sending it, so that nobody holds it; or a node process restarted
+  under the same name never had it.  Node names should differ per process
+  (the default ``host:pid`` does), since adoption goes by name.
+* Fencing: every script first checks that its owner's liveness key exists; if
+  it expired (a coordinator paused past its liveness, whose leases the others
+  may have recovered), the script changes nothing and the store joins again
+  under a new owner id, raising :class:`CoordinatorFenced` (an ``unavailable``
+  error: the coordinator retries and re-makes its connections).
+* Finished ids reach every coordinator through the stream ``P:fins``.
+
+Each Redis call is a round trip (~0.15 ms on a local server), so while it is
+alone the store keeps what only its own writes change and answers from it:
+the earliest SCHEDULED time, the schedules and which queues have a rate
+limit (``next_ready``, ``promote_due`` and ``fire_schedules`` read nothing
+while nothing is due), the queues a LEASE found empty (``lease`` from only
+those needs no call), what ``P:fins`` holds past its cursor (every script
+replies with the ids it added, so ``drain_finished`` needs no call; the next
+script, whichever, marks the ids handed out drained first, before anything
+can read ``P:exp``), and the outcomes ``complete`` produced (``outcomes`` of
+the ids just drained).  A steady flush is one LEASE; one after a DONE, often
+none.  Alone is proven, not guessed: an owner that joins waits until every
+other live owner has acknowledged it (KEEPALIVE writes ``P:ack``), and an
+owner acknowledges only from the keepalive that also makes it drop its
+caches; so no owner writes while another still trusts its caches (fencing
+covers an owner taken for dead).  Beside others, the store reads instead
+(about five round trips a flush) and ``next_ready`` asks for a flush every
+``poll`` seconds (0.05), since nothing announces the others' writes.  Alone
+again (the others gone), it caches again from fresh reads.
+
+``liveness``, ``poll`` and ``adopt_for`` are keywords, or query parameters of
+the URL (``redis://host/0?liveness=5``), which is how ``--store`` sets them.
 
 Jitter for retry backoff is drawn in Python from the seeded generator (one
 draw per failing completion, so the sequence differs from the memory store's
@@ -61,7 +111,7 @@ a Park-Miller generator inside the lease script, seeded per node per call.
 Priorities must stay within +-2**20 for the sorted score to be exact.
 
 Contract tests skipped for Redis: none (the restart tests run: a reopen is a
-new RedisBackend on the same server and prefix).
+new RedisBackend on the same server and prefix, after the old one's close).
 
 Telemetry: each script replies with its events beside its result (a task
 submitted or ended, a lease's wait, a completion's run time, by queue), and
@@ -71,9 +121,11 @@ feeds it whichever operation caused it, as in the memory store.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import random
+import secrets
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,13 +154,24 @@ from ..states import (
 from ..telemetry import Telemetry
 from . import redis_lua
 
-__all__ = ["RedisBackend", "RedisUnavailable"]
+__all__ = ["CoordinatorFenced", "RedisBackend", "RedisUnavailable"]
 
 log = logging.getLogger("pyqueue.cluster.store")
 
 
 class RedisUnavailable(ClusterError, ConnectionError):
     """The Redis server named by the URL cannot be reached or refused us."""
+
+
+class CoordinatorFenced(ClusterError, ConnectionError):
+    """This coordinator's liveness key had expired, so the others may have
+    recovered its leases: it joined again under a new owner id, and the
+    operation that found out was not applied (the coordinator retries it and
+    re-makes its connections, as after a store outage)."""
+
+
+#: how many P:fins entries one DRAIN reads at most
+_DRAIN_ENTRIES = 1000
 
 
 def redacted(url: str) -> str:
@@ -141,6 +204,33 @@ def _settings(raw: Sequence[Any]) -> tuple[float | None, bool, float, float]:
     )
 
 
+#: the query parameters of a store URL that are this store's, not redis-py's
+_OPTIONS = ("liveness", "poll", "adopt_for")
+
+
+def _own_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the store's own query parameters, and those."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url, {}
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    mine = {k: v for k, v in query if k in _OPTIONS}
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in _OPTIONS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), mine
+
+
+def _positive(name: str, given: float | None, opts: Mapping[str, str], default: float) -> float:
+    """A keyword's value, else the URL's (``?liveness=5``), else ``default``; > 0 s."""
+    raw: object = given if given is not None else opts.get(name, default)
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds > 0, not {raw!r}")
+    return value
+
+
 def _f(x: float) -> str:
     return repr(float(x))
 
@@ -161,18 +251,40 @@ class RedisBackend(Backend):
         seed: int | None = None,
         now: float | None = None,
         client: Any = None,
+        liveness: float | None = None,
+        poll: float | None = None,
+        adopt_for: float | None = None,
     ) -> None:
         import redis
 
+        url, opts = _own_options(url)
         self.policy = policy or Policy()
         self.url = redacted(url)  # what messages and logs show
         self.prefix = prefix
+        #: seconds this coordinator's liveness key lives without a keepalive
+        self.liveness = _positive("liveness", liveness, opts, 5.0)
+        #: seconds between flushes while other coordinators share the store
+        self.poll = _positive("poll", poll, opts, 0.05)
+        #: seconds an adopted lease is held for its node before it is requeued
+        self.adopt_for = _positive("adopt_for", adopt_for, opts, 30.0)
+        self._adoptions: collections.deque[float] = collections.deque()  # their times
         self._rng = random.Random(seed)
         self._r = client if client is not None else redis.Redis.from_url(url)
-        self.unavailable = (redis.ConnectionError, redis.TimeoutError)
+        self.unavailable = (redis.ConnectionError, redis.TimeoutError, CoordinatorFenced)
+        self._closed = False
+        #: this open's owner id (see "Several coordinators" in the module doc)
+        self.owner = ""
+        self._qp = ""  # owner + "/": the prefix of the node ids this owner leases to
+        #: no other live coordinator: the caches below are right (module doc)
+        self._alone = True
+        # P:fins, as this owner reads it: ids handed out up to _cursor, marked
+        # drained up to _marked; _handed_to: handed, to be marked by the next
+        # script; _tail: the stream's last id while _ahead is known
+        self._cursor = self._marked = self._tail = "0-0"
+        self._handed_to: str | None = None
         # What this object knows without asking (each read costs a round trip,
-        # ~0.15 ms here), kept right by its own writes: a single coordinator's
-        # view (see "One coordinator" in the module doc).
+        # ~0.15 ms here), kept right by its own writes while it is alone (see
+        # "Several coordinators" in the module doc).
         #: not_before of the earliest SCHEDULED task (None: none), or _UNKNOWN;
         #: never later than the truth (a cancel may leave it early: harmless)
         self._sched_at: float | None = _UNKNOWN
@@ -183,14 +295,11 @@ class RedisBackend(Backend):
         #: queues whose ready set LEASE found empty, while no script that can
         #: add to one ran since: a lease from only those needs no round trip
         self._empty: set[str] = set()
-        #: P:fin past its handed-out head, as this object's scripts left it
-        #: (each replies with what it pushed there), or None after a failed
-        #: call: drain_finished reads nothing while it is known
+        #: P:fins past _cursor, as this object's scripts left it (each replies
+        #: with what it added there), or None after a failed call or while not
+        #: alone: drain_finished reads nothing while it is known; the next
+        #: script marks what it handed out drained (one round trip less)
         self._ahead: list[str] | None = None
-        #: how many ids at P:fin's head drain_finished handed out from
-        #: _ahead: the next script drains them first (the same effect, one
-        #: round trip less)
-        self._handed = 0
         #: outcomes complete() produced, until the next drain; then those of
         #: the ids it drained (what outcomes() is asked for next)
         self._told: dict[str, Outcome] = {}
@@ -234,8 +343,12 @@ class RedisBackend(Backend):
                 "PURGE",
                 "CONFIGURE",
                 "OLDEST",
-                "RECOVER",
                 "DELETE_DEAD",
+                "KEEPALIVE",
+                "RECOVER_DEAD",
+                "ADOPT",
+                "EXPIRE_ADOPTED",
+                "OPEN",
             )
         }
         # loaded at once (one round trip), not at each one's first EVALSHA (three)
@@ -243,8 +356,146 @@ class RedisBackend(Backend):
         for sc in self._scripts.values():
             pipe.script_load(sc.script)
         pipe.execute()
-        self._run("RECOVER", time.time() if now is None else now, [])
-        self._ahead = []  # RECOVER drained P:fin
+        self._join(time.time() if now is None else now)
+
+    # -- owners ----------------------------------------------------------------
+    def _join(self, now: float) -> None:
+        """Register a new owner id, wait until every other live coordinator has
+        acknowledged it, recover the dead ones, and open (module doc)."""
+        self.owner = secrets.token_hex(6)
+        self._qp = self.owner + "/"
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(self._k("co", self.owner), 1, px=self._ttl_ms())
+        pipe.sadd(self._k("coords"), self.owner)
+        pipe.execute()
+        self._cursor = self._marked = self._tail = "0-0"
+        self._handed_to = None
+        self._adoptions.clear()  # P:ad of the old owner id: the others recover them
+        self._reset_caches()
+        deadline = time.monotonic() + 3 * self.liveness + 1.0
+        while True:
+            _, _, waiting = self._run("KEEPALIVE", now, [self._ttl_ms()], rejoin=False)
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(sorted(_s(x) for x in waiting))
+                raise ClusterError(
+                    f"coordinator(s) {names} on the Redis store at {self.url} (prefix"
+                    f" {self.prefix!r}) did not acknowledge this one within"
+                    f" {3 * self.liveness + 1:g} s"
+                )
+            time.sleep(min(0.05, self.liveness / 10))
+        self._recover_dead(now)
+        cur, alone = self._run("OPEN", now, [], rejoin=False)
+        self._cursor = self._marked = self._tail = _s(cur)
+        self._alone = bool(alone)
+        self._reset_caches()
+        if self._alone:
+            self._ahead = []  # the stream's end is this owner's cursor
+        log.info(
+            "coordinator %s joined the Redis store at %s (prefix %r)%s",
+            self.owner,
+            self.url,
+            self.prefix,
+            "" if self._alone else " beside other live coordinators",
+            extra={"event": "store_joined", "owner": self.owner, "alone": self._alone},
+        )
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.liveness * 1000))
+
+    def _reset_caches(self) -> None:
+        """Forget what was known without asking: read it again when needed."""
+        self._sched_at = _UNKNOWN
+        self._forget_schedules()
+        self._limited = None
+        self._empty = set()
+        self._ahead = None
+        self._told = {}
+        self._outcomes = {}
+
+    def _stale(self) -> None:
+        """Other coordinators write too: no cache holds."""
+        if not self._alone:
+            self._reset_caches()
+
+    def _recover_dead(self, now: float) -> int:
+        got = self._run("RECOVER_DEAD", now, [], rejoin=False)
+        total = 0
+        for owner, n in zip(got[::2], got[1::2]):
+            owner, n = _s(owner), int(n)
+            total += n
+            log.warning(
+                "coordinator %s of the Redis store at %s is gone (closed, or its liveness"
+                " key expired): %d lease(s) it granted requeued without a loss",
+                owner or "(none registered)",
+                self.url,
+                n,
+                extra={"event": "coordinator_recovered", "owner": owner, "requeued": n},
+            )
+        if total:
+            self._empty.clear()
+        return total
+
+    def keepalive(self, now: float) -> bool:
+        """Refresh this owner's liveness, notice other coordinators coming and
+        going, and recover the leases of dead ones (module doc).  True: flush."""
+        if self._closed:
+            return False
+        try:
+            others, dead, _ = self._run("KEEPALIVE", now, [self._ttl_ms()])
+        except BaseException:
+            # it may have acknowledged a newcomer, which then writes: trust
+            # nothing cached until a keepalive answers
+            self._alone = False
+            self._reset_caches()
+            raise
+        alone = not others
+        if alone != self._alone:
+            log.info(
+                "coordinator %s %s",
+                self.owner,
+                "is alone on the store again: caching what it writes"
+                if alone
+                else f"shares the store with {len(others)} other coordinator(s): reading"
+                " what they write",
+                extra={"event": "store_peers", "owner": self.owner, "others": len(others)},
+            )
+            self._alone = alone
+            self._reset_caches()
+        requeued = self._recover_dead(now) if dead else 0
+        adoptions = self._adoptions
+        if adoptions and adoptions[0] <= now - self.adopt_for:
+            cutoff = now - self.adopt_for
+            n = int(self._run("EXPIRE_ADOPTED", now, [_f(cutoff)]))
+            while adoptions and adoptions[0] <= cutoff:
+                adoptions.popleft()
+            if n:
+                log.warning(
+                    "%d adopted lease(s) still open after %g s requeued without a loss: never"
+                    " sent by the coordinator that died, or running that long (then twice)",
+                    n,
+                    self.adopt_for,
+                    extra={"event": "adopted_requeued", "requeued": n},
+                )
+                self._empty.clear()
+                requeued += n
+        return bool(requeued) or not alone
+
+    def node_joined(self, node: str, name: str, now: float) -> int:
+        """Adopt what a node of this name holds through other coordinators."""
+        if not name:
+            return 0  # nothing tells two unnamed nodes apart
+        n = int(self._run("ADOPT", now, [self._qp + node, name]))
+        if n:
+            self._adoptions.append(now)
+            log.info(
+                "node %s holds %d lease(s) granted through another coordinator: taken over",
+                node,
+                n,
+                extra={"event": "leases_adopted", "node": node, "adopted": n},
+            )
+        return n
 
     def _warn_if_volatile(self) -> None:
         """Say so when the server keeps nothing on disk: a restart would empty the queue."""
@@ -265,18 +516,45 @@ class RedisBackend(Backend):
                 extra={"event": "redis_volatile", "url": self.url},
             )
 
-    def _run(self, name: str, now: float, args: Sequence[Any]) -> Any:
-        # Whatever comes of it, the handed-out drain goes with this script: if
-        # it is lost with a failed call, those ids are drained again later and
-        # their clients may be told twice (they count duplicate pushes).
-        handed, self._handed = self._handed, 0
+    def _run(self, name: str, now: float, args: Sequence[Any], *, rejoin: bool = True) -> Any:
+        import redis
+
+        if self._closed:
+            raise ClusterError(f"the Redis store at {self.url} was closed")
+        # The handed-out range is marked drained by this script; should the
+        # call fail, by the next one (marking twice changes nothing).
+        to = self._handed_to
         ahead, self._ahead = self._ahead, None  # unknown should the call fail
-        reply, events, pushed = self._scripts[name](args=[*self._head, _f(now), handed, *args])
+        try:
+            reply, events, pushed, xid = self._scripts[name](
+                args=[*self._head, _f(now), self.owner, self._marked, to or "", *args]
+            )
+        except redis.ResponseError as e:
+            if not str(e).startswith("PQFENCED"):
+                raise
+            if not rejoin:
+                raise CoordinatorFenced(str(e)) from None
+            old = self.owner
+            log.error(
+                "coordinator %s was taken for dead by the others (its liveness key expired):"
+                " joining the Redis store at %s again",
+                old,
+                self.url,
+                extra={"event": "store_fenced", "owner": old},
+            )
+            self._join(now)
+            raise CoordinatorFenced(f"coordinator {old} was fenced; now {self.owner}") from None
+        if to is not None:
+            self._marked = to
+            if self._handed_to == to:
+                self._handed_to = None
         if events:
             self._observe(events)
-        if ahead is not None:
+        if ahead is not None and self._alone:
             ahead += [_s(x) for x in pushed]
             self._ahead = ahead
+            if xid:
+                self._tail = _s(xid)
         return reply
 
     def _observe(self, events: Sequence[bytes]) -> None:
@@ -329,12 +607,14 @@ class RedisBackend(Backend):
         return args
 
     def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
+        self._stale()
         empty = self._empty
         if all(name in empty for d in demands.values() for name in d.queues):
             return {}  # nothing to grant, and nodes with no grant may be left out
         args: list[Any] = []
+        qp = self._qp
         for node, d in demands.items():
-            args += [node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
+            args += [qp + node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
             args.append(len(d.queues))
             for name, w in d.queues.items():
                 args += [name, w]
@@ -345,7 +625,7 @@ class RedisBackend(Backend):
         out: dict[str, Grant] = {}
         i = 0
         while i < len(got):
-            node, held, k = _s(got[i]), int(got[i + 1]), int(got[i + 2])
+            node, held, k = _s(got[i])[len(qp) :], int(got[i + 1]), int(got[i + 2])
             i += 3
             leases = []
             for _ in range(k):
@@ -390,7 +670,7 @@ class RedisBackend(Backend):
         return [Verdict(_s(v)) for v in verdicts]
 
     def release(self, node: str, rows: Sequence[Release], now: float) -> list[bool]:
-        args: list[Any] = [node]
+        args: list[Any] = [self._qp + node]
         for r in rows:
             args += [r.id, r.token, int(r.started)]
         if not rows:
@@ -399,11 +679,15 @@ class RedisBackend(Backend):
         return [bool(x) for x in self._run("RELEASE", now, args)]
 
     def revoked(self, node: str, task_id: str, token: int, now: float) -> bool:
-        return bool(self._run("REVOKED", now, [node, task_id, token]))
+        return bool(self._run("REVOKED", now, [self._qp + node, task_id, token]))
 
     def node_lost(self, node: str, now: float) -> list[str]:
+        if self._closed:
+            # connections lost as the coordinator stops: its leases are the
+            # next owner's to recover (without a loss), or the node's to bring
+            return []
         self._empty.clear()
-        out = [_s(x) for x in self._run("NODE_LOST", now, [node])]
+        out = [_s(x) for x in self._run("NODE_LOST", now, [self._qp + node])]
         self.telemetry.leases_expired += len(out)
         return out
 
@@ -447,7 +731,7 @@ class RedisBackend(Backend):
                     int(att or 0),  # counters and times left out of a hash are 0
                     int(fail or 0),
                     int(lost or 0),
-                    _s(node) or None if node else None,
+                    self._unqualified(_s(node)) or None if node else None,
                     None if err is None else _s(err),
                     float(exp or 0.0),
                     _s(q),
@@ -457,7 +741,12 @@ class RedisBackend(Backend):
             )
         return out
 
+    def _unqualified(self, node: str) -> str:
+        """A node id as the coordinator knows it (another owner's stays qualified)."""
+        return node[len(self._qp) :] if node.startswith(self._qp) else node
+
     def outcomes(self, ids: Sequence[str]) -> list[Outcome | None]:
+        self._stale()
         # The last drain's ids, as complete() saw them end, need no read: a
         # finished task's outcome changes only when it is purged (purge and
         # expire drop these copies).
@@ -478,12 +767,23 @@ class RedisBackend(Backend):
         return out
 
     def drain_finished(self) -> list[str]:
-        if self._ahead is not None:  # what P:fin holds, known without a read
+        self._stale()
+        if self._ahead is not None:  # what P:fins holds past _cursor, known without a read
             ids, self._ahead = self._ahead, []
-            self._handed += len(ids)
+            if ids:
+                self._cursor = self._handed_to = self._tail
         else:
-            ids = [_s(x) for x in self._run("DRAIN", 0.0, [])]
-            self._ahead = []
+            ids = []
+            while True:
+                got, cur = self._run("DRAIN", 0.0, [self._cursor, _DRAIN_ENTRIES])
+                cur = _s(cur)
+                ids += [_s(x) for x in got]
+                done = cur == self._cursor
+                self._cursor = self._marked = self._tail = cur
+                if done or len(got) < _DRAIN_ENTRIES:  # an entry holds one id or more
+                    break
+            if self._alone:
+                self._ahead = []
         told = self._told
         self._outcomes = {tid: told[tid] for tid in ids if tid in told} if told else {}
         self._told = {}  # each of them ended on P:fin: this drain had it
@@ -501,6 +801,7 @@ class RedisBackend(Backend):
         return self._sched_at
 
     def promote_due(self, now: float) -> int:
+        self._stale()
         at = self._sched_at
         if at != _UNKNOWN and (at is None or now < at):
             return 0
@@ -529,7 +830,10 @@ class RedisBackend(Backend):
 
     def next_ready(self, now: float) -> float | None:
         # no round trip while the caches hold what it needs (see __init__),
-        # one per flush while some queue has a rate limit
+        # one per flush while some queue has a rate limit; beside other
+        # coordinators, whose writes nothing announces, a flush every poll
+        if not self._alone:
+            return now + self.poll
         due = self._known_sched_at()
         fire = self._known_fire_at()
         if fire is not None:
@@ -656,6 +960,7 @@ class RedisBackend(Backend):
         return bool(self._r.hdel(self._k("sch"), schedule_id))
 
     def fire_schedules(self, now: float) -> list[str]:
+        self._stale()
         at = self._known_fire_at()
         if at is None or now < at:
             return []
@@ -690,7 +995,9 @@ class RedisBackend(Backend):
         pipe = self._r.pipeline(transaction=False)
         for n in nodes:
             pipe.hlen(self._k("n", n))
-        held = dict(zip(nodes, (int(x) for x in pipe.execute())))
+            pipe.hlen(self._k("a", n))
+        got = [int(x) for x in pipe.execute()]
+        held = {self._unqualified(n): got[2 * i] + got[2 * i + 1] for i, n in enumerate(nodes)}
         return Stats(
             tasks={st: int(cnt.get(str(int(st)).encode(), 0)) for st in TaskState},
             completions={v: int(verd.get(v.value.encode(), 0)) for v in Verdict},
@@ -702,4 +1009,16 @@ class RedisBackend(Backend):
         """Nothing to do: Redis applied each script whole (see the module doc)."""
 
     def close(self) -> None:
+        """Leave the store: the liveness key goes at once, so the leases granted
+        here are recovered (without a loss) by the next coordinator that looks:
+        another live one within a keepalive, or this store's next open."""
+        if self._closed:
+            return
+        self._closed = True
+        import redis
+
+        try:
+            self._r.delete(self._k("co", self.owner))
+        except redis.RedisError:  # unreachable: the key expires on its own
+            pass
         self._r.close()

@@ -1,12 +1,16 @@
 """Server-side scripts of the Redis store (Lua, one per atomic operation)."""
 
-# Every script starts with the same ARGV head: prefix, the policy, now, and how
-# many ids at the head of P:fin the store handed out since the last script
-# (drain_finished answered from what it knew P:fin held): they are drained
-# first, so that every reader of P:fin and P:exp, a script, sees them drained.
+# Every script starts with the same ARGV head: prefix, the policy, now, the
+# coordinator's owner id, and the range (FROM, TO] of the finished stream P:fins
+# that the store handed out since the last script (drain_finished answered from
+# what it knew the stream held, TO '' for none): those ids are marked drained
+# first, so that every reader of P:exp, a script, sees them drained.  A script
+# run by an owner whose liveness key P:co:OWNER is gone fails with PQFENCED and
+# changes nothing: the others may have recovered its leases already.
 # Its body runs as main(); the counters it changed are written after it, and
-# it replies {main's reply, events, pushed}: events are what the store's
-# telemetry counts, pushed the ids it put onto P:fin (tasks that ended), in order.
+# it replies {main's reply, events, pushed, xid}: events are what the store's
+# telemetry counts, pushed the ids it added to P:fins (tasks that ended), in
+# order, and xid the stream id of its last entry (false: none).
 PRELUDE = r"""
 local P = ARGV[1]
 local MAXLOST = tonumber(ARGV[2])
@@ -16,8 +20,13 @@ local DTTL = tonumber(ARGV[5])
 local BCAP = tonumber(ARGV[6])
 local MAXDEAD = tonumber(ARGV[7])
 local NOW = tonumber(ARGV[8])
-local HANDED = tonumber(ARGV[9])
-local A = 10
+local OWNER = ARGV[9]
+local FROM = ARGV[10]
+local TO = ARGV[11]
+local A = 12
+if redis.call('EXISTS', P .. ':co:' .. OWNER) == 0 then
+  return redis.error_reply('PQFENCED coordinator ' .. OWNER .. ' is not registered in ' .. P)
+end
 local function tk(id) return P .. ':t:' .. id end
 local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
 local function fmt(x) return string.format('%.17g', x) end
@@ -36,9 +45,10 @@ local function bulk(cmd, key, items)
   end
   return sum
 end
--- ids that ended in this script, in order: pushed onto P:fin by flush()
+-- ids that ended in this script, in order: added to P:fins by flush()
 local FIN = {}
 local PUSHED = {}
+local XID = false
 -- counter changes add up here and are written once, at the end of the script
 local D = {}
 local function count(key, field, n)
@@ -55,8 +65,18 @@ local function flush()
   end
   D = {}
   if #FIN > 0 then
-    bulk('RPUSH', P .. ':fin', FIN)
-    for _, id in ipairs(FIN) do PUSHED[#PUSHED + 1] = id end
+    local f = {}
+    for _, id in ipairs(FIN) do
+      f[#f + 1] = 'i'
+      f[#f + 1] = id
+      PUSHED[#PUSHED + 1] = id
+    end
+    local n, i = #f, 1
+    while i <= n do
+      local j = math.min(n, i + 3999)
+      XID = redis.call('XADD', P .. ':fins', 'MAXLEN', '~', 1000000, '*', unpack(f, i, j))
+      i = j + 1
+    end
     FIN = {}
   end
 end
@@ -83,12 +103,32 @@ local function wait(id)
   redis.call('ZADD', qk(t[1], 'ready'), score(tonumber(t[2]), tonumber(t[3])), id)
   redis.call('ZADD', qk(t[1], 'since'), t[4], id)
 end
+-- a lease leaves its node's set: P:n:NODE (leased here) or P:a:NODE (adopted
+-- from another coordinator, not counted against the node's new capacity)
 local function unlease(node, id)
-  local s = redis.call('HGET', P .. ':n:' .. node, id)
+  local key = P .. ':n:' .. node
+  local s = redis.call('HGET', key, id)
+  if not s then
+    key = P .. ':a:' .. node
+    s = redis.call('HGET', key, id)
+  end
   if s then
-    redis.call('HDEL', P .. ':n:' .. node, id)
+    redis.call('HDEL', key, id)
     if s == '1' then redis.call('HINCRBY', P .. ':sus', node, -1) end
   end
+end
+-- every lease a node holds: {id, flag, id, flag...} of both of its sets
+local function held_by(node)
+  local flat = redis.call('HGETALL', P .. ':n:' .. node)
+  for _, x in ipairs(redis.call('HGETALL', P .. ':a:' .. node)) do flat[#flat + 1] = x end
+  return flat
+end
+-- a node leaves the store's books (its lease sets, suspect count, name)
+local function drop_node(node)
+  redis.call('DEL', P .. ':n:' .. node, P .. ':a:' .. node)
+  redis.call('HDEL', P .. ':sus', node)
+  redis.call('HDEL', P .. ':nn', node)
+  redis.call('SREM', P .. ':nodes', node)
 end
 -- the end of a task whose state (st), queue and ttl field the caller read
 local function ended(id, st, q, ttl, state, result, err)
@@ -155,6 +195,27 @@ local function drained(ids)
   end
   bulk('ZADD', P .. ':exp', z)
 end
+-- the ids in XRANGE entries of P:fins (each entry: i, id, i, id...)
+local function fin_ids(entries)
+  local ids = {}
+  for _, e in ipairs(entries) do
+    local f = e[2]
+    for j = 2, #f, 2 do ids[#ids + 1] = f[j] end
+  end
+  return ids
+end
+-- P:fins keeps what some registered coordinator has not read yet
+local function trim_fins()
+  local lo, lo_ms, lo_sq = nil, 0, 0
+  for _, c in ipairs(redis.call('HVALS', P .. ':cur')) do
+    local a, b = string.match(c, '^(%d+)-(%d+)$')
+    local ms, sq = tonumber(a), tonumber(b)
+    if ms and (not lo or ms < lo_ms or (ms == lo_ms and sq < lo_sq)) then
+      lo, lo_ms, lo_sq = c, ms, sq
+    end
+  end
+  if lo then redis.call('XTRIM', P .. ':fins', 'MINID', lo) end
+end
 local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
   count(P .. ':cnt', t[1], -1)
@@ -164,9 +225,10 @@ local function forget(id)
   redis.call('ZREM', P .. ':dead', id)
   redis.call('INCR', P .. ':purged')
 end
-if HANDED > 0 then
-  drained(redis.call('LRANGE', P .. ':fin', 0, HANDED - 1))
-  redis.call('LTRIM', P .. ':fin', HANDED, -1)
+if TO ~= '' then
+  drained(fin_ids(redis.call('XRANGE', P .. ':fins', '(' .. FROM, TO)))
+  redis.call('HSET', P .. ':cur', OWNER, TO)
+  trim_fins()
 end
 """
 
@@ -502,7 +564,8 @@ while i <= #ARGV do
   i = i + 9
 end
 for _, node in ipairs(nodes) do
-  bulk('HDEL', P .. ':n:' .. node, freed[node])
+  local ids = freed[node]
+  if bulk('HDEL', P .. ':n:' .. node, ids) < #ids then bulk('HDEL', P .. ':a:' .. node, ids) end
   if suspects[node] > 0 then redis.call('HINCRBY', P .. ':sus', node, -suspects[node]) end
 end
 return {out, states}
@@ -537,13 +600,11 @@ return 1
 
 NODE_LOST = r"""
 local node = ARGV[A]
-local nkey = P .. ':n:' .. node
-local ids = redis.call('HKEYS', nkey)
-redis.call('DEL', nkey)
-redis.call('HDEL', P .. ':sus', node)
-redis.call('SREM', P .. ':nodes', node)
+local flat = held_by(node)
+drop_node(node)
 local out = {}
-for _, id in ipairs(ids) do
+for j = 1, #flat, 2 do
+  local id = flat[j]
   local t = redis.call('HMGET', tk(id), 'st', 'node')
   if t[1] == '2' and t[2] == node then
     out[#out + 1] = id
@@ -577,29 +638,28 @@ return each_id(function(id)
 end)
 """
 
-# Operator deletion of dead-lettered tasks, counted as purged.  A death still
-# in the finished list is not drained: its clients have not been told yet.
+# Operator deletion of dead-lettered tasks, counted as purged.  A death not in
+# P:exp yet was not drained by any coordinator: its clients have not been told.
 DELETE_DEAD = r"""
-local waiting = nil  -- the finished list as a set, read once and only if needed
 return each_id(function(id)
   if redis.call('HGET', tk(id), 'st') ~= '5' then return false end
-  if not waiting then
-    waiting = {}
-    for _, f in ipairs(redis.call('LRANGE', P .. ':fin', 0, -1)) do waiting[f] = true end
-  end
-  if waiting[id] then return false end
+  if not redis.call('ZSCORE', P .. ':exp', id) then return false end
   forget(id)
   return true
 end)
 """
 
+# ARGV: the stream id read up to (exclusive), how many entries at most.
+# Returns {ids, the new cursor}: this coordinator's read of P:fins, whoever ended them.
 DRAIN = r"""
-local ids = redis.call('LRANGE', P .. ':fin', 0, -1)
-if #ids > 0 then
-  redis.call('DEL', P .. ':fin')
-  drained(ids)
-end
-return ids
+local got = redis.call('XRANGE', P .. ':fins', '(' .. ARGV[A], '+', 'COUNT', ARGV[A + 1])
+if #got == 0 then return {{}, ARGV[A]} end
+local ids = fin_ids(got)
+local cur = got[#got][1]
+drained(ids)
+redis.call('HSET', P .. ':cur', OWNER, cur)
+trim_fins()
+return {ids, cur}
 """
 
 # Returns {how many, not_before of the earliest SCHEDULED task left or false}.
@@ -625,7 +685,7 @@ local over = tonumber(redis.call('HGET', P .. ':cnt', 5) or '0') - MAXDEAD
 while over > 0 and gone < limit do
   local head = redis.call('ZRANGE', P .. ':dead', 0, 0)
   if #head == 0 then break end
-  if redis.call('LPOS', P .. ':fin', head[1]) then break end
+  if not redis.call('ZSCORE', P .. ':exp', head[1]) then break end  -- not drained
   forget(head[1])
   gone = gone + 1
   over = over - 1
@@ -678,22 +738,153 @@ if #got == 0 then return false end
 return got[2]
 """
 
-# At open (a coordinator restart): leases go back without a loss, counters
-# since open restart, and what expired while closed is purged.
-RECOVER = r"""
-redis.call('DEL', P .. ':verd')
-redis.call('SET', P .. ':purged', 0)
-for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
-  for _, id in ipairs(redis.call('HKEYS', P .. ':n:' .. node)) do
-    if redis.call('HGET', tk(id), 'st') == '2' then requeue(id) end
+# ARGV: liveness in ms.  Refreshes this coordinator's key, acknowledges every
+# other live one (it knows they write: see "Several coordinators" in the store's
+# doc) and returns {live others, dead registered ones, live others that have not
+# acknowledged this one yet}.
+KEEPALIVE = r"""
+redis.call('SET', P .. ':co:' .. OWNER, 1, 'PX', ARGV[A])
+local others, dead, waiting = {}, {}, {}
+for _, o in ipairs(redis.call('SMEMBERS', P .. ':coords')) do
+  if o ~= OWNER then
+    if redis.call('EXISTS', P .. ':co:' .. o) == 1 then
+      others[#others + 1] = o
+      redis.call('SADD', P .. ':ack:' .. o, OWNER)
+      if redis.call('SISMEMBER', P .. ':ack:' .. OWNER, o) == 0 then waiting[#waiting + 1] = o end
+    else
+      dead[#dead + 1] = o
+    end
   end
-  redis.call('DEL', P .. ':n:' .. node)
 end
-redis.call('DEL', P .. ':nodes', P .. ':sus')
-drained(redis.call('LRANGE', P .. ':fin', 0, -1))
-redis.call('DEL', P .. ':fin')
+return {others, dead, waiting}
+"""
+
+# The leases held through coordinators whose liveness key is gone (and of nodes
+# of no registered owner: a store written before owners existed) go back to
+# their queues at their old positions without a loss (the coordinator died,
+# not the task); those owners are unregistered.  Returns {owner, count...}.
+RECOVER_DEAD = r"""
+local live = {}
+local function alive(o)
+  local v = live[o]
+  if v == nil then
+    v = o ~= '' and redis.call('EXISTS', P .. ':co:' .. o) == 1
+    live[o] = v
+  end
+  return v
+end
+local counts, order = {}, {}
+local function tally(o, n)
+  if not counts[o] then counts[o] = 0; order[#order + 1] = o end
+  counts[o] = counts[o] + n
+end
+for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  local o = string.match(node, '^([^/]*)/') or ''
+  if not alive(o) then
+    local flat = held_by(node)
+    drop_node(node)
+    local n = 0
+    for j = 1, #flat, 2 do
+      local id = flat[j]
+      local t = redis.call('HMGET', tk(id), 'st', 'node')
+      if t[1] == '2' and t[2] == node then requeue(id); n = n + 1 end
+    end
+    tally(o, n)
+  end
+end
+for _, o in ipairs(redis.call('SMEMBERS', P .. ':coords')) do
+  if not alive(o) then
+    redis.call('SREM', P .. ':coords', o)
+    redis.call('HDEL', P .. ':cur', o)
+    redis.call('DEL', P .. ':ack:' .. o, P .. ':ad:' .. o)
+    tally(o, 0)
+  end
+end
+local out = {}
+for _, o in ipairs(order) do out[#out + 1] = o; out[#out + 1] = counts[o] end
+return out
+"""
+
+# A node that authenticated as NAME joined through this coordinator as ARGV[A]
+# (its qualified id): it takes over (adopts) the leases that a node of that name
+# holds through other coordinators, since it still runs them and resends their
+# results (see pyqueue.cluster.node).  Each adoption is noted in P:ad:OWNER by
+# time (EXPIRE_ADOPTED).  Returns how many.  ARGV: node, name.
+ADOPT = r"""
+local me, name = ARGV[A], ARGV[A + 1]
+redis.call('HSET', P .. ':nn', me, name)
+redis.call('SADD', P .. ':nodes', me)
+local mine = OWNER .. '/'
+local akey = P .. ':a:' .. me
+local n, sus = 0, 0
+for _, other in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  if other ~= me and string.sub(other, 1, #mine) ~= mine
+      and redis.call('HGET', P .. ':nn', other) == name then
+    local flat = held_by(other)
+    drop_node(other)
+    for j = 1, #flat, 2 do
+      local id, flag = flat[j], flat[j + 1]
+      local t = redis.call('HMGET', tk(id), 'st', 'node')
+      if t[1] == '2' and t[2] == other then
+        redis.call('HSET', tk(id), 'node', me)
+        redis.call('HSET', akey, id, flag)
+        redis.call('ZADD', P .. ':ad:' .. OWNER, NOWS, id)
+        n = n + 1
+        if flag == '1' then sus = sus + 1 end
+      end
+    end
+  end
+end
+if sus > 0 then redis.call('HINCRBY', P .. ':sus', me, sus) end
+return n
+"""
+
+# ARGV: cutoff.  The leases this coordinator adopted up to the cutoff and that
+# its node still holds go back to their queues without a loss: a lease the dead
+# coordinator granted but never sent is held by nobody (a task that really runs
+# that long runs twice).  Returns how many.
+EXPIRE_ADOPTED = r"""
+local key = P .. ':ad:' .. OWNER
+local mine = OWNER .. '/'
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[A])) do
+  redis.call('ZREM', key, id)
+  local t = redis.call('HMGET', tk(id), 'st', 'node')
+  if t[1] == '2' and string.sub(t[2], 1, #mine) == mine
+      and redis.call('HEXISTS', P .. ':a:' .. t[2], id) == 1 then
+    unlease(t[2], id)
+    requeue(id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# After RECOVER_DEAD, when a coordinator opens the store: alone (no other live
+# coordinator), this is a restart: the completion counters restart and every
+# finished id not read yet counts as drained (its clients WAIT again).  Either
+# way, this coordinator reads P:fins from its end, and what expired while
+# nobody ran is purged.  Returns {cursor, alone}.
+OPEN = r"""
+local alone = true
+for _, o in ipairs(redis.call('SMEMBERS', P .. ':coords')) do
+  if o ~= OWNER and redis.call('EXISTS', P .. ':co:' .. o) == 1 then alone = false end
+end
+if alone then
+  redis.call('DEL', P .. ':verd')
+  redis.call('SET', P .. ':purged', 0)
+  drained(redis.call('LRANGE', P .. ':fin', 0, -1))  -- a store written before P:fins
+  redis.call('DEL', P .. ':fin')
+  drained(fin_ids(redis.call('XRANGE', P .. ':fins', '-', '+')))
+end
+local cur = '0-0'
+local top = redis.call('XREVRANGE', P .. ':fins', '+', '-', 'COUNT', 1)
+if #top > 0 then cur = top[1][1] end
+redis.call('HSET', P .. ':cur', OWNER, cur)
+if alone then trim_fins() end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', ARGV[8])) do forget(id) end
-return 1
+if alone then return {cur, 1} end
+return {cur, 0}
 """
 
 
@@ -706,5 +897,5 @@ def script(body: str) -> str:
         + "local function main()\n"
         + body
         + "\nend\nlocal r = main()\nflush()\nif r == nil then r = false end\n"
-        + "return {r, E, PUSHED}\n"
+        + "return {r, E, PUSHED, XID}\n"
     )
