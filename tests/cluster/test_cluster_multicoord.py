@@ -71,3 +71,25 @@ def test_two_coordinators_over_one_redis_lose_nothing_when_either_is_killed(
     assert len(logs) == 5 and not any("Traceback" in log for log in logs)
     # the nodes moved with their work: taken over at once, not rerun
     assert sum("lease(s) granted through another coordinator: taken over" in x for x in logs) >= 3
+
+
+def test_local_cluster_with_two_coordinators_spreads_work_over_both(
+    key_env, redis_server: RedisServer
+):
+    from pyqueue.cluster import LocalCluster
+
+    with LocalCluster(
+        nodes=2, workers=1, coordinators=2, store=redis_server.url, fast=True
+    ) as cluster:
+        assert len(cluster.addresses) == 2 and cluster.client.address == cluster.addresses[0]
+        # the first coordinator sees only its own node, local-0
+        assert [n["id"].split("#")[0] for n in cluster.client.status()["nodes"]] == ["local-0"]
+        # node 1 is on the second coordinator: its results reach the client
+        # through the first one only by the shared store
+        pids = set(cluster.client.map(T.pid_after, [0.05] * 16, timeout=30))
+        assert len(pids) == 2
+        hs = [cluster.client.submit(T.square_plus, i, 1) for i in range(500)]
+        rep = check({h.id: i * i + 1 for i, h in enumerate(hs)}, [(h.id, h.result(30)) for h in hs])
+        assert rep.clean, rep
+    for p in cluster.nodes + cluster.coordinators:
+        assert p.poll() is not None
