@@ -93,7 +93,7 @@ class RedisServer:
 
 class RedisClusterServers:
     """A Redis Cluster of ``n`` primaries (no replicas), each a RedisServer with
-    cluster mode on; ``url`` (``redis+cluster://``) reaches it through the first."""
+    cluster mode on; ``url`` (``redis://...?cluster=1``) reaches it through the first."""
 
     def __init__(self, n: int = 3) -> None:
         need_redis_server()
@@ -106,7 +106,15 @@ class RedisClusterServers:
         try:
             for _ in range(n):
                 self.nodes.append(
-                    RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+                    RedisServer(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        # its own bus port: the default, port + 10000, may be past 65535
+                        "--cluster-port",
+                        str(free_port()),
+                    )
                 )
             addrs = [f"127.0.0.1:{s.port}" for s in self.nodes]
             subprocess.run(
@@ -120,7 +128,8 @@ class RedisClusterServers:
         except BaseException:
             self.stop()
             raise
-        self.url = f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+        # the query form, which --store and LocalCluster take as a redis:// URL
+        self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=1"
 
     def _wait_ok(self, cli: str) -> None:
         deadline = time.monotonic() + 30

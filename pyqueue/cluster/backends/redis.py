@@ -4,19 +4,20 @@ Supported servers: Redis 7.0 and later (tested with Debian 12's 7.0.15 and
 redis-py 8.x; the scripts use XTRIM MINID and exclusive XRANGE bounds, so
 6.2 is the floor in principle).
 
-Layout (all keys start with ``prefix``; foreign keys in the db are never read)
+Layout (every key starts with ``P``, the prefix as a hash tag: ``{prefix}``;
+foreign keys in the db are never read)
 -----------------------------------------------------------------------------
 * ``P:t:ID`` a hash per task (state, counters, payload, result, queue...);
   a field at its default (a counter or time at 0, no node, no retries) is
   left out until it changes, since every field costs the server time in each
   HSET.
-* ``{P:Q}:ready`` a sorted set per queue of its PENDING tasks, scored
+* ``P:q:Q:ready`` a sorted set per queue of its PENDING tasks, scored
   ``-priority * 2**32 + seq``: the lowest score is the next lease (highest
   priority, then submit order).  Streams keep arrival order only, and a task
   coming back (released, lost, promoted) must retake its old place, which a
-  sorted score gives in O(log n).  ``{P:Q}:since`` holds the same tasks by
-the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, rate, token bucket)
-  and ``{P:Q}:cnt`` (counts per state) share the queue's hash tag.
+  sorted score gives in O(log n).  ``P:q:Q:since`` holds the same tasks by
+  the time they became ready (the oldest wait, in O(1)).  ``P:q:Q:set``
+  (pause, rate, token bucket) and ``P:q:Q:cnt`` (counts per state).
 * ``P:sched`` (SCHEDULED by not_before), ``P:exp`` (drained finished tasks by
   expiry: a task in no coordinator's drain yet is not there), ``P:dead`` (dead
   tasks in death order), ``P:cnt``, ``P:verd``, ``P:sch``.
@@ -31,10 +32,15 @@ the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, ra
   flag), ``P:a:QNODE`` (leases it adopted), ``P:nodes``, ``P:sus`` (suspect
   leases held), ``P:nn`` (the name each node authenticated with).
 
-Cluster: keys of one queue share a hash tag, but the scripts touch task hashes
-and the global sets too, so today they need one Redis (or one slot); the
-cross-queue operations are lease (several served queues), node loss, stats and
-the global indexes.
+Redis Cluster: the hash tag puts every key of a store in one slot, so the
+scripts (which declare ``P:co:OWNER`` as KEYS[1], for routing, and compute
+the other keys of the same slot) run on Redis Cluster as on one Redis.
+``redis+cluster://host:port/0`` or ``?cluster=1`` opens a
+``redis.cluster.RedisCluster``; SCRIPT LOAD then goes to every primary.  One
+store is on one shard by design: a lease spans every queue a node serves and
+the global indexes atomically, which Redis Cluster allows within one slot
+only; other prefixes hash elsewhere.  The layout changed with the tag (before
+any release of this store): keys under the old names are not read.
 
 Durability
 ----------
