@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import shared_url
+from redis_server import shared_cluster_url, shared_url
 
 from pyqueue.cluster.backend import Backend
 from pyqueue.cluster.backends import MemoryBackend, SQLiteBackend
@@ -63,6 +63,15 @@ BACKENDS = [
         True,
         lambda where, policy, seed, now: RedisBackend(
             shared_url(), policy, prefix=f"pqt{abs(hash(str(where)))}", seed=seed, now=now
+        ),
+    ),
+    # the same on one Redis Cluster (3 primaries) per test process: each prefix is
+    # one hash tag, so each test's store lives on one of its shards
+    Kind(
+        "redis-cluster",
+        True,
+        lambda where, policy, seed, now: RedisBackend(
+            shared_cluster_url(), policy, prefix=f"pqt{abs(hash(str(where)))}", seed=seed, now=now
         ),
     ),
 ]

@@ -13,7 +13,7 @@ if HERE not in sys.path:  # task and harness modules import by name, here and on
     sys.path.insert(0, HERE)
 
 from pyq_cluster_harness import Harness  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisClusterServers, RedisServer  # noqa: E402
 
 from pyqueue.cluster.config import generate_key  # noqa: E402
 
@@ -36,6 +36,17 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A private Redis Cluster of 3 primaries (free ports, tmp folders, AOF on),
+    stopped after the test; skipped without redis-server unless CI is set."""
+    cluster = RedisClusterServers()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -91,16 +91,86 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-_shared: RedisServer | None = None
+class RedisClusterServers:
+    """A Redis Cluster of ``n`` primaries (no replicas), each a RedisServer with
+    cluster mode on; ``url`` (``redis://...?cluster=1``) reaches it through the first."""
+
+    def __init__(self, n: int = 3) -> None:
+        need_redis_server()
+        cli = shutil.which("redis-cli")
+        if cli is None:  # it comes with redis-server
+            if os.environ.get("CI"):
+                pytest.fail(INSTALL + " (redis-cli is missing; CI is set: Redis tests must run)")
+            pytest.skip(INSTALL)
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(n):
+                self.nodes.append(
+                    RedisServer(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        # its own bus port: the default, port + 10000, may be past 65535
+                        "--cluster-port",
+                        str(free_port()),
+                    )
+                )
+            addrs = [f"127.0.0.1:{s.port}" for s in self.nodes]
+            subprocess.run(
+                [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+            )
+            self._wait_ok(cli)
+        except BaseException:
+            self.stop()
+            raise
+        # the query form, which --store and LocalCluster take as a redis:// URL
+        self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=1"
+
+    def _wait_ok(self, cli: str) -> None:
+        deadline = time.monotonic() + 30
+        for s in self.nodes:
+            while True:
+                out = subprocess.run(
+                    [cli, "-p", str(s.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+                if "cluster_state:ok" in out:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Redis Cluster did not become ok: {out}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for s in self.nodes:
+            s.stop()
+
+
+#: one of each kind per test process (a RedisServer, a RedisClusterServers), by kind
+_shared: dict[type, Any] = {}
+
+
+def _shared_one(kind: type) -> str:
+    if kind not in _shared:
+        _shared[kind] = kind()
+        atexit.register(_shared[kind].stop)
+    return str(_shared[kind].url)
 
 
 def shared_url() -> str:
     """The URL of one server per test process, started on first use."""
-    global _shared
-    if _shared is None:
-        _shared = RedisServer()
-        atexit.register(_shared.stop)
-    return _shared.url
+    return _shared_one(RedisServer)
+
+
+def shared_cluster_url() -> str:
+    """The URL of one Redis Cluster per test process, started on first use."""
+    return _shared_one(RedisClusterServers)
 
 
 def beside(running: Iterable[Any], call: Callable[[], B], now: float, wait: float = 30.0) -> B:

@@ -51,8 +51,11 @@ def test_foreign_keys_in_the_same_database_are_untouched(redis_server: RedisServ
     foreign = {
         "user:1": b"alice",
         "pyqueue": b"not ours",  # our prefix without the separator
+        "pqforeign": b"not ours",  # the prefix, without its hash tag
+        "pqforeign:t:t1": b"not ours",  # the layout before hash tags
         "celery": b"x",
         "{other:default}:ready": b"y",
+        "{pqforeignx}:cnt": b"z",  # another prefix starting with ours
     }
     for k, v in foreign.items():
         r.set(k, v)
@@ -67,7 +70,7 @@ def test_foreign_keys_in_the_same_database_are_untouched(redis_server: RedisServ
     for k, v in foreign.items():
         assert r.get(k) == v
     assert r.zrange("jobs", 0, -1, withscores=True) == [(b"j1", 1.0)]
-    ours = [k for k in r.scan_iter() if k.startswith(b"pqforeign") or b"{pqforeign:" in k]
+    ours = [k for k in r.scan_iter() if k.startswith(b"{pqforeign}:")]  # all in one slot
     theirs = [k for k in r.scan_iter() if k not in ours]
     assert sorted(theirs) == sorted([k.encode() for k in foreign] + [b"jobs"])
     b.close()

@@ -4,19 +4,20 @@ Supported servers: Redis 7.0 and later (tested with Debian 12's 7.0.15 and
 redis-py 8.x; the scripts use XTRIM MINID and exclusive XRANGE bounds, so
 6.2 is the floor in principle).
 
-Layout (all keys start with ``prefix``; foreign keys in the db are never read)
+Layout (every key starts with ``P``, the prefix as a hash tag: ``{prefix}``;
+foreign keys in the db are never read)
 -----------------------------------------------------------------------------
 * ``P:t:ID`` a hash per task (state, counters, payload, result, queue...);
   a field at its default (a counter or time at 0, no node, no retries) is
   left out until it changes, since every field costs the server time in each
   HSET.
-* ``{P:Q}:ready`` a sorted set per queue of its PENDING tasks, scored
+* ``P:q:Q:ready`` a sorted set per queue of its PENDING tasks, scored
   ``-priority * 2**32 + seq``: the lowest score is the next lease (highest
   priority, then submit order).  Streams keep arrival order only, and a task
   coming back (released, lost, promoted) must retake its old place, which a
-  sorted score gives in O(log n).  ``{P:Q}:since`` holds the same tasks by
-the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, rate, token bucket)
-  and ``{P:Q}:cnt`` (counts per state) share the queue's hash tag.
+  sorted score gives in O(log n).  ``P:q:Q:since`` holds the same tasks by
+  the time they became ready (the oldest wait, in O(1)).  ``P:q:Q:set``
+  (pause, rate, token bucket) and ``P:q:Q:cnt`` (counts per state).
 * ``P:sched`` (SCHEDULED by not_before), ``P:exp`` (drained finished tasks by
   expiry: a task in no coordinator's drain yet is not there), ``P:dead`` (dead
   tasks in death order), ``P:cnt``, ``P:verd``, ``P:sch``.
@@ -31,10 +32,15 @@ the time they became ready (the oldest wait, in O(1)).  ``{P:Q}:set`` (pause, ra
   flag), ``P:a:QNODE`` (leases it adopted), ``P:nodes``, ``P:sus`` (suspect
   leases held), ``P:nn`` (the name each node authenticated with).
 
-Cluster: keys of one queue share a hash tag, but the scripts touch task hashes
-and the global sets too, so today they need one Redis (or one slot); the
-cross-queue operations are lease (several served queues), node loss, stats and
-the global indexes.
+Redis Cluster: the hash tag puts every key of a store in one slot, so the
+scripts (which declare ``P:co:OWNER`` as KEYS[1], for routing, and compute
+the other keys of the same slot) run on Redis Cluster as on one Redis.
+``redis+cluster://host:port/0`` or ``?cluster=1`` opens a
+``redis.cluster.RedisCluster``; SCRIPT LOAD then goes to every primary.  One
+store is on one shard by design: a lease spans every queue a node serves and
+the global indexes atomically, which Redis Cluster allows within one slot
+only; other prefixes hash elsewhere.  The layout changed with the tag (before
+any release of this store): keys under the old names are not read.
 
 Durability
 ----------
@@ -205,7 +211,31 @@ def _settings(raw: Sequence[Any]) -> tuple[float | None, bool, float, float]:
 
 
 #: the query parameters of a store URL that are this store's, not redis-py's
-_OPTIONS = ("liveness", "poll", "adopt_for")
+_OPTIONS = ("liveness", "poll", "adopt_for", "cluster")
+
+#: URL schemes that name a Redis Cluster (any of its nodes), and the ones redis-py knows
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def _cluster_url(url: str, opts: Mapping[str, str]) -> tuple[str, bool]:
+    """``url`` as redis-py takes it, and whether it names a Redis Cluster
+    (``redis+cluster://host:port/0``, or ``?cluster=1`` on a ``redis://`` URL)."""
+    parts = urllib.parse.urlsplit(url)
+    flag = opts.get("cluster", "0").strip().lower()
+    if flag not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise ValueError(f"cluster must be 1 or 0, not {opts['cluster']!r}")
+    cluster = flag in ("1", "true", "yes")
+    scheme = _CLUSTER_SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        return url, cluster
+    return urllib.parse.urlunsplit(parts._replace(scheme=scheme)), True
+
+
+def _tag(prefix: str) -> str:
+    """The base of every key of the store: ``prefix`` as a Redis Cluster hash tag."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(f"prefix must be non-empty, without braces, not {prefix!r}")
+    return "{" + prefix + "}"
 
 
 def _own_options(url: str) -> tuple[str, dict[str, str]]:
@@ -256,11 +286,14 @@ class RedisBackend(Backend):
         adopt_for: float | None = None,
     ) -> None:
         import redis
+        import redis.cluster
 
         url, opts = _own_options(url)
+        url, self.cluster = _cluster_url(url, opts)
         self.policy = policy or Policy()
         self.url = redacted(url)  # what messages and logs show
         self.prefix = prefix
+        self._base = _tag(prefix)  # every key starts with it (see Layout in the module doc)
         #: seconds this coordinator's liveness key lives without a keepalive
         self.liveness = _positive("liveness", liveness, opts, 5.0)
         #: seconds between flushes while other coordinators share the store
@@ -269,7 +302,12 @@ class RedisBackend(Backend):
         self.adopt_for = _positive("adopt_for", adopt_for, opts, 30.0)
         self._adoptions: collections.deque[float] = collections.deque()  # their times
         self._rng = random.Random(seed)
-        self._r = client if client is not None else redis.Redis.from_url(url)
+        if client is None:
+            cls = redis.cluster.RedisCluster if self.cluster else redis.Redis
+            client = cls.from_url(url)
+        #: a RedisCluster client (given, or from the URL): scripts load on every primary
+        self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        self._r = client
         self.unavailable = (redis.ConnectionError, redis.TimeoutError, CoordinatorFenced)
         self._closed = False
         #: this open's owner id (see "Several coordinators" in the module doc)
@@ -318,7 +356,7 @@ class RedisBackend(Backend):
         self.telemetry = Telemetry()
         p = self.policy
         self._head: list[Any] = [
-            prefix,
+            self._base,
             p.max_lost,
             p.max_attempts,
             _f(p.result_ttl),
@@ -351,11 +389,17 @@ class RedisBackend(Backend):
                 "OPEN",
             )
         }
-        # loaded at once (one round trip), not at each one's first EVALSHA (three)
-        pipe = self._r.pipeline(transaction=False)
-        for sc in self._scripts.values():
-            pipe.script_load(sc.script)
-        pipe.execute()
+        # loaded at once (one round trip), not at each one's first EVALSHA (three);
+        # on a Redis Cluster SCRIPT LOAD goes to every primary, and a primary that
+        # lacks one later (a failover) gets it from the NOSCRIPT fallback of Script
+        if self.cluster:
+            for sc in self._scripts.values():
+                self._r.script_load(sc.script)
+        else:
+            pipe = self._r.pipeline(transaction=False)
+            for sc in self._scripts.values():
+                pipe.script_load(sc.script)
+            pipe.execute()
         self._join(time.time() if now is None else now)
 
     # -- owners ----------------------------------------------------------------
@@ -501,9 +545,11 @@ class RedisBackend(Backend):
         """Say so when the server keeps nothing on disk: a restart would empty the queue."""
         import redis
 
+        # on a Redis Cluster, the primary that holds the store's slot
+        kw = {"target_nodes": self._r.get_node_from_key(self._base)} if self.cluster else {}
         try:
-            aof = int(self._r.info("persistence").get("aof_enabled", 0))
-            save = self._r.config_get("save").get("save", "")
+            aof = int(self._r.info("persistence", **kw).get("aof_enabled", 0))
+            save = self._r.config_get("save", **kw).get("save", "")
         except redis.RedisError:  # managed servers may refuse CONFIG: nothing to tell
             return
         if not aof:
@@ -527,7 +573,8 @@ class RedisBackend(Backend):
         ahead, self._ahead = self._ahead, None  # unknown should the call fail
         try:
             reply, events, pushed, xid = self._scripts[name](
-                args=[*self._head, _f(now), self.owner, self._marked, to or "", *args]
+                keys=[self._k("co", self.owner)],
+                args=[*self._head, _f(now), self.owner, self._marked, to or "", *args],
             )
         except redis.ResponseError as e:
             if not str(e).startswith("PQFENCED"):
@@ -575,10 +622,10 @@ class RedisBackend(Backend):
                 raise ClusterError(f"Redis script sent an unknown telemetry event {kind!r}")
 
     def _k(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return ":".join((self._base, *parts))
 
     def _qk(self, queue: str, what: str) -> str:
-        return f"{{{self.prefix}:{queue}}}:{what}"
+        return f"{self._base}:q:{queue}:{what}"
 
     # -- Backend ---------------------------------------------------------------
     def submit(self, specs: Iterable[SubmitSpec], now: float) -> list[TaskState]:

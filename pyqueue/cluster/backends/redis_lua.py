@@ -1,6 +1,7 @@
 """Server-side scripts of the Redis store (Lua, one per atomic operation)."""
 
-# Every script starts with the same ARGV head: prefix, the policy, now, the
+# Every script starts with the same ARGV head: the key base P (the prefix as a
+# hash tag, ``{prefix}``: every key of the store is in its slot), the policy, now, the
 # coordinator's owner id, and the range (FROM, TO] of the finished stream P:fins
 # that the store handed out since the last script (drain_finished answered from
 # what it knew the stream held, TO '' for none): those ids are marked drained
@@ -24,11 +25,13 @@ local OWNER = ARGV[9]
 local FROM = ARGV[10]
 local TO = ARGV[11]
 local A = 12
-if redis.call('EXISTS', P .. ':co:' .. OWNER) == 0 then
+-- KEYS[1] is P:co:OWNER, declared so that a Redis Cluster client routes the
+-- call to the one slot every key of the store hashes to (P is a hash tag)
+if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('PQFENCED coordinator ' .. OWNER .. ' is not registered in ' .. P)
 end
 local function tk(id) return P .. ':t:' .. id end
-local function qk(q, what) return '{' .. P .. ':' .. q .. '}:' .. what end
+local function qk(q, what) return P .. ':q:' .. q .. ':' .. what end
 local function fmt(x) return string.format('%.17g', x) end
 local NOWS = fmt(NOW)  -- formatted once: a Lua number to text costs a printf
 local function score(pri, seq) return fmt(-pri * 4294967296 + seq) end
@@ -873,8 +876,6 @@ end
 if alone then
   redis.call('DEL', P .. ':verd')
   redis.call('SET', P .. ':purged', 0)
-  drained(redis.call('LRANGE', P .. ':fin', 0, -1))  -- a store written before P:fins
-  redis.call('DEL', P .. ':fin')
   drained(fin_ids(redis.call('XRANGE', P .. ':fins', '-', '+')))
 end
 local cur = '0-0'
