@@ -44,6 +44,7 @@ from .config import (
     FAST_TIMINGS,
     Timings,
     dashboard_token,
+    is_redis_url,
     load_key,
     parse_address,
     parse_addresses,
@@ -101,7 +102,6 @@ _NO_KEY = (
 
 
 #: --store values that name a Redis server rather than a SQLite file
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @contextlib.contextmanager
@@ -252,7 +252,8 @@ def main_coordinator(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--store",
         help="where durable state lives: a SQLite file, or redis://[:PASSWORD@]HOST:PORT/DB"
-        " (rediss:// for TLS; needs pyqueue[redis]) (default: memory only)",
+        " (rediss:// for TLS, redis+cluster:// for Redis Cluster; needs pyqueue[redis])"
+        " (default: memory only)",
     )
     p.add_argument(
         "--store-prefix",
@@ -337,7 +338,7 @@ def main_coordinator(argv: list[str] | None = None) -> int:
         with _startup("--tls-cert"):
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(a.tls_cert, a.tls_key)
-    on_redis = bool(a.store) and a.store.startswith(REDIS_SCHEMES)
+    on_redis = is_redis_url(a.store)
     if a.store and not on_redis:
         folder = os.path.dirname(os.path.abspath(a.store))
         if not os.path.isdir(folder):

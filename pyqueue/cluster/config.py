@@ -27,6 +27,8 @@ __all__ = [
     "dashboard_token",
     "parse_address",
     "parse_addresses",
+    "REDIS_URL_SCHEMES",
+    "is_redis_url",
 ]
 
 log = logging.getLogger("pyqueue.cluster")
@@ -197,3 +199,18 @@ def parse_addresses(addresses: str | Iterable[str]) -> list[str]:
         seen[target] = spelled
         out.append(spelled)
     return out
+
+
+#: the ``--store`` URLs that name a Redis store (the rest is a SQLite path)
+REDIS_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "unix://",
+)
+
+
+def is_redis_url(store: str | None) -> bool:
+    """True when ``store`` names a Redis store rather than a SQLite file."""
+    return store is not None and store.startswith(REDIS_URL_SCHEMES)

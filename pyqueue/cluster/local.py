@@ -18,7 +18,7 @@ from typing import Any
 import pyqueue
 
 from .client import Client
-from .config import DEFAULT_TIMINGS, FAST_TIMINGS, generate_key
+from .config import DEFAULT_TIMINGS, FAST_TIMINGS, generate_key, is_redis_url
 from .node import served_queues
 
 # `python -m` (and `-c`'s "") would put the working directory first on the
@@ -134,7 +134,7 @@ class LocalCluster:
     ) -> None:
         if nodes < 1 or workers < 1 or coordinators < 1:
             raise ValueError("nodes, workers and coordinators must be at least 1")
-        if coordinators > 1 and not (store or "").startswith(("redis://", "rediss://", "unix://")):
+        if coordinators > 1 and not is_redis_url(store):
             raise ValueError(
                 "several coordinators need a shared store: a redis:// URL "
                 "(a SQLite file is locked by one coordinator, memory is per process)"

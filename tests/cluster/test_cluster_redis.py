@@ -68,8 +68,11 @@ def _coordinator(*store: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_an_unreachable_redis_store_is_a_startup_error_naming_it_without_its_password():
-    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_an_unreachable_redis_store_is_a_startup_error_naming_it_without_its_password(
+    scheme,
+):
+    url = f"{scheme}://:s3cret@127.0.0.1:{free_port()}/0"
     done = _coordinator("--store", url)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]

@@ -304,11 +304,19 @@ class RedisBackend(Backend):
         self._rng = random.Random(seed)
         if client is None:
             cls = redis.cluster.RedisCluster if self.cluster else redis.Redis
-            client = cls.from_url(url)
+            try:
+                client = cls.from_url(url)  # a cluster client asks for its slots here
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+                raise RedisUnavailable(f"cannot reach Redis at {self.url}: {e}") from None
         #: a RedisCluster client (given, or from the URL): scripts load on every primary
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
         self._r = client
         self.unavailable = (redis.ConnectionError, redis.TimeoutError, CoordinatorFenced)
+        if self.cluster:  # every shard down, or the store's slot without a primary
+            self.unavailable += (
+                redis.exceptions.ClusterDownError,
+                redis.exceptions.RedisClusterException,
+            )
         self._closed = False
         #: this open's owner id (see "Several coordinators" in the module doc)
         self.owner = ""
