@@ -700,7 +700,7 @@ class MemoryBackend(Backend):
             value = None
             if rec.state is SUCCEEDED or rec.state is FAILED:
                 value = self._result_of(rec)
-            out.append(Outcome(tid, rec.state, value, rec.error))
+            out.append(_new(Outcome, (tid, rec.state, value, rec.error)))
         return out
 
     def drain_finished(self) -> list[str]:
