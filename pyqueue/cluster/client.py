@@ -149,6 +149,8 @@ class _SerialSet:
 
 # by index: a namedtuple's field names cost a descriptor call each, twice per task here
 _new = tuple.__new__
+#: what _finish returns when no callback was added (shared: only iterated)
+_NO_CALLBACKS: list[Any] = []
 
 
 def _submit_key(row: SubmitSpec) -> str:
@@ -329,7 +331,7 @@ class ClusterTask(Generic[T_co]):
         self._acked = True
         self._state = state
         cbs, self._callbacks = self._callbacks, None
-        return cbs or []
+        return cbs or _NO_CALLBACKS
 
 
 class Client:
@@ -1030,8 +1032,8 @@ class Client:
         finished = []
         with self._lock:
             pop = self._tasks.pop
+            self.outbox.discard_all([row[0] for row in rows])  # ended: no need to resubmit
             for tid, st, data, error in rows:
-                self.outbox.discard(tid)  # ended: no need to resubmit it
                 if st not in TERMINAL:
                     continue
                 ref = pop(tid, None)
@@ -1039,7 +1041,9 @@ class Client:
                 if h is None:
                     self.duplicate_pushes += 1  # pushed again, or nobody holds the handle
                     continue
-                finished.append((h, h._finish(st, data, error)))
+                cbs = h._finish(st, data, error)
+                if cbs:  # map() and result() add none: nothing to keep per task
+                    finished.append((h, cbs))
             self._changed.notify_all()
         _run_callbacks(finished)
 
