@@ -365,6 +365,8 @@ class MemoryBackend(Backend):
         counts = self._counts
         on_new = self._on_new
         q: _Queue | None = None
+        fifo: collections.deque[_Entry] | None = None  # q's FIFO at fifo_priority
+        fifo_priority = 0
         for spec in specs:
             tid, payload, retries, backoff, not_before, ttl, queue, priority = spec
             rec = tasks.get(tid)
@@ -375,23 +377,36 @@ class MemoryBackend(Backend):
                 scheduled = not_before > now
                 state = SCHEDULED if scheduled else PENDING
                 # positional, in field order: a third of the keywords' cost per task
+                # (conditionals, not max(): the same values, without a call each)
+                retries = int(retries)
+                backoff = float(backoff)
+                priority = int(priority)
                 rec = _Task(
-                    tid, seq, state, payload, 0, 0, 0, max(0, int(retries)),
-                    max(0.0, float(backoff)), not_before, 0, None, None, None,
-                    None if ttl is None else max(0.0, ttl), 0.0, 0.0, queue, int(priority),
-                    max(now, not_before), now, 0.0,
+                    tid, seq, state, payload, 0, 0, 0, retries if retries > 0 else 0,
+                    backoff if backoff > 0.0 else 0.0, not_before, 0, None, None, None,
+                    None if ttl is None else ttl if ttl > 0.0 else 0.0, 0.0, 0.0, queue,
+                    priority, not_before if not_before > now else now, now, 0.0,
                 )  # fmt: skip
                 tasks[tid] = rec
                 submitted[queue] = submitted.get(queue, 0) + 1
                 counts[state] += 1
                 if q is None or q.name != queue:  # a batch is mostly of one queue
                     q = self._queue(queue)
+                    fifo = None
                 q.counts[state] += 1
                 on_new(rec)
                 if scheduled:
                     heapq.heappush(self._scheduled, (not_before, seq, tid))
                 else:
-                    q.push_fresh(rec.priority, (seq, tid))
+                    # q.push_fresh, its FIFO kept while the batch stays at one level
+                    # (nothing drops a level during a submit)
+                    if fifo is None or fifo_priority != priority:
+                        fifo = q.fresh.get(priority)
+                        if fifo is None:
+                            q._level(priority)
+                            fifo = q.fresh[priority]
+                        fifo_priority = priority
+                    fifo.append((seq, tid))
             out.append(rec.state)
         return out
 
