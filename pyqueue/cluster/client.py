@@ -147,12 +147,12 @@ class _SerialSet:
         return out
 
 
-# by index: a namedtuple's field names cost a descriptor call each, twice per task here
 _new = tuple.__new__
 #: what _finish returns when no callback was added (shared: only iterated)
 _NO_CALLBACKS: list[Any] = []
 
 
+# by index: a namedtuple's field names cost a descriptor call each, twice per task here
 def _submit_key(row: SubmitSpec) -> str:
     return row[0]
 
