@@ -598,7 +598,8 @@ class Node:
                 try:
                     with self._lock:
                         self._running.pop(key, None)
-                        limited = self._limited.pop(key, None)
+                        # (no lookup at all while no task has a time limit)
+                        limited = self._limited.pop(key, None) if self._limited else None
                         if limited is not None and limited[1] >= 0:
                             assert self._board is not None
                             self._board.clear(limited[1])
