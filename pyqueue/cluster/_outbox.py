@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, Callable, Generic, TypeVar
 
 from . import protocol as P
@@ -122,6 +122,13 @@ class Outbox(Generic[K]):
         """Forget a row whose outcome is known another way; return it."""
         with self.lock:
             return self._unacked.pop(key, None)
+
+    def discard_all(self, keys: Iterable[K]) -> None:
+        """:meth:`discard` each of ``keys``, under one acquisition of the lock."""
+        with self.lock:
+            pop = self._unacked.pop
+            for key in keys:
+                pop(key, None)
 
     # -- the channel's callbacks (reader thread) --------------------------------
     def on_connect(self) -> None:

@@ -1136,9 +1136,7 @@ class Done(AppMessage):
         # six fields when the run time is not known: the row shape of round 1
         return {
             "results": [
-                [c[0], c[1], c[2], c[3], c[4], c[5]]
-                if c[6] is None
-                else [c[0], c[1], c[2], c[3], c[4], c[5], c[6]]
+                [c[0], c[1], c[2], c[3], c[4], c[5]] if c[6] is None else list(c)
                 for c in self.results
             ]
         }

@@ -149,6 +149,9 @@ def decode_task(
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], float | None]:
     """Inverse of :func:`encode_call`: ``(fn, args, kwargs, time_limit)``."""
     item = pickle.loads(payload)
+    if len(item) == 4:  # the common call, without options: unpacked, not sliced
+        ref, fnb, args, kwargs = item
+        return _resolve(ref, fnb), args, kwargs, None
     ref, fnb, args, kwargs = item[:4]
     limit = None
     if len(item) > 4 and isinstance(item[4], dict):  # a call with options

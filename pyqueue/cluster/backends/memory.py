@@ -13,6 +13,7 @@ import collections
 import heapq
 import logging
 import random
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -46,12 +47,13 @@ from ..states import (
     TaskState,
     Verdict,
 )
-from ..telemetry import Telemetry
+from ..telemetry import BUCKETS, Histogram, Telemetry
 
 __all__ = ["MemoryBackend"]
 
 log = logging.getLogger("pyqueue.cluster.store")
 
+_new = tuple.__new__
 _ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
@@ -363,6 +365,8 @@ class MemoryBackend(Backend):
         counts = self._counts
         on_new = self._on_new
         q: _Queue | None = None
+        fifo: collections.deque[_Entry] | None = None  # q's FIFO at fifo_priority
+        fifo_priority = 0
         for spec in specs:
             tid, payload, retries, backoff, not_before, ttl, queue, priority = spec
             rec = tasks.get(tid)
@@ -373,23 +377,36 @@ class MemoryBackend(Backend):
                 scheduled = not_before > now
                 state = SCHEDULED if scheduled else PENDING
                 # positional, in field order: a third of the keywords' cost per task
+                # (conditionals, not max(): the same values, without a call each)
+                retries = int(retries)
+                backoff = float(backoff)
+                priority = int(priority)
                 rec = _Task(
-                    tid, seq, state, payload, 0, 0, 0, max(0, int(retries)),
-                    max(0.0, float(backoff)), not_before, 0, None, None, None,
-                    None if ttl is None else max(0.0, ttl), 0.0, 0.0, queue, int(priority),
-                    max(now, not_before), now, 0.0,
+                    tid, seq, state, payload, 0, 0, 0, retries if retries > 0 else 0,
+                    backoff if backoff > 0.0 else 0.0, not_before, 0, None, None, None,
+                    None if ttl is None else ttl if ttl > 0.0 else 0.0, 0.0, 0.0, queue,
+                    priority, not_before if not_before > now else now, now, 0.0,
                 )  # fmt: skip
                 tasks[tid] = rec
                 submitted[queue] = submitted.get(queue, 0) + 1
                 counts[state] += 1
                 if q is None or q.name != queue:  # a batch is mostly of one queue
                     q = self._queue(queue)
+                    fifo = None
                 q.counts[state] += 1
                 on_new(rec)
                 if scheduled:
                     heapq.heappush(self._scheduled, (not_before, seq, tid))
                 else:
-                    q.push_fresh(rec.priority, (seq, tid))
+                    # q.push_fresh, its FIFO kept while the batch stays at one level
+                    # (nothing drops a level during a submit)
+                    if fifo is None or fifo_priority != priority:
+                        fifo = q.fresh.get(priority)
+                        if fifo is None:
+                            q._level(priority)
+                            fifo = q.fresh[priority]
+                        fifo_priority = priority
+                    fifo.append((seq, tid))
             out.append(rec.state)
         return out
 
@@ -449,15 +466,19 @@ class MemoryBackend(Backend):
             if not entries:
                 break
             waited = telemetry.histogram(telemetry.wait, q.name)
+            w_counts, w_sum = waited.counts, waited.sum
+            counts, q_counts = self._counts, q.counts
+            max_attempts = policy.max_attempts
             for entry in entries:
-                rec = tasks[entry[1]]
+                tid = entry[1]
+                rec = tasks[tid]
                 suspect = rec.lost > 0
-                if not dispatch.may_lease(suspect, suspects):
+                if suspect and suspects:  # poison isolation: dispatch.may_lease
                     deferred.append((q, rec.priority, entry))  # keeps its place for another node
                     continue
-                if dispatch.over_cap(policy, rec.attempts, rec.base):
-                    cap = policy.max_attempts
-                    why = f"hard cap of {cap} attempts reached"
+                attempts = rec.attempts
+                if attempts - rec.base >= max_attempts:  # dispatch.over_cap
+                    why = f"hard cap of {max_attempts} attempts reached"
                     self._finish(rec, DEAD, None, why, now)
                     continue
                 if q.rate is not None:
@@ -465,36 +486,92 @@ class MemoryBackend(Backend):
                 suspects += suspect
                 # Not announced to _on_change: a restart requeues leases anyway, and
                 # the attempt count is stored with the completion (one write per task).
-                rec.attempts += 1
-                self._set_state(rec, LEASED)
+                rec.attempts = attempts = attempts + 1
+                # _set_state(rec, LEASED) inline: the entry is live, so rec is PENDING
+                counts[PENDING] -= 1
+                counts[LEASED] += 1
+                q_counts[PENDING] -= 1
+                q_counts[LEASED] += 1
+                rec.state = LEASED
                 rec.node = node
                 rec.started = now
-                waited.observe(max(0.0, now - rec.ready))
-                held[rec.id] = suspect
-                out.append(Lease(rec.id, rec.attempts, rec.payload))  # type: ignore[arg-type]
+                waited_s = now - rec.ready
+                if waited_s < 0.0:
+                    waited_s = 0.0
+                w_counts[bisect_left(BUCKETS, waited_s)] += 1
+                w_sum += waited_s
+                held[tid] = suspect
+                out.append(_new(Lease, (tid, attempts, rec.payload)))
+            waited.sum = w_sum
         self._suspects[node] = suspects
         for q, priority, entry in deferred:
             q.push_back(priority, entry)
         return out
 
     def complete(self, node: str, rows: Sequence[Completion], now: float) -> list[Verdict]:
-        out = []
+        out: list[Verdict] = []
+        append = out.append
         tasks = self._tasks
-        verdicts = self._verdicts
+        by_node = self._by_node
+        counts = self._counts
+        finished = self._finished
+        on_change = self._on_change
+        result_ttl = self.policy.result_ttl
+        ended = self.telemetry.finished
+        run_h = self.telemetry.run
+        accepted = 0
         for row in rows:
-            rec = tasks.get(row.id)
+            tid, token, ok, value, _, cancelled, run_s = row
+            rec = tasks.get(tid)
             if rec is None:
                 verdict = UNKNOWN
+            elif rec.state is LEASED and rec.attempts == token:
+                # Only the current lease is unleased: a stale completion (from
+                # before a reconnect) must not free the slot of its successor.
+                # The lease's own completion is what fence() would accept.
+                lessee = rec.node or node
+                held = by_node.get(lessee)
+                if held is not None and held.pop(tid, False):
+                    self._suspects[lessee] -= 1
+                verdict = ACCEPTED
+                if not ok or cancelled:
+                    self._accept(rec, row, now)
+                else:  # the common case, _accept and _finish(SUCCEEDED) inline
+                    queue = rec.queue
+                    if run_s is not None:
+                        h = run_h.get(queue)
+                        if h is None:
+                            h = run_h[queue] = Histogram()
+                        h.counts[bisect_left(BUCKETS, run_s)] += 1
+                        h.sum += run_s
+                    counts[LEASED] -= 1
+                    counts[SUCCEEDED] += 1
+                    qcounts = self._queues[queue].counts
+                    qcounts[LEASED] -= 1
+                    qcounts[SUCCEEDED] += 1
+                    rec.state = SUCCEEDED
+                    rec.result = value
+                    rec.error = None
+                    rec.node = None
+                    rec.ended = now
+                    ttl = rec.result_ttl
+                    rec.expires = now + (result_ttl if ttl is None else ttl)
+                    key = (queue, SUCCEEDED)
+                    ended[key] = ended.get(key, 0) + 1
+                    rec.payload = None  # only a dead task may run again
+                    on_change(rec)
+                    finished.append(tid)  # enters the expiry heap once drained
+                accepted += 1
+                append(ACCEPTED)
+                continue
             else:
-                if rec.state is LEASED and rec.attempts == row.token:
-                    # only the current lease is unleased: a stale completion (from
-                    # before a reconnect) must not free the slot of its successor
-                    self._unlease(rec.node or node, row.id)
-                verdict = dispatch.fence(rec.state, rec.attempts, row.token)
+                verdict = dispatch.fence(rec.state, rec.attempts, token)
                 if verdict is ACCEPTED:
                     self._accept(rec, row, now)
-            verdicts[verdict] += 1
-            out.append(verdict)
+            self._verdicts[verdict] += 1
+            append(verdict)
+        if accepted:
+            self._verdicts[ACCEPTED] += accepted
         return out
 
     def _accept(self, rec: _Task, row: Completion, now: float) -> None:
@@ -638,7 +715,7 @@ class MemoryBackend(Backend):
             value = None
             if rec.state is SUCCEEDED or rec.state is FAILED:
                 value = self._result_of(rec)
-            out.append(Outcome(tid, rec.state, value, rec.error))
+            out.append(_new(Outcome, (tid, rec.state, value, rec.error)))
         return out
 
     def drain_finished(self) -> list[str]:
