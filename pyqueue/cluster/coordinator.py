@@ -85,6 +85,9 @@ _BUSY_FLUSH_GAP = 0.001
 _NO_FLUSH = frozenset({MsgType.HEARTBEAT, MsgType.RESULTS_TAKEN})
 #: finished tasks purged per tick, or per operator PURGE message, at most
 _PURGE_BATCH = 10_000
+#: ...and per flush while the tick's batch came back full: tasks finishing
+#: faster than _PURGE_BATCH per sweep must not pile up, nor stall dispatch
+_PURGE_CATCH_UP = 1_000
 #: result rows pushed to one client and not yet taken (RESULTS_TAKEN), at most...
 RESULT_WINDOW = 16384
 #: ...and their bytes: the rest wait in the store, not in the coordinator's buffers
@@ -254,6 +257,7 @@ class CoordinatorCore:
         self._retries: list[tuple[PeerState, P.Message, int]] = []  # messages to apply again
         self._flush_failures = 0
         self._store_was_down = False  # the store failed since the last flush: see _after_outage
+        self._purge_behind = False  # the last retention batch was full: more each flush
         self._timed_flush: float | None = None  # wall time a flush is asked for by the clock
         self._heartbeat_ack = P.encode_frame(MsgType.HEARTBEAT_ACK, 0, {})
         self._rows = 0  # submits and completions since the last flush
@@ -802,6 +806,9 @@ class CoordinatorCore:
         self._apply_retries()
         try:
             self._dispatch()
+            if self._purge_behind:
+                purged = self.backend.expire(self.clock.time(), _PURGE_CATCH_UP)
+                self._purge_behind = purged >= _PURGE_CATCH_UP
             t0 = time.perf_counter()
             self.backend.commit()
             self.backend.telemetry.commit.observe(time.perf_counter() - t0)
@@ -826,6 +833,8 @@ class CoordinatorCore:
                     peer.link.write(data)
         if self._store_was_down:
             self._after_outage()
+        elif self._purge_behind:
+            self.schedule_flush()
 
     def _after_outage(self) -> None:
         # A reply lost in the outage (a lease granted, finished ids drained)
@@ -1016,7 +1025,9 @@ class CoordinatorCore:
         if self.backend.promote_due(wall):
             self.schedule_flush()
         # bounded batches: a large backlog of expired tasks never stalls dispatch
-        if self.backend.expire(wall, _PURGE_BATCH):
+        purged = self.backend.expire(wall, _PURGE_BATCH)
+        if purged:
+            self._purge_behind = purged >= _PURGE_BATCH
             self.schedule_flush()
 
     # -- introspection ---------------------------------------------------------

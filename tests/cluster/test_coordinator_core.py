@@ -247,6 +247,27 @@ def test_results_are_pushed_then_purged_after_their_ttl(clock):
     assert ack.body["unknown"] == ["a"]
 
 
+def test_retention_that_falls_behind_catches_up_between_flushes(clock, monkeypatch):
+    # more tasks expire per sweep than one tick's batch: the rest go a little
+    # at a time in the following flushes, not one batch per sweep (which let
+    # a coordinator finishing > 20k tasks/s grow without bound)
+    monkeypatch.setattr(core_mod, "_PURGE_BATCH", 5)
+    monkeypatch.setattr(core_mod, "_PURGE_CATCH_UP", 2)
+    core = make_core(clock, result_ttl=1.0)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 20})
+    run_through(core, node, client, *[f"t{i}" for i in range(20)])
+    clock.advance(2)
+    core.tick()
+    assert core.status()["purged"] == 5
+    seen = []
+    for _ in range(10):
+        core.flush()
+        seen.append(core.status()["purged"])
+    assert seen[:8] == [7, 9, 11, 13, 15, 17, 19, 20] and seen[8:] == [20, 20]
+    assert states(core, "t0", "t19") == [None, None]
+
+
 def test_a_backend_error_in_complete_is_ours_charges_nothing_and_is_retried(clock, caplog):
     core = make_core(clock)
     node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
