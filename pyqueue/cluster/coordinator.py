@@ -157,6 +157,10 @@ class _CancelRequest:
         self.answers: list[bool | None] = [None] * n
 
 
+def _joined(peer: PeerState) -> int:
+    return peer.joined
+
+
 class PeerState:
     """What the core knows of one connection."""
 
@@ -173,6 +177,7 @@ class PeerState:
         self.role = ""
         self.name = ""
         self.node_id: str | None = None
+        self.joined = 0  # join order of a node (READY): the order nodes are offered work
         self.capacity = 0
         self.queues: dict[str, int] = {DEFAULT_QUEUE: 1}  # served, with weights (READY)
         self.strict = False
@@ -198,6 +203,7 @@ class PeerState:
     def queue(self, mtype: MsgType, body: dict[str, Any], corr: int = 0) -> None:
         """Queue a message; written after the next commit."""
         self.outbox.append(self.core.encode(mtype, body, corr))
+        self.core._outboxed.add(self)
         self.core.schedule_flush()
 
     def send(self, msg: M.AppMessage, corr: int = 0) -> None:
@@ -249,6 +255,12 @@ class CoordinatorCore:
         self._subs: dict[str, list[PeerState]] = {}
         self._push_now: list[tuple[PeerState, str]] = []
         self._windowed: set[PeerState] = set()  # peers with results due
+        self._outboxed: set[PeerState] = set()  # peers with a non-empty outbox
+        # Nodes that may have a free slot: only these are offered work in a
+        # flush.  A node leaves when a grant fills it (held >= capacity) or its
+        # capacity is 0, and is put back (_maybe_free) by anything that can
+        # free a slot or change its demand; a full node costs a flush nothing.
+        self._free: set[str] = set()
         self.flush_scheduled = False
         self._node_ids = itertools.count(1)
         self._corr = itertools.count(1)
@@ -359,6 +371,7 @@ class CoordinatorCore:
         if peer.node_id is not None:
             node = peer.node_id
             self.nodes.pop(node, None)
+            self._free.discard(node)
             now = self.clock.time()
             lost = self.backend.node_lost(node, now)
             log.info(
@@ -486,6 +499,8 @@ class CoordinatorCore:
                 self._cancel_waits.setdefault(tid, []).append((req, i, terminate))
                 revoke.setdefault(info.node, []).append(M.Revocation(tid, info.token, terminate))
             else:
+                if info.node is not None:
+                    self._free.add(info.node)  # not ours (leased elsewhere): a no-op then
                 req.answers[i] = backend.cancel([tid], now)[0]
         for node, rows in revoke.items():
             corr = next(self._corr) & 0xFFFFFFFF or 1
@@ -495,6 +510,7 @@ class CoordinatorCore:
 
     def _h_revoke_ack(self, peer: PeerState, msg: P.Message) -> None:
         node = self._need_node(peer, msg)
+        self._free.add(node)
         outcomes = M.RevokeAck.from_body(msg.body).outcomes
         entry = self._revokes.pop(msg.corr, None)
         if entry is None or entry[0] != node:
@@ -560,11 +576,14 @@ class CoordinatorCore:
         if peer.role != "node":
             raise UnexpectedMessage("READY from a peer that did not say it is a node")
         if peer.node_id is None:
-            node_id = f"{peer.name or 'node'}#{next(self._node_ids)}"
+            seq = next(self._node_ids)
+            node_id = f"{peer.name or 'node'}#{seq}"
             # first: should it raise, READY is applied again from the start
             self.backend.node_joined(node_id, peer.name or "", self.clock.time())
             peer.node_id = node_id
+            peer.joined = seq
             self.nodes[node_id] = peer
+        self._free.add(peer.node_id)
         peer.capacity = ready.capacity
         peer.queues = dict(ready.queues)
         peer.strict = ready.strict
@@ -583,7 +602,7 @@ class CoordinatorCore:
 
     def _h_credit(self, peer: PeerState, msg: P.Message) -> None:
         capacity = M.Credit.from_body(msg.body).capacity
-        self._need_node(peer, msg)
+        self._free.add(self._need_node(peer, msg))
         peer.capacity = capacity
 
     def _h_heartbeat(self, peer: PeerState, msg: P.Message) -> None:
@@ -597,6 +616,7 @@ class CoordinatorCore:
     def _h_done(self, peer: PeerState, msg: P.Message) -> None:
         rows = M.Done.from_body(msg.body).results
         node = self._need_node(peer, msg)
+        self._free.add(node)
         self._rows += len(rows)
         verdicts = self.backend.complete(node, rows, self.clock.time())
         cancel_waits = self._cancel_waits
@@ -627,6 +647,7 @@ class CoordinatorCore:
     def _h_release(self, peer: PeerState, msg: P.Message) -> None:
         rows = M.Release.from_body(msg.body).tasks
         node = self._need_node(peer, msg)
+        self._free.add(node)
         self.backend.release(node, rows, self.clock.time())
         for row in rows:
             if row.id in self._cancel_waits:
@@ -825,7 +846,8 @@ class CoordinatorCore:
                     callback()
                 except Exception:  # a waiter's bug must not stop the flush
                     log.exception("an after-commit callback failed")
-        for peer in list(self.peers):
+        outboxed, self._outboxed = self._outboxed, set()
+        for peer in outboxed:
             if peer.outbox:
                 data = b"".join(peer.outbox)
                 peer.outbox.clear()
@@ -841,6 +863,7 @@ class CoordinatorCore:
         # cannot be asked for again; the reconnect protocol recovers both:
         # nodes' leases are requeued, clients WAIT again for what they miss.
         self._store_was_down = False
+        self._free.update(self.nodes)
         log.warning(
             "store reachable again: re-making every connection so that peers resend"
             " what the outage may have lost",
@@ -867,6 +890,7 @@ class CoordinatorCore:
         # that clients and nodes resend what is unacknowledged.
         self._flush_failures += 1
         self.healthy = False
+        self._free.update(self.nodes)  # a lease may not have been committed
         n = self._flush_failures
         if not self.store_unavailable("flushing", n):
             self.internal_errors += 1
@@ -885,6 +909,7 @@ class CoordinatorCore:
             for peer in list(self.peers):
                 peer.outbox.clear()
                 peer.link.abort()
+            self._outboxed.clear()
         if self._wake is not None:
             self.flush_scheduled = True
             self._wake(min(1.0, 0.05 * 2**n))
@@ -900,12 +925,28 @@ class CoordinatorCore:
                 extra={"event": "schedule_fired", "tasks": fired[:10]},
             )
         backend.promote_due(wall)
-        demands = {
-            node_id: Demand(peer.capacity, peer.queues, peer.strict)
-            for node_id, peer in self.nodes.items()
-            if peer.capacity > 0 and not peer.closed and not peer.paused
-        }
+        nodes = self.nodes
+        free = self._free
+        if len(free) < len(nodes):
+            # offered in join order, as self.nodes is
+            offer = sorted((nodes[n] for n in free if n in nodes), key=_joined)
+            free.difference_update([n for n in free if n not in nodes])
+        else:
+            offer = list(nodes.values())
+        demands: dict[str, Demand] = {}
+        for peer in offer:
+            if peer.closed or peer.paused:
+                continue  # stays marked: it is offered work once it drains
+            node_id = peer.node_id
+            assert node_id is not None
+            if peer.capacity > 0:
+                demands[node_id] = Demand(peer.capacity, peer.queues, peer.strict)
+            else:
+                free.discard(node_id)  # CREDIT or READY marks it again
         grants = backend.lease(demands, wall) if demands else {}
+        for node_id, grant in grants.items():
+            if grant.held >= demands[node_id].capacity:
+                free.discard(node_id)  # full: DONE, RELEASE, ... mark it again
         # a task due later or a rate-limited queue's next token: flush just then
         at = backend.next_ready(wall)
         if (
@@ -920,6 +961,7 @@ class CoordinatorCore:
             rows = [list(le) for le in grant.leases]
             for batch in P.split_batches(rows, _task_size, self._batch_bytes):
                 peer.outbox.append(self.encode(MsgType.TASKS, {"tasks": batch}))
+            self._outboxed.add(peer)
             if grant.held > peer.max_outstanding:
                 peer.max_outstanding = grant.held
 
@@ -979,6 +1021,7 @@ class CoordinatorCore:
             batches = [rows]  # the common case: sizes are known already
         else:
             batches = P.split_batches(rows, _result_size, self._batch_bytes)
+        self._outboxed.add(peer)
         for batch in batches:
             peer.outbox.append(self.encode(MsgType.RESULTS, {"results": batch}))
             nbytes = size if len(batches) == 1 else sum(map(_result_size, batch))
@@ -1021,6 +1064,7 @@ class CoordinatorCore:
                 self.gone(peer)
         wall = self.clock.time()
         if self.backend.keepalive(wall):
+            self._free.update(self.nodes)  # a shared store: leases may have moved
             self.schedule_flush()
         if self.backend.promote_due(wall):
             self.schedule_flush()

@@ -410,3 +410,151 @@ def test_an_operator_purge_removes_finished_and_dead_tasks(clock):
     core.flush()
     assert [m.body for m in client.of(MsgType.PURGE_ACK)] == [{"purged": 1}]
     assert states(core, "poison", "fresh") == [None, TaskState.PENDING]
+
+
+# -- a flush offers work only to nodes that may have a free slot ---------------
+class RecordingBackend(MemoryBackend):
+    """A memory store that records which nodes each lease was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(Policy(), seed=1)
+        self.asked: list[list[str]] = []
+
+    def lease(self, demands: Any, now: float) -> Any:
+        self.asked.append(list(demands))
+        return super().lease(demands, now)
+
+    def last(self) -> list[str]:
+        return self.asked[-1] if self.asked else []
+
+
+def recording_core(clock: FakeClock) -> tuple[CoordinatorCore, RecordingBackend]:
+    backend = RecordingBackend()
+    return CoordinatorCore(KEY, backend, timings=T, clock=clock), backend
+
+
+def flush_asked(core: CoordinatorCore, backend: RecordingBackend) -> list[str]:
+    n = len(backend.asked)
+    core.flush()
+    return backend.last() if len(backend.asked) > n else []
+
+
+def test_a_full_node_is_not_asked_again_until_a_done_frees_a_slot(clock):
+    core, backend = recording_core(clock)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 2})
+    nid = node.state.node_id
+    submit(client, "a", "b", "c")
+    assert flush_asked(core, backend) == [nid]
+    rows = tasks_of(node)
+    assert [r[0] for r in rows] == ["a", "b"]
+    submit(client, "d")
+    assert flush_asked(core, backend) == []  # full: not in the demands
+    assert tasks_of(node) == []
+    done(node, ("a", 1))
+    assert flush_asked(core, backend) == [nid]
+    assert [r[0] for r in tasks_of(node)] == ["c"]
+    assert flush_asked(core, backend) == []
+    done(node, ("zzz", 1))  # a late or unknown completion: asked again, no harm
+    assert flush_asked(core, backend) == [nid]
+    assert tasks_of(node) == []
+
+
+def test_every_path_that_frees_a_slot_makes_a_full_node_take_work_again(clock):
+    core, backend = recording_core(clock)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 1})
+    nid = node.state.node_id
+    submit(client, *[f"t{i}" for i in range(8)])
+    core.flush()
+    (row,) = tasks_of(node)
+    assert flush_asked(core, backend) == []
+
+    # RELEASE: the task goes back and the slot is free
+    node.send(MsgType.RELEASE, {"tasks": [[row[0], row[1], False]]})
+    assert flush_asked(core, backend) == [nid]
+    (row,) = tasks_of(node)
+    assert flush_asked(core, backend) == []
+
+    # CANCEL -> REVOKE -> REVOKE_ACK "revoked"
+    client.send(MsgType.CANCEL, {"ids": [row[0]]})
+    core.flush()
+    (revoke,) = node.of(MsgType.REVOKE)
+    assert flush_asked(core, backend) == []
+    node.conn.send(MsgType.REVOKE_ACK, {"outcomes": ["revoked"]}, revoke.corr)
+    core.receive(node.state, node.conn.data_to_send())
+    assert flush_asked(core, backend) == [nid]
+    (row,) = tasks_of(node)
+    assert flush_asked(core, backend) == []
+
+    # CREDIT: more capacity
+    node.send(MsgType.CREDIT, {"capacity": 2})
+    assert flush_asked(core, backend) == [nid]
+    assert len(tasks_of(node)) == 1
+    assert flush_asked(core, backend) == []
+
+    # READY again (new queues): asked again
+    node.send(MsgType.READY, {"capacity": 3, "queues": {"default": 1}})
+    assert flush_asked(core, backend) == [nid]
+    assert len(tasks_of(node)) == 1
+    assert flush_asked(core, backend) == []
+
+    # a failed flush: every node is offered work again once it succeeds
+    orig = backend.commit
+    backend.commit = lambda: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[method-assign]
+    core.flush()
+    backend.commit = orig  # type: ignore[method-assign]
+    assert flush_asked(core, backend) == [nid]
+
+    # the node leaves: its leases requeue, a new node takes them at once
+    node.link.closed = True
+    core.gone(node.state)
+    other = Peer(core, "node", "m")
+    other.send(MsgType.READY, {"capacity": 3})
+    assert flush_asked(core, backend) == [other.state.node_id]
+    assert len(tasks_of(other)) == 3
+    assert flush_asked(core, backend) == []
+
+
+def test_a_node_with_no_capacity_is_left_out_until_credit(clock):
+    core, backend = recording_core(clock)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 0})
+    submit(client, "a")
+    assert flush_asked(core, backend) == []
+    node.send(MsgType.CREDIT, {"capacity": 1})
+    assert flush_asked(core, backend) == [node.state.node_id]
+    assert [r[0] for r in tasks_of(node)] == ["a"]
+
+
+def test_a_paused_node_is_offered_work_once_it_drains(clock):
+    core, backend = recording_core(clock)
+    node, client = Peer(core, "node", "n"), Peer(core, "client", "c")
+    node.send(MsgType.READY, {"capacity": 1})
+    node.state.paused = True
+    submit(client, "a")
+    assert flush_asked(core, backend) == []
+    node.state.paused = False  # resume_writing: a flush follows
+    assert flush_asked(core, backend) == [node.state.node_id]
+    assert [r[0] for r in tasks_of(node)] == ["a"]
+
+
+def test_with_many_full_nodes_a_flush_asks_only_those_a_done_freed(clock):
+    core, backend = recording_core(clock)
+    client = Peer(core, "client", "c")
+    nodes = [Peer(core, "node", f"n{i}") for i in range(50)]
+    for n in nodes:
+        n.send(MsgType.READY, {"capacity": 1})
+    submit(client, *[f"t{i}" for i in range(60)])
+    assert flush_asked(core, backend) == [n.state.node_id for n in nodes]  # join order
+    held = {n.state.node_id: tasks_of(n)[0] for n in nodes}
+    assert flush_asked(core, backend) == []
+    freed = [nodes[30], nodes[7]]
+    for n in freed:
+        row = held[n.state.node_id]
+        done(n, (row[0], row[1]))
+    # offered in join order, whatever order the DONEs came in
+    assert flush_asked(core, backend) == [nodes[7].state.node_id, nodes[30].state.node_id]
+    assert len(tasks_of(nodes[7])) == len(tasks_of(nodes[30])) == 1
+    assert all(not n.link.data for n in nodes)
+    assert flush_asked(core, backend) == []
