@@ -590,19 +590,9 @@ class Client:
             ),
         )
         # refused here, not by the coordinator: a refused row would be resent forever
-        # (map's rows need no look: a generated id and every option at its default)
-        if (
-            serial < 0
-            or retries
-            or backoff != 1.0
-            or not_before
-            or result_ttl is not None
-            or queue != DEFAULT_QUEUE
-            or priority
-        ):
-            problem = M.spec_problem(row)
-            if problem is not None:
-                raise ValueError(f"cannot submit task {tid}: {problem}")
+        problem = M.spec_problem(row)
+        if problem is not None:
+            raise ValueError(f"cannot submit task {tid}: {problem}")
         with self._lock:
             handle = self._handle(tid)
             if handle is None:

@@ -13,7 +13,6 @@ import collections
 import heapq
 import logging
 import random
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -47,13 +46,15 @@ from ..states import (
     TaskState,
     Verdict,
 )
-from ..telemetry import BUCKETS, Histogram, Telemetry
+from ..telemetry import Telemetry
 
 __all__ = ["MemoryBackend"]
 
 log = logging.getLogger("pyqueue.cluster.store")
 
 _new = tuple.__new__
+# the dispatch policy, called (never restated) on the hot paths below
+may_lease, over_cap, expires_at = dispatch.may_lease, dispatch.over_cap, dispatch.expires_at
 _ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
@@ -466,19 +467,17 @@ class MemoryBackend(Backend):
             if not entries:
                 break
             waited = telemetry.histogram(telemetry.wait, q.name)
-            w_counts, w_sum = waited.counts, waited.sum
             counts, q_counts = self._counts, q.counts
-            max_attempts = policy.max_attempts
             for entry in entries:
                 tid = entry[1]
                 rec = tasks[tid]
                 suspect = rec.lost > 0
-                if suspect and suspects:  # poison isolation: dispatch.may_lease
+                if not may_lease(suspect, suspects):
                     deferred.append((q, rec.priority, entry))  # keeps its place for another node
                     continue
                 attempts = rec.attempts
-                if attempts - rec.base >= max_attempts:  # dispatch.over_cap
-                    why = f"hard cap of {max_attempts} attempts reached"
+                if over_cap(policy, attempts, rec.base):
+                    why = f"hard cap of {policy.max_attempts} attempts reached"
                     self._finish(rec, DEAD, None, why, now)
                     continue
                 if q.rate is not None:
@@ -496,13 +495,9 @@ class MemoryBackend(Backend):
                 rec.node = node
                 rec.started = now
                 waited_s = now - rec.ready
-                if waited_s < 0.0:
-                    waited_s = 0.0
-                w_counts[bisect_left(BUCKETS, waited_s)] += 1
-                w_sum += waited_s
+                waited.observe(waited_s if waited_s > 0.0 else 0.0)
                 held[tid] = suspect
                 out.append(_new(Lease, (tid, attempts, rec.payload)))
-            waited.sum = w_sum
         self._suspects[node] = suspects
         for q, priority, entry in deferred:
             q.push_back(priority, entry)
@@ -516,9 +511,10 @@ class MemoryBackend(Backend):
         counts = self._counts
         finished = self._finished
         on_change = self._on_change
-        result_ttl = self.policy.result_ttl
-        ended = self.telemetry.finished
-        run_h = self.telemetry.run
+        policy = self.policy
+        telemetry = self.telemetry
+        on_finished = telemetry.on_finished
+        run_h = telemetry.run
         accepted = 0
         for row in rows:
             tid, token, ok, value, _, cancelled, run_s = row
@@ -539,11 +535,7 @@ class MemoryBackend(Backend):
                 else:  # the common case, _accept and _finish(SUCCEEDED) inline
                     queue = rec.queue
                     if run_s is not None:
-                        h = run_h.get(queue)
-                        if h is None:
-                            h = run_h[queue] = Histogram()
-                        h.counts[bisect_left(BUCKETS, run_s)] += 1
-                        h.sum += run_s
+                        telemetry.histogram(run_h, queue).observe(run_s)
                     counts[LEASED] -= 1
                     counts[SUCCEEDED] += 1
                     qcounts = self._queues[queue].counts
@@ -554,10 +546,8 @@ class MemoryBackend(Backend):
                     rec.error = None
                     rec.node = None
                     rec.ended = now
-                    ttl = rec.result_ttl
-                    rec.expires = now + (result_ttl if ttl is None else ttl)
-                    key = (queue, SUCCEEDED)
-                    ended[key] = ended.get(key, 0) + 1
+                    rec.expires = expires_at(policy, SUCCEEDED, rec.result_ttl, now)
+                    on_finished(queue, SUCCEEDED)
                     rec.payload = None  # only a dead task may run again
                     on_change(rec)
                     finished.append(tid)  # enters the expiry heap once drained
