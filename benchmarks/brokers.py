@@ -877,15 +877,21 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The report header's line on the machine and the run (from ``meta``)."""
+    return (
+        f"{m['cpus_usable']} CPUs ({m['cpu_model']}), Python {m['python']}, commit {m['commit']},"
+        f" load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}, {m['total_s']} s"
+    )
+
+
 def render(doc: dict[str, Any]) -> str:
     m = doc["meta"]
     lines = [
         f"# pyqueue cluster vs broker-based task queues ({m['mode']})",
         "",
         f"`{m['command']}`  ",
-        f"{m['cpus_usable']} CPUs ({m['cpu_model']}), Python {m['python']}, commit {m['commit']},"
-        f" load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}, {m['total_s']} s,"
-        f" {m['reps']} repetitions (medians)",
+        f"{machine_line(m)}, {m['reps']} repetitions (medians)",
         "",
         table(doc),
         "",

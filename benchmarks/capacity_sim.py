@@ -75,7 +75,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.brokers import RedisServer, descendants, free_port, spawn, stop_tree, versions
+from benchmarks.brokers import (
+    RedisServer,
+    descendants,
+    free_port,
+    machine_line,
+    spawn,
+    stop_tree,
+    versions,
+)
 from benchmarks.compare import REPO, machine_info
 from benchmarks.workloads import noop
 
@@ -946,9 +954,7 @@ def render(doc: dict[str, Any]) -> str:
         f"# Capacity model ({m['mode']})",
         "",
         f"`{m['command']}`, {m['started']}  ",
-        f"{m['cpus_usable']} CPUs ({m['cpu_model']}), Python {m['python']}, commit {m['commit']},"
-        f" load average {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f},"
-        f" {m['total_s']} s; figures are medians of {m['reps']} repetition(s).",
+        f"{machine_line(m)}; figures are medians of {m['reps']} repetition(s).",
         "CPU is each process's own CPU clock, all threads, user + system.",
         "",
     ]

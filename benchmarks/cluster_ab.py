@@ -31,7 +31,9 @@ from pathlib import Path
 
 METRICS = ("rate", "coordinator", "nodes", "client")
 
-#: the child: one cluster on the tree it runs in, JSON of each timed map on stdout
+#: the child: one cluster on the tree it runs in, JSON of each timed map on stdout.
+#: Self-contained (its own /proc reader) because it runs against older trees,
+#: whose benchmarks/ may lack this tree's helpers.
 _CHILD = r"""
 import json, os, sys, tempfile, time
 from benchmarks.workloads import noop
