@@ -97,11 +97,11 @@ class Telemetry:
         self.run: dict[str, Histogram] = {}
         self.commit = Histogram()
 
-    def on_finished(self, queue: str, state: TaskState) -> None:
+    def on_finished(self, queue: str, state: TaskState, n: int = 1) -> None:
         key = (queue, state)
-        self.finished[key] = self.finished.get(key, 0) + 1
+        self.finished[key] = self.finished.get(key, 0) + n
         if state is TaskState.DEAD:
-            self.dead_lettered[queue] = self.dead_lettered.get(queue, 0) + 1
+            self.dead_lettered[queue] = self.dead_lettered.get(queue, 0) + n
 
     def histogram(self, per_queue: dict[str, Histogram], queue: str) -> Histogram:
         """``per_queue[queue]``, made on first use."""

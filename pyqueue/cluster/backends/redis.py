@@ -137,6 +137,8 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgpack
+
 from pyqueue.errors import ClusterError
 
 from .. import dispatch, schedules
@@ -263,6 +265,12 @@ def _positive(name: str, given: float | None, opts: Mapping[str, str], default: 
 
 def _f(x: float) -> str:
     return repr(float(x))
+
+
+def _pack(rows: Any) -> bytes:
+    # Redis's Lua msgpack reads no bin type: bytes travel as raw strings
+    packed: bytes = msgpack.packb(rows, use_bin_type=False)
+    return packed
 
 
 def _s(b: Any) -> str:
@@ -612,20 +620,20 @@ class RedisBackend(Backend):
                 self._tail = _s(xid)
         return reply
 
-    def _observe(self, events: Sequence[bytes]) -> None:
+    def _observe(self, events: Sequence[Any]) -> None:
         """Count a script's (kind, queue, value) events into ``telemetry``."""
         tel = self.telemetry
         it = iter(events)
         for kind, raw, value in zip(it, it, it):
             queue = raw.decode()
             if kind == b"w":
-                tel.histogram(tel.wait, queue).observe(float(value))
-            elif kind == b"f":
-                tel.on_finished(queue, _STATES[int(value)])
-            elif kind == b"n":
-                tel.submitted[queue] = tel.submitted.get(queue, 0) + 1
+                tel.histogram(tel.wait, queue).observe(value / 1e6)  # whole µs
             elif kind == b"r":
                 tel.histogram(tel.run, queue).observe(float(value))
+            elif kind == b"n":
+                tel.submitted[queue] = tel.submitted.get(queue, 0) + value
+            elif kind[:1] == b"f":
+                tel.on_finished(queue, _STATES[int(kind[1:])], value)
             else:
                 raise ClusterError(f"Redis script sent an unknown telemetry event {kind!r}")
 
@@ -640,26 +648,27 @@ class RedisBackend(Backend):
         specs = list(specs)
         self._scheduling(min((s.not_before for s in specs if s.not_before > now), default=None))
         self._empty.difference_update(s.queue for s in specs)
-        got = self._run("SUBMIT", now, ["", "", "", *self._spec_args(specs)])
+        got = self._run("SUBMIT", now, ["", "", "", self._spec_rows(specs)])
         return [TaskState(int(x)) for x in got]
 
     @staticmethod
-    def _spec_args(specs: Iterable[SubmitSpec]) -> list[Any]:
-        """SUBMIT's 8 arguments per task."""
-        args: list[Any] = []
-        for s in specs:
-            ttl = "" if s.result_ttl is None else _f(max(0.0, s.result_ttl))
-            args += [
-                s.id,
-                s.payload,
-                max(0, int(s.retries)),
-                _f(max(0.0, float(s.backoff))),
-                _f(s.not_before),
-                ttl,
-                s.queue,
-                int(s.priority),
+    def _spec_rows(specs: Iterable[SubmitSpec]) -> bytes:
+        """SUBMIT's task rows, one msgpack blob (see the script)."""
+        return _pack(
+            [
+                (
+                    s.id,
+                    s.payload,
+                    max(0, int(s.retries)),
+                    _f(max(0.0, float(s.backoff))),
+                    _f(s.not_before),
+                    "" if s.result_ttl is None else _f(max(0.0, s.result_ttl)),
+                    s.queue,
+                    int(s.priority),
+                )
+                for s in specs
             ]
-        return args
+        )
 
     def lease(self, demands: Mapping[str, Demand], now: float) -> dict[str, Grant]:
         self._stale()
@@ -690,27 +699,25 @@ class RedisBackend(Backend):
         return out
 
     def complete(self, node: str, rows: Sequence[Completion], now: float) -> list[Verdict]:
-        args: list[Any] = []
-        for r in rows:
-            kind = "cancel" if r.cancelled else "ok" if r.ok else "fail"
-            jitter = 1.0 if kind != "fail" else self._rng.uniform(0.5, 1.5)
-            args += [
+        if not rows:
+            return []
+        uniform = self._rng.uniform
+        args = [
+            (
                 r.id,
                 r.token,
-                kind,
-                int(r.value is not None),
-                r.value if r.value is not None else b"",
-                int(r.error is not None),
-                r.error if r.error is not None else "",
-                _f(jitter),
+                "cancel" if r.cancelled else "ok" if r.ok else "fail",
+                r.value,
+                r.error,
+                1.0 if r.ok or r.cancelled else uniform(0.5, 1.5),
                 "" if r.run_s is None else _f(r.run_s),
-            ]
-        if not args:
-            return []
+            )
+            for r in rows
+        ]
         sched_at = self._sched_at
         if any(not r.ok for r in rows):
             self._sched_at = _UNKNOWN  # a failure may be retried later
-        verdicts, states = self._run("COMPLETE", now, args)
+        verdicts, states = self._run("COMPLETE", now, [_pack(args)])
         if TaskState.SCHEDULED not in states:
             self._sched_at = sched_at  # none was
         told = self._told
@@ -1033,7 +1040,7 @@ class RedisBackend(Backend):
             specs = [SubmitSpec(i, payload, queue=sch.queue, priority=sch.priority) for i in ids]
             self._forget_schedules()  # should the call fail
             self._empty.discard(sch.queue)
-            res = self._run("SUBMIT", now, [sid, raw, new, *self._spec_args(specs)])
+            res = self._run("SUBMIT", now, [sid, raw, new, self._spec_rows(specs)])
             if res is None:  # changed or deleted meanwhile (another coordinator): read again
                 stale = True
                 continue

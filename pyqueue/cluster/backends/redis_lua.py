@@ -34,6 +34,8 @@ local function tk(id) return P .. ':t:' .. id end
 local function qk(q, what) return P .. ':q:' .. q .. ':' .. what end
 local function fmt(x) return string.format('%.17g', x) end
 local NOWS = fmt(NOW)  -- formatted once: a Lua number to text costs a printf
+local EXPR = fmt(NOW + RTTL)  -- a finished task's expiry without a ttl of its own
+local EXPD = fmt(NOW + DTTL)  -- a dead task's
 local function score(pri, seq) return fmt(-pri * 4294967296 + seq) end
 local unpack = unpack
 -- one command over a list of arguments, in chunks (Lua's unpack has a limit;
@@ -52,21 +54,54 @@ end
 local FIN = {}
 local PUSHED = {}
 local XID = false
--- counter changes add up here and are written once, at the end of the script
-local D = {}
-local function count(key, field, n)
-  local d = D[key]
-  if not d then d = {}; D[key] = d end
-  field = tostring(field)
-  d[field] = (d[field] or 0) + n
+-- counter changes add up here and are written once, at the end of the script:
+-- C[queue][state + 1] changes that queue's count of tasks in the state (and
+-- P:cnt, the totals, by the sum over queues); V[verdict] counts verdicts
+local C = {}
+local V = {}
+-- a state read from a hash is text, one a script sets a number: NUM[st] or st
+local NUM = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6}
+local function count(q, st, n)
+  local c = C[q]
+  if not c then c = {0, 0, 0, 0, 0, 0, 0}; C[q] = c end
+  local j = (NUM[st] or st) + 1
+  c[j] = c[j] + n
 end
+-- telemetry for the store's Python side: E holds (kind, queue, value) triples
+-- of what it observes one value at a time (w: a lease's wait in whole
+-- microseconds, r: a run time as its node sent it, both as Redis replies
+-- keep them: it truncates a Lua float); N[queue] counts new tasks and
+-- F[queue][state + 1] finished ones, sent as ('n', queue, n) and
+-- ('f' .. state, queue, n) when counters are written
+local E = {}
+local function event(kind, q, v)
+  E[#E + 1] = kind
+  E[#E + 1] = q
+  E[#E + 1] = v
+end
+local N = {}
+local F = {}
 local function flush()
-  for key, d in pairs(D) do
-    for field, n in pairs(d) do
-      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+  local tot = {0, 0, 0, 0, 0, 0, 0}
+  for q, c in pairs(C) do
+    for j = 1, 7 do
+      if c[j] ~= 0 then
+        redis.call('HINCRBY', qk(q, 'cnt'), j - 1, c[j])
+        tot[j] = tot[j] + c[j]
+      end
     end
   end
-  D = {}
+  for j = 1, 7 do
+    if tot[j] ~= 0 then redis.call('HINCRBY', P .. ':cnt', j - 1, tot[j]) end
+  end
+  for v, n in pairs(V) do redis.call('HINCRBY', P .. ':verd', v, n) end
+  for q, n in pairs(N) do event('n', q, n) end
+  for q, f in pairs(F) do
+    for j = 1, 7 do
+      if f[j] > 0 then event('f' .. (j - 1), q, f[j]) end
+    end
+  end
+  C, V, N, F = {}, {}, {}, {}
   if #FIN > 0 then
     local f = {}
     for _, id in ipairs(FIN) do
@@ -83,19 +118,9 @@ local function flush()
     FIN = {}
   end
 end
--- telemetry events, flat (kind, queue, value) triples: the store's Python side
--- counts them (values are strings: Redis would truncate a Lua float)
-local E = {}
-local function event(kind, q, v)
-  E[#E + 1] = kind
-  E[#E + 1] = q
-  E[#E + 1] = v
-end
 local function recount(q, old, new)
-  count(P .. ':cnt', old, -1)
-  count(P .. ':cnt', new, 1)
-  count(qk(q, 'cnt'), old, -1)
-  count(qk(q, 'cnt'), new, 1)
+  count(q, old, -1)
+  count(q, new, 1)
 end
 local function setstate(id, q, old, new)
   recount(q, old, new)
@@ -142,21 +167,24 @@ local function ended(id, st, q, ttl, state, result, err)
   end
   if st == '0' then redis.call('ZREM', P .. ':sched', id) end
   recount(q, st, state)
-  event('f', q, tostring(state))
-  local life = RTTL
-  if ttl then life = tonumber(ttl) end
-  if state == 5 then life = DTTL end
-  local set = {'st', state, 'end', NOWS, 'exp', fmt(NOW + life), 'node', ''}
-  local del = {}
-  if result then set[#set + 1] = 'res'; set[#set + 1] = result else del[#del + 1] = 'res' end
-  if err then set[#set + 1] = 'err'; set[#set + 1] = err else del[#del + 1] = 'err' end
+  local f = F[q]
+  if not f then f = {0, 0, 0, 0, 0, 0, 0}; F[q] = f end
+  f[state + 1] = f[state + 1] + 1
+  local exp = EXPR
+  if state == 5 then exp = EXPD elseif ttl then exp = fmt(NOW + tonumber(ttl)) end
+  local set = {'st', state, 'end', NOWS, 'exp', exp, 'node', ''}
+  if result then set[#set + 1] = 'res'; set[#set + 1] = result end
+  if err then set[#set + 1] = 'err'; set[#set + 1] = err end
   if state == 5 then
     redis.call('ZADD', P .. ':dead', redis.call('INCR', P .. ':deadctr'), id)
   else
-    del[#del + 1] = 'pl'
+    -- emptied in the same HSET, not by an HDEL: a command less per task.  A
+    -- task ends from a live state, so it has no res or err to delete (only
+    -- this function sets them; REQUEUE_DEAD deletes them)
+    set[#set + 1] = 'pl'
+    set[#set + 1] = ''
   end
   redis.call('HSET', key, unpack(set))
-  redis.call('HDEL', key, unpack(del))
   FIN[#FIN + 1] = id
 end
 local function finish(id, state, result, err)
@@ -221,8 +249,7 @@ local function trim_fins()
 end
 local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
-  count(P .. ':cnt', t[1], -1)
-  count(qk(t[2], 'cnt'), t[1], -1)
+  if t[1] then count(t[2], t[1], -1) end  -- nothing to count for a hash gone already
   redis.call('DEL', tk(id))
   redis.call('ZREM', P .. ':exp', id)
   redis.call('ZREM', P .. ':dead', id)
@@ -236,8 +263,12 @@ end
 """
 
 # ARGV: [schedule id, old, new] (compare-and-set of a fired schedule, '' for
-# none), then 8 fields per task.  Returns each task's state, or false when the
-# schedule changed meanwhile (another coordinator fired it).  A new task's hash
+# none), then the tasks as one msgpack array of rows: id, payload, retries,
+# backoff, not before, result ttl ('' none), queue, priority (numbers as
+# text where they are stored as given).  One blob, not 8 arguments a task:
+# redis-py's packing of each argument cost the coordinator more than the
+# script.  Returns each task's state, or false when the schedule changed
+# meanwhile (another coordinator fired it).  A new task's hash
 # holds only what is not a default (see the module doc of the store); its
 # queue's sets get one ZADD per call, not per task.
 SUBMIT = r"""
@@ -252,19 +283,18 @@ local out = {}
 local seen = {}  -- id -> true once found new: a repeat in the same call is not
 local new = {}  -- ARGV index of each new task
 local fill = {}  -- out index -> id, for the new ones and their repeats
-local i = A + 3
-while i <= #ARGV do
-  local id = ARGV[i]
+local rows = cmsgpack.unpack(ARGV[A + 3])
+for i, row in ipairs(rows) do
+  local id = row[1]
   local st = nil
   if not seen[id] then st = redis.call('HGET', tk(id), 'st') end
   if st then
     out[#out + 1] = tonumber(st)
   else
-    if not seen[id] then seen[id] = true; new[#new + 1] = i end
+    if not seen[id] then seen[id] = true; new[#new + 1] = row end
     out[#out + 1] = false
     fill[#out] = id
   end
-  i = i + 8
 end
 if #new == 0 then return out end
 local seq = redis.call('INCRBY', P .. ':seq', #new) - #new
@@ -272,31 +302,30 @@ local byq = {}  -- queue -> {ready pairs, since pairs}
 local names = {}
 local sched = {}
 local states = {}  -- id -> state
-for _, j in ipairs(new) do
-  local id = ARGV[j]
+for _, row in ipairs(new) do
+  local id = row[1]
   seq = seq + 1
-  local nb = tonumber(ARGV[j + 4])
-  local q = ARGV[j + 6]
-  local pri = tonumber(ARGV[j + 7])
+  local nb = tonumber(row[5])
+  local q = row[7]
+  local pri = row[8]
   local state = 1
   local rdy = NOWS
   if nb > NOW then state = 0; rdy = fmt(nb) end
   states[id] = state
-  local f = {'st', state, 'seq', seq, 'pl', ARGV[j + 1], 'q', q, 'pri', pri, 'rdy', rdy,
+  local f = {'st', state, 'seq', seq, 'pl', row[2], 'q', q, 'pri', pri, 'rdy', rdy,
     'cre', NOWS}
-  if ARGV[j + 2] ~= '0' then
-    f[#f + 1] = 'ret'; f[#f + 1] = ARGV[j + 2]; f[#f + 1] = 'bo'; f[#f + 1] = ARGV[j + 3]
+  if row[3] ~= 0 then
+    f[#f + 1] = 'ret'; f[#f + 1] = row[3]; f[#f + 1] = 'bo'; f[#f + 1] = row[4]
   end
-  if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = ARGV[j + 4] end
-  if ARGV[j + 5] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = ARGV[j + 5] end
+  if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = row[5] end
+  if row[6] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = row[6] end
   redis.call('HSET', tk(id), unpack(f))
-  count(P .. ':cnt', state, 1)
-  count(qk(q, 'cnt'), state, 1)
-  event('n', q, '')
+  count(q, state, 1)
+  N[q] = (N[q] or 0) + 1
   local b = byq[q]
   if not b then b = {{}, {}}; byq[q] = b; names[#names + 1] = q end
   if state == 0 then
-    sched[#sched + 1] = ARGV[j + 4]
+    sched[#sched + 1] = row[5]
     sched[#sched + 1] = id
   else
     local r, s = b[1], b[2]
@@ -455,7 +484,7 @@ while i <= #ARGV do
         out[#out + 1] = id
         out[#out + 1] = att
         out[#out + 1] = t[4]
-        event('w', name, fmt(math.max(0.0, NOW - tonumber(t[5]))))
+        event('w', name, math.floor(math.max(0.0, NOW - tonumber(t[5])) * 1e6 + 0.5))
       end
     end
     if sus ~= sus0 then redis.call('HSET', P .. ':sus', node, sus) end
@@ -494,8 +523,9 @@ for name in pairs(empty) do names[#names + 1] = name end
 return {res, names}
 """
 
-# ARGV per row: id, token, kind (ok|cancel|fail), has value, value, has error, error, jitter,
-# run seconds ('' not reported).  Returns {verdicts, states}: each row's
+# ARGV: the rows as one msgpack array (see SUBMIT for why), each: id, token,
+# kind (ok|cancel|fail), value (nil: none), error (nil: none), jitter, run
+# seconds as text ('' not reported).  Returns {verdicts, states}: each row's
 # verdict, and the state an accepted row left its task in (-1 for the others).
 COMPLETE = r"""
 local out = {}
@@ -503,15 +533,12 @@ local states = {}
 local freed = {}  -- node -> ids whose lease ended here (one HDEL per node)
 local nodes = {}
 local suspects = {}  -- node -> how many of those were suspect (lost > 0 when leased)
-local i = A
-while i <= #ARGV do
-  local id = ARGV[i]
-  local tok = tonumber(ARGV[i + 1])
-  local kind = ARGV[i + 2]
-  local val = false
-  if ARGV[i + 3] == '1' then val = ARGV[i + 4] end
-  local err = false
-  if ARGV[i + 5] == '1' then err = ARGV[i + 6] end
+for _, row in ipairs(cmsgpack.unpack(ARGV[A])) do
+  local id = row[1]
+  local tok = row[2]
+  local kind = row[3]
+  local val = row[4] or false  -- msgpack nil is a Lua nil
+  local err = row[5] or false
   local key = tk(id)
   local t = redis.call('HMGET', key, 'st', 'att', 'node', 'ret', 'bo', 'q', 'ttl', 'lost')
   local v
@@ -534,7 +561,7 @@ while i <= #ARGV do
     elseif att ~= tok then v = 'stale'
     else v = 'accepted' end
     if v == 'accepted' then
-      if ARGV[i + 8] ~= '' then event('r', t[6], ARGV[i + 8]) end
+      if row[7] ~= '' then event('r', t[6], row[7]) end
       if kind == 'cancel' then
         new = 6
         ended(id, t[1], t[6], t[7], 6, false, 'cancelled while running')
@@ -549,7 +576,7 @@ while i <= #ARGV do
         else
           new = 0
           local delay = math.min(BCAP, tonumber(t[5] or 1) * 2.0 ^ (fails - 1))
-            * tonumber(ARGV[i + 7])
+            * row[6]
           if t[1] == '1' then
             redis.call('ZREM', qk(t[6], 'ready'), id)
             redis.call('ZREM', qk(t[6], 'since'), id)
@@ -561,10 +588,9 @@ while i <= #ARGV do
       end
     end
   end
-  count(P .. ':verd', v, 1)
+  V[v] = (V[v] or 0) + 1
   out[#out + 1] = v
   states[#states + 1] = new
-  i = i + 9
 end
 for _, node in ipairs(nodes) do
   local ids = freed[node]
