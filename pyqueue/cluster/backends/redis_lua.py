@@ -264,8 +264,8 @@ end
 
 # ARGV: [schedule id, old, new] (compare-and-set of a fired schedule, '' for
 # none), then the tasks as one msgpack array of rows: id, payload, retries,
-# backoff, not before, result ttl ('' none), queue, priority (numbers as
-# text where they are stored as given).  One blob, not 8 arguments a task:
+# backoff (text, nil without retries), not before (a number), result ttl
+# (text, '' none), queue, priority.  One blob, not 8 arguments a task:
 # redis-py's packing of each argument cost the coordinator more than the
 # script.  Returns each task's state, or false when the schedule changed
 # meanwhile (another coordinator fired it).  A new task's hash
@@ -305,7 +305,7 @@ local states = {}  -- id -> state
 for _, row in ipairs(new) do
   local id = row[1]
   seq = seq + 1
-  local nb = tonumber(row[5])
+  local nb = row[5]
   local q = row[7]
   local pri = row[8]
   local state = 1
@@ -317,7 +317,7 @@ for _, row in ipairs(new) do
   if row[3] ~= 0 then
     f[#f + 1] = 'ret'; f[#f + 1] = row[3]; f[#f + 1] = 'bo'; f[#f + 1] = row[4]
   end
-  if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = row[5] end
+  if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = rdy end
   if row[6] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = row[6] end
   redis.call('HSET', tk(id), unpack(f))
   count(q, state, 1)
@@ -325,7 +325,7 @@ for _, row in ipairs(new) do
   local b = byq[q]
   if not b then b = {{}, {}}; byq[q] = b; names[#names + 1] = q end
   if state == 0 then
-    sched[#sched + 1] = row[5]
+    sched[#sched + 1] = rdy
     sched[#sched + 1] = id
   else
     local r, s = b[1], b[2]
