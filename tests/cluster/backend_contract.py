@@ -1308,6 +1308,22 @@ def test_a_node_gets_only_the_queues_it_serves(store: Backend) -> None:
     assert q.counts[TaskState.LEASED] == 2 and q.counts[TaskState.PENDING] == 0
 
 
+def test_nodes_after_a_queue_ran_dry_in_one_lease_still_get_the_other_queues(
+    store: Backend,
+) -> None:
+    # the Redis store skips nodes whose queues all ran dry earlier in the call
+    submit(store, "a1", "a2", queue="a")
+    submit(store, "b1", "b2", queue="b")
+    submit(store, "c1", queue="c")
+    store.configure_queue("c", rate_limit=None, paused=True, now=T0)
+    demands = {f"only-a{i}": Demand(1, {"a": 1}) for i in range(4)}
+    demands |= {"only-c": Demand(5, {"c": 1}), "a-and-b": Demand(5, {"a": 1, "b": 1})}
+    grants = store.lease(demands, T0)
+    got = {node: [le.id for le in g.leases] for node, g in grants.items() if g.leases}
+    assert got == {"only-a0": ["a1"], "only-a1": ["a2"], "a-and-b": ["b1", "b2"]}
+    assert grants["a-and-b"].held == 2
+
+
 def test_strict_drains_the_heavier_queue_first(store: Backend) -> None:
     submit(store, "l1", "l2", queue="low")
     submit(store, "h1", "h2", queue="high")

@@ -690,16 +690,22 @@ class RedisBackend(Backend):
         empty = self._empty
         if all(name in empty for d in demands.values() for name in d.queues):
             return {}  # nothing to grant, and nodes with no grant may be left out
-        args: list[Any] = []
         qp = self._qp
-        for node, d in demands.items():
-            args += [qp + node, d.capacity, int(d.strict), self._rng.randrange(1, 2147483646)]
-            args.append(len(d.queues))
-            for name, w in d.queues.items():
-                args += [name, w]
-        if not args:
+        draw = self._rng.randrange
+        rows = [
+            (
+                qp + node,
+                d.capacity,
+                int(d.strict),
+                # the seed of the weighted choice, which only several queues need
+                draw(1, 2147483646) if len(d.queues) > 1 else 1,
+                [x for item in d.queues.items() for x in item],
+            )
+            for node, d in demands.items()
+        ]
+        if not rows:
             return {}
-        got, empty_now = self._run("LEASE", now, args)
+        got, empty_now = self._run("LEASE", now, [_pack(rows)])
         self._empty.update(_s(x) for x in empty_now)
         out: dict[str, Grant] = {}
         i = 0

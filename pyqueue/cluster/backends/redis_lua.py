@@ -345,7 +345,8 @@ bulk('ZADD', P .. ':sched', sched)
 return out
 """
 
-# ARGV per node: node, capacity, strict, seed, n queues, (name, weight)...
+# ARGV: the demands as one msgpack array (see SUBMIT for why), a row per node:
+# node, capacity, strict (0|1), seed, {name, weight, name, weight...}.
 # Returns {grants, empty}: per node with grants: node, held, k, then
 # k * (id, token, payload); and the served queues whose ready set is empty now.
 # Each queue's settings are read once per call and its ready set in chunks
@@ -353,7 +354,6 @@ return out
 # the end, so a task costs one HMGET and one HSET here.
 LEASE = r"""
 local res = {}
-local i = A
 local x = 1
 local function rand()
   x = (x * 16807) % 2147483647
@@ -369,7 +369,8 @@ local function queue(name)
   -- its rank 0; off: the rank of the next unread one; gone: ids leased or
   -- dead-lettered in this call; pos: where the node now served looks next
   q = {key = qk(name, 'ready'), paused = s[1] == '1', rate = tonumber(s[2]), tokens = s[3],
-    stamp = s[4], ids = {}, off = 0, full = false, gone = {}, pos = 1, taken = {}}
+    stamp = s[4], ids = {}, off = 0, full = false, gone = {}, pos = 1, taken = {}, first = 1,
+    dry = false}
   Q[name] = q
   order[#order + 1] = name
   return q
@@ -399,25 +400,44 @@ local function can_grant(name, want)
   if q.rate and q.tokens < 1.0 then return nil end
   return id
 end
+-- whether q, as this call has seen it, has nothing left to grant to any node:
+-- paused, out of tokens, or its ready set read to the end and all taken.  It
+-- stays so for the rest of the call (nothing here adds tasks or tokens).
+local function dry(name)
+  local q = Q[name]
+  if not q then return false end  -- not read yet
+  if q.dry then return true end
+  if q.paused or (q.refilled and q.tokens < 1.0) then q.dry = true; return true end
+  if not q.full then return false end
+  while q.first <= #q.ids and q.gone[q.ids[q.first]] do q.first = q.first + 2 end
+  q.dry = q.first > #q.ids
+  return q.dry
+end
 local empty = {}
-while i <= #ARGV do
-  local node = ARGV[i]
-  local cap = tonumber(ARGV[i + 1])
-  local strict = ARGV[i + 2] == '1'
-  x = tonumber(ARGV[i + 3])
-  local nq = tonumber(ARGV[i + 4])
+for _, row in ipairs(cmsgpack.unpack(ARGV[A])) do
+  local node = row[1]
+  local cap = row[2]
+  local strict = row[3] == 1
+  x = row[4]
   local served = {}
-  for j = 0, nq - 1 do
+  local open = false  -- some served queue may still have a task for this node
+  local qs = row[5]
+  for j = 1, #qs, 2 do
     -- a queue with no keys yet reads as not paused, without limit, empty
-    served[#served + 1] = {ARGV[i + 5 + 2 * j], tonumber(ARGV[i + 6 + 2 * j])}
+    served[#served + 1] = {qs[j], qs[j + 1]}
+    if not open and not dry(qs[j]) then open = true end
   end
-  i = i + 5 + 2 * nq
   local nkey = P .. ':n:' .. node
-  local held = redis.call('HLEN', nkey)
-  local n = cap - held
+  local held = 0
+  local n = 0
+  -- a node whose queues all ran dry in this call costs no read: it gets nothing
+  if open then
+    held = redis.call('HLEN', nkey)
+    n = cap - held
+  end
   local out = {}
   local k = 0
-  if n > 0 and #served > 0 then
+  if n > 0 then
     local sus0 = nil  -- the node's suspect leases, read at its first suspect task
     local sus = nil
     local slots = {}  -- nkey's new fields: id, suspect flag...
