@@ -235,7 +235,9 @@ local function fin_ids(entries)
   end
   return ids
 end
--- P:fins keeps what some registered coordinator has not read yet
+-- P:fins keeps what some registered coordinator has not read yet, and a few
+-- entries more: '~' trims whole stream nodes only, which is most often nothing
+-- to do (an exact trim cost ~7 us a script)
 local function trim_fins()
   local lo, lo_ms, lo_sq = nil, 0, 0
   for _, c in ipairs(redis.call('HVALS', P .. ':cur')) do
@@ -245,7 +247,7 @@ local function trim_fins()
       lo, lo_ms, lo_sq = c, ms, sq
     end
   end
-  if lo then redis.call('XTRIM', P .. ':fins', 'MINID', lo) end
+  if lo then redis.call('XTRIM', P .. ':fins', 'MINID', '~', lo) end
 end
 local function forget(id)
   local t = redis.call('HMGET', tk(id), 'st', 'q')
