@@ -194,3 +194,37 @@ def test_a_steady_flush_costs_one_round_trip_and_what_it_skips_reads_the_same(
     grants, _, _ = _flush(b, {"m": Demand(1)}, T0)  # released: in the queue again
     assert [x.id for x in grants["m"].leases] == ["t4"]
     b.close()
+
+
+def test_a_task_costs_seven_commands_inside_the_scripts(redis_server: RedisServer) -> None:
+    # What bounds the Redis store's throughput is Redis's CPU per task; the
+    # commands a task costs inside the scripts are its countable part (timing
+    # is the benchmarks' business).  Per task: HGET + HSET at submit, HMGET +
+    # HSET at lease, HMGET + HSET at completion, HGET when its end is drained.
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    b = RedisBackend(redis_server.url, prefix="pqcost", now=T0)
+    n = 500
+    r.config_resetstat()
+    b.submit([SubmitSpec(f"t{i}", b"p") for i in range(n)], T0)
+    leased: set[str] = set()
+    while len(leased) < n:
+        grants = b.lease({"n1": Demand(100), "n2": Demand(100)}, T0)
+        assert grants, "the lease granted nothing before every task was leased"
+        for node, grant in grants.items():
+            leased.update(le.id for le in grant.leases)
+            rows = [Completion(le.id, le.token, True, b"v", None) for le in grant.leases]
+            b.complete(node, rows, T0)
+    finished: list[str] = []
+    for _ in range(3):
+        finished += _flush(b, {"n1": Demand(1)}, T0)[1]
+    assert sorted(finished) == sorted(f"t{i}" for i in range(n))
+    b.keepalive(T0)  # a script: it marks what the drain handed out drained
+    stats = r.info("commandstats")
+    per_task = sum(
+        stats.get(f"cmdstat_{c}", {"calls": 0})["calls"] for c in ("hget", "hset", "hmget", "hdel")
+    ) / n
+    # a few more per script (queue settings, lease sets); fewer a task: lower the bound
+    assert 7.0 <= per_task < 7.2, stats
+    b.close()
