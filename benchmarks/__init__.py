@@ -10,7 +10,10 @@ from pathlib import Path
 
 # `python -m benchmarks.compare` from a source checkout puts the checkout first
 # on sys.path, where its `pyqueue` folder would shadow the installed package.
-# Unless the extension was built in place there, measure the installed one.
+# Unless the extension was built in place there, measure the installed one:
+# the checkout moves to the end of sys.path, not off it, since process-pool
+# peers' workers inherit sys.path and must still import `benchmarks` to
+# unpickle the workloads.
 _ROOT = Path(__file__).resolve().parent.parent
 if not any((_ROOT / "pyqueue").glob("_native*.so")):
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT] + [str(_ROOT)]
