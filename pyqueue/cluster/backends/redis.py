@@ -127,9 +127,10 @@ in the memory store.
 
 Cost: the per-task rows of SUBMIT and COMPLETE travel as one msgpack blob
 each (packing 8 or 9 arguments a task in redis-py cost the coordinator more
-than Redis spent on the script), and a task costs seven commands inside the
-scripts: HGET and HSET at submit, HMGET and HSET at lease, HMGET and HSET at
-completion, HGET when its end is drained.
+than Redis spent on the script), and a task costs six commands inside the
+scripts: HSET at submit (one EXISTS for the batch finds its ids new), HMGET
+and HSET at lease, HMGET and HSET at completion, HGET when its end is
+drained.
 """
 
 from __future__ import annotations

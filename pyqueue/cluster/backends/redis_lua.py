@@ -283,17 +283,25 @@ end
 -- first which ids are new (P:seq then moves once for all of them)
 local out = {}
 local seen = {}  -- id -> true once found new: a repeat in the same call is not
-local new = {}  -- ARGV index of each new task
+local new = {}  -- the row of each new task
 local fill = {}  -- out index -> id, for the new ones and their repeats
 local rows = cmsgpack.unpack(ARGV[A + 3])
+local keys = {}
+for i, row in ipairs(rows) do keys[i] = tk(row[1]) end
+-- one EXISTS for the batch: when none of its tasks is known (the common
+-- case), no task needs a read of its own
+local known = 0
+for i = 1, #keys, 4000 do
+  known = known + redis.call('EXISTS', unpack(keys, i, math.min(#keys, i + 3999)))
+end
 for i, row in ipairs(rows) do
   local id = row[1]
   local st = nil
-  if not seen[id] then st = redis.call('HGET', tk(id), 'st') end
+  if known > 0 and not seen[id] then st = redis.call('HGET', keys[i], 'st') end
   if st then
     out[#out + 1] = tonumber(st)
   else
-    if not seen[id] then seen[id] = true; new[#new + 1] = row end
+    if not seen[id] then seen[id] = true; row.key = keys[i]; new[#new + 1] = row end
     out[#out + 1] = false
     fill[#out] = id
   end
@@ -321,7 +329,7 @@ for _, row in ipairs(new) do
   end
   if state == 0 then f[#f + 1] = 'nb'; f[#f + 1] = rdy end
   if row[6] ~= '' then f[#f + 1] = 'ttl'; f[#f + 1] = row[6] end
-  redis.call('HSET', tk(id), unpack(f))
+  redis.call('HSET', row.key, unpack(f))
   count(q, state, 1)
   N[q] = (N[q] or 0) + 1
   local b = byq[q]
