@@ -403,7 +403,7 @@ class Client:
         self._unyielded: dict[str, None] = {}
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{os.urandom(4).hex()}-"
-        self._closed = threading.Event()
+        self._closed = False  # a plain flag: read once per submit
         self.duplicate_pushes = 0
         self._results_taken = 0  # result rows handled, not yet acknowledged
         self.channel = Channel(
@@ -457,7 +457,7 @@ class Client:
 
     def close(self) -> None:
         """Disconnect.  Unacknowledged submits are abandoned."""
-        self._closed.set()
+        self._closed = True
         self.outbox.close()
         self.channel.close()
 
@@ -539,8 +539,9 @@ class Client:
         """
         not_before = _not_before(delay, eta)
         _check_time_limit(time_limit)
+        ttl = None if result_ttl is None else float(result_ttl)
         return self._submit(
-            fn, args, kwargs, task_id, retries, backoff, not_before, True, result_ttl,
+            fn, args, kwargs, task_id, int(retries), float(backoff), not_before, True, ttl,
             queue, priority, time_limit,
         )  # fmt: skip
 
@@ -559,7 +560,9 @@ class Client:
         priority: int = 0,
         time_limit: float | None = None,
     ) -> ClusterTask[T]:
-        if self._closed.is_set():
+        # retries, backoff and result_ttl come as int, float and float or None
+        # (submit_call converts them; map passes the defaults)
+        if self._closed:
             raise RuntimeError("client is closed")
         payload = encode_call(fn, args, kwargs or {}, time_limit)
         limit = self.channel.max_payload
@@ -578,16 +581,7 @@ class Client:
         # tuple.__new__: the namedtuple's own __new__ is a Python call per task
         row = _new(
             SubmitSpec,
-            (
-                tid,
-                payload,
-                int(retries),
-                float(backoff),
-                not_before,
-                None if result_ttl is None else float(result_ttl),
-                queue,
-                priority,
-            ),
+            (tid, payload, retries, backoff, not_before, result_ttl, queue, priority),
         )
         # refused here, not by the coordinator: a refused row would be resent forever
         problem = M.spec_problem(row)
@@ -988,7 +982,7 @@ class Client:
                 return
             with self._lock:
                 get = self._tasks.get
-                for tid, _ in acked:
+                for tid in acked:
                     ref = get(tid)
                     h = ref() if ref is not None else None
                     if h is not None:

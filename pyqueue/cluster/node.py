@@ -520,7 +520,7 @@ class Node:
             if acked is None:
                 return
             accepted = 0
-            for (key, _), verdict in zip(acked, verdicts):
+            for key, verdict in zip(acked, verdicts):
                 if verdict is ACCEPTED:  # the common case, counted once per message
                     accepted += 1
                     continue
