@@ -117,11 +117,11 @@ class _SerialSet:
     """A set of small non-negative integers, one bit each (the serial numbers
     of the ids a client makes)."""
 
-    __slots__ = ("_bits", "_len")
+    __slots__ = ("_bits", "count")
 
     def __init__(self) -> None:
         self._bits = bytearray()
-        self._len = 0
+        self.count = 0  # members (read as an attribute on the hot path: len() is a call)
 
     def add(self, n: int) -> None:
         byte, bit = n >> 3, 1 << (n & 7)
@@ -129,22 +129,22 @@ class _SerialSet:
             self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits) // 2)))
         if not self._bits[byte] & bit:
             self._bits[byte] |= bit
-            self._len += 1
+            self.count += 1
 
     def discard(self, n: int) -> None:
         byte, bit = n >> 3, 1 << (n & 7)
         if byte < len(self._bits) and self._bits[byte] & bit:
             self._bits[byte] &= ~bit & 0xFF
-            self._len -= 1
+            self.count -= 1
 
     def __len__(self) -> int:
-        return self._len
+        return self.count
 
     def take(self) -> list[int]:
         """Every member, in order; the set is left empty."""
         out = [(i << 3) | b for i, v in enumerate(self._bits) if v for b in range(8) if v >> b & 1]
         self._bits = bytearray()
-        self._len = 0
+        self.count = 0
         return out
 
 
@@ -243,7 +243,8 @@ class ClusterTask(Generic[T_co]):
         Exception
             Whatever the task raised (with the remote traceback as a note).
         """
-        self._wait_done(timeout)
+        if self._state is None:  # (no call at all for a task that has ended)
+            self._wait_done(timeout)
         # Looked at: results() with no argument will not yield it again.
         self._client._collected(self.id)
         if self._value is _MISSING:
@@ -617,9 +618,9 @@ class Client:
         for args in zip(*iterables):
             pending.append(submit(fn, args, None, None, 0, 1.0, 0.0, False))
             if len(pending) >= window:
-                yield pending.popleft().result(_left(deadline))
+                yield pending.popleft().result(None if deadline is None else _left(deadline))
         while pending:
-            yield pending.popleft().result(_left(deadline))
+            yield pending.popleft().result(None if deadline is None else _left(deadline))
 
     @overload
     def results(
@@ -712,7 +713,7 @@ class Client:
         return ref() if ref is not None else None
 
     def _collected(self, task_id: str) -> None:
-        if not self._unyielded_serials and not self._unyielded:
+        if not self._unyielded_serials.count and not self._unyielded:
             return  # the common case for map(): nothing noted, nothing to parse
         prefix = self._prefix
         if task_id.startswith(prefix) and task_id[len(prefix) :].isdigit():
