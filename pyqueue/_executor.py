@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -18,6 +19,8 @@ _CF_LOGGER = logging.getLogger("concurrent.futures")
 T = TypeVar("T")
 if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; annotations only, never evaluated
     from typing import ParamSpec
+
+    from pyqueue._native import Task
 
     P = ParamSpec("P")
 
@@ -113,6 +116,15 @@ class Executor(concurrent.futures.Executor):
         # Detached: the Future is the handle; the queue must not hold the Task.
         self._queue._submit_detached(_WorkItem(future, fn, args, kwargs))
         return future
+
+    def _submit_task(self, fn: Callable[..., T], /, *args: Any) -> Task[T]:
+        """``submit(fn, *args)`` that hands back the engine's own
+        :class:`~pyqueue.Task` instead of a Future: the same ``cancel``,
+        ``cancelled``, ``result`` and ``add_done_callback``, without the
+        Future and the Condition that each ``submit`` makes (several times
+        a short task's own cost: what a cluster node runs).  Not held for
+        ``TaskQueue.results()``."""
+        return self._queue._submit_detached(functools.partial(fn, *args))
 
     def map(
         self,

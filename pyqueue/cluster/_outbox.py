@@ -114,8 +114,13 @@ class Outbox(Generic[K]):
         """Queue one row (replacing an unacknowledged one with the same key)."""
         with self.lock:
             self._unacked[self._key(row)] = row
-            self._queue.append(row)
-        if not self._wake.is_set():  # set() takes a lock and notifies: skip when pending
+            queue = self._queue
+            queue.append(row)
+            fresh = len(queue) == 1
+        # The sender takes the whole queue when it wakes (or, disconnected,
+        # leaves it to on_connect, which wakes it): only the first row of a
+        # fresh queue needs to wake it.
+        if fresh:
             self._wake.set()
 
     def discard(self, key: K) -> Row | None:
@@ -138,17 +143,18 @@ class Outbox(Generic[K]):
             self._queue = list(self._unacked.values())
         self._wake.set()
 
-    def acked(self, corr: int) -> list[tuple[K, Row | None]] | None:
+    def acked(self, corr: int) -> list[K] | None:
         """The reply to batch ``corr`` arrived: forget its rows and return
-        ``(key, row)`` for each, in batch order (``row`` is None when it had
-        been discarded meanwhile); None if ``corr`` is not ours or belongs to
-        a connection that is gone."""
+        their keys, in batch order; None if ``corr`` is not ours or belongs
+        to a connection that is gone."""
         with self.lock:
             keys = self._inflight.pop(corr, None)
             if keys is None:
                 return None
             pop = self._unacked.pop
-            return [(k, pop(k, None)) for k in keys]
+            for k in keys:
+                pop(k, None)
+            return keys
 
     # -- sender thread ----------------------------------------------------------
     def _run(self) -> None:

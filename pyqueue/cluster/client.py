@@ -117,11 +117,11 @@ class _SerialSet:
     """A set of small non-negative integers, one bit each (the serial numbers
     of the ids a client makes)."""
 
-    __slots__ = ("_bits", "_len")
+    __slots__ = ("_bits", "count")
 
     def __init__(self) -> None:
         self._bits = bytearray()
-        self._len = 0
+        self.count = 0  # members (read as an attribute on the hot path: len() is a call)
 
     def add(self, n: int) -> None:
         byte, bit = n >> 3, 1 << (n & 7)
@@ -129,22 +129,22 @@ class _SerialSet:
             self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits) // 2)))
         if not self._bits[byte] & bit:
             self._bits[byte] |= bit
-            self._len += 1
+            self.count += 1
 
     def discard(self, n: int) -> None:
         byte, bit = n >> 3, 1 << (n & 7)
         if byte < len(self._bits) and self._bits[byte] & bit:
             self._bits[byte] &= ~bit & 0xFF
-            self._len -= 1
+            self.count -= 1
 
     def __len__(self) -> int:
-        return self._len
+        return self.count
 
     def take(self) -> list[int]:
         """Every member, in order; the set is left empty."""
         out = [(i << 3) | b for i, v in enumerate(self._bits) if v for b in range(8) if v >> b & 1]
         self._bits = bytearray()
-        self._len = 0
+        self.count = 0
         return out
 
 
@@ -243,7 +243,8 @@ class ClusterTask(Generic[T_co]):
         Exception
             Whatever the task raised (with the remote traceback as a note).
         """
-        self._wait_done(timeout)
+        if self._state is None:  # (no call at all for a task that has ended)
+            self._wait_done(timeout)
         # Looked at: results() with no argument will not yield it again.
         self._client._collected(self.id)
         if self._value is _MISSING:
@@ -403,7 +404,7 @@ class Client:
         self._unyielded: dict[str, None] = {}
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{os.urandom(4).hex()}-"
-        self._closed = threading.Event()
+        self._closed = False  # a plain flag: read once per submit
         self.duplicate_pushes = 0
         self._results_taken = 0  # result rows handled, not yet acknowledged
         self.channel = Channel(
@@ -457,7 +458,7 @@ class Client:
 
     def close(self) -> None:
         """Disconnect.  Unacknowledged submits are abandoned."""
-        self._closed.set()
+        self._closed = True
         self.outbox.close()
         self.channel.close()
 
@@ -539,8 +540,9 @@ class Client:
         """
         not_before = _not_before(delay, eta)
         _check_time_limit(time_limit)
+        ttl = None if result_ttl is None else float(result_ttl)
         return self._submit(
-            fn, args, kwargs, task_id, retries, backoff, not_before, True, result_ttl,
+            fn, args, kwargs, task_id, int(retries), float(backoff), not_before, True, ttl,
             queue, priority, time_limit,
         )  # fmt: skip
 
@@ -559,7 +561,9 @@ class Client:
         priority: int = 0,
         time_limit: float | None = None,
     ) -> ClusterTask[T]:
-        if self._closed.is_set():
+        # retries, backoff and result_ttl come as int, float and float or None
+        # (submit_call converts them; map passes the defaults)
+        if self._closed:
             raise RuntimeError("client is closed")
         payload = encode_call(fn, args, kwargs or {}, time_limit)
         limit = self.channel.max_payload
@@ -578,16 +582,7 @@ class Client:
         # tuple.__new__: the namedtuple's own __new__ is a Python call per task
         row = _new(
             SubmitSpec,
-            (
-                tid,
-                payload,
-                int(retries),
-                float(backoff),
-                not_before,
-                None if result_ttl is None else float(result_ttl),
-                queue,
-                priority,
-            ),
+            (tid, payload, retries, backoff, not_before, result_ttl, queue, priority),
         )
         # refused here, not by the coordinator: a refused row would be resent forever
         problem = M.spec_problem(row)
@@ -623,9 +618,9 @@ class Client:
         for args in zip(*iterables):
             pending.append(submit(fn, args, None, None, 0, 1.0, 0.0, False))
             if len(pending) >= window:
-                yield pending.popleft().result(_left(deadline))
+                yield pending.popleft().result(None if deadline is None else _left(deadline))
         while pending:
-            yield pending.popleft().result(_left(deadline))
+            yield pending.popleft().result(None if deadline is None else _left(deadline))
 
     @overload
     def results(
@@ -718,7 +713,7 @@ class Client:
         return ref() if ref is not None else None
 
     def _collected(self, task_id: str) -> None:
-        if not self._unyielded_serials and not self._unyielded:
+        if not self._unyielded_serials.count and not self._unyielded:
             return  # the common case for map(): nothing noted, nothing to parse
         prefix = self._prefix
         if task_id.startswith(prefix) and task_id[len(prefix) :].isdigit():
@@ -988,7 +983,7 @@ class Client:
                 return
             with self._lock:
                 get = self._tasks.get
-                for tid, _ in acked:
+                for tid in acked:
                     ref = get(tid)
                     h = ref() if ref is not None else None
                     if h is not None:

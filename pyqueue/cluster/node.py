@@ -77,8 +77,9 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from pyqueue._executor import Executor
 from pyqueue.errors import PayloadTooLarge, TaskCancelled, TaskTimeout
 
 from . import messages as M
@@ -110,14 +111,22 @@ _WEDGED_MARGIN = 1.0
 _REPLACE_MARGIN = 10.0
 
 
+class _Running(Protocol):
+    """What a node uses of a submitted task's handle: a Future, or the
+    engine's own Task (see :meth:`pyqueue.Executor._submit_task`)."""
+
+    def cancel(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def result(self, timeout: float | None = None) -> Any: ...
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
+
+
 def _make_executor(workers: int, kind: str = "pyqueue") -> cf.Executor:
     """Build the executor a node runs tasks on: ``"pyqueue"`` (the engine's
     Executor, the default) or ``"threads"`` (the stdlib thread pool, for
     comparison and debugging)."""
     if kind == "pyqueue":
-        import pyqueue
-
-        return pyqueue.Executor(max_workers=workers, thread_name_prefix="pyqueue-node-worker")
+        return Executor(max_workers=workers, thread_name_prefix="pyqueue-node-worker")
     if kind == "threads":
         return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyqueue-node-worker")
     raise ValueError(f"unknown executor kind {kind!r}: expected 'pyqueue' or 'threads'")
@@ -346,9 +355,16 @@ class Node:
             if isinstance(executor, cf.Executor)
             else _make_executor(self.workers, executor or "pyqueue")
         )
-        # Re-entrant: a future that is already done runs its callback inside submit.
+        # On pyqueue's engine a task's handle is the engine's Task, not a Future
+        # (a Future and its Condition cost more than running a short task).
+        self._submit: Callable[..., _Running] = (
+            self.executor._submit_task
+            if isinstance(self.executor, Executor)
+            else self.executor.submit
+        )
+        # Re-entrant: a task that is already done runs its callback inside submit.
         self._lock = threading.RLock()
-        self._held: dict[Key, cf.Future[Any]] = {}
+        self._held: dict[Key, _Running] = {}
         self._old_gen: set[Key] = set()  # still running from a previous connection
         self._running: dict[Key, int] = {}  # started tasks -> their worker thread
         self._terminating: set[Key] = set()  # TaskCancelled asked for
@@ -520,7 +536,7 @@ class Node:
             if acked is None:
                 return
             accepted = 0
-            for (key, _), verdict in zip(acked, verdicts):
+            for key, verdict in zip(acked, verdicts):
                 if verdict is ACCEPTED:  # the common case, counted once per message
                     accepted += 1
                     continue
@@ -546,7 +562,7 @@ class Node:
                 self._release.extend(((r.id, r.token), False) for r in rows)
             self.outbox.wake()
             return
-        submit = self.executor.submit
+        submit = self._submit
         with self._lock:
             for tid, token, payload in rows:
                 key = (tid, token)
@@ -730,7 +746,7 @@ class Node:
             if self._on_stuck is not None:
                 self._on_stuck()
 
-    def _on_finished(self, key: Key, fut: cf.Future[Any]) -> None:
+    def _on_finished(self, key: Key, fut: _Running) -> None:
         if fut.cancelled():
             return
         # Read without the lock: the watchdog marks a task stuck only while it

@@ -69,6 +69,32 @@ def test_shutdown_cancel_futures_and_submit_after_shutdown(occupy):
         ex.submit(abs, 1)
 
 
+def test_submit_task_gives_the_engines_task_with_what_a_node_uses(occupy):
+    """_submit_task (a cluster node's submit): a pyqueue.Task, not a Future,
+    that cancels, calls back and answers as a Future would."""
+    ex = pyqueue.Executor(max_workers=1)
+    try:
+        running, gate = occupy(ex)
+        done: list[object] = []
+        queued = ex._submit_task(pow, 2, 8)
+        dropped = ex._submit_task(pow, 2, 9)
+        assert isinstance(queued, pyqueue.Task) and not isinstance(queued, cf.Future)
+        queued.add_done_callback(done.append)
+        dropped.add_done_callback(done.append)
+        assert dropped.cancel() and dropped.cancelled() and done == [dropped]
+        called = threading.Event()
+        queued.add_done_callback(lambda t: called.set())  # after done.append
+        gate.set()
+        assert queued.result(5) == 256 and not queued.cancelled() and not queued.cancel()
+        assert called.wait(5) and done == [dropped, queued]
+        failed = ex._submit_task(int, "x")
+        with pytest.raises(ValueError):
+            failed.result(5)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert running.result() is True
+
+
 def test_initializer_failure_breaks_executor():
     def bad_init():
         raise OSError("no database")
